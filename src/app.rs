@@ -1,0 +1,132 @@
+//! Wiring: connects ClickHouse and the sources (failing fast at start), runs them with the writer
+//! and the metrics endpoint, and drains in order on shutdown: stop reading, close the channel,
+//! flush and commit, exit.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use fred::prelude::ClientLike as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::metrics::{self as m, Check};
+use crate::pipeline::Source;
+use crate::sink::{run_writer, Sink};
+use crate::source::keyspace::Keyspace;
+use crate::source::Endpoint;
+
+/// Runs until SIGTERM or Ctrl-C, then drains within `shutdown_timeout`. A second signal exits at once.
+pub async fn run_until_signal(settings: Settings) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let signals = cancel.clone();
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("signal received: draining (a second signal exits at once)");
+        signals.cancel();
+        wait_signal().await;
+        tracing::warn!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+    let timeout = settings.shutdown_timeout;
+    let drained = cancel.clone();
+    let run = run(settings, cancel);
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => r,
+        _ = async { drained.cancelled().await; tokio::time::sleep(timeout).await } => {
+            anyhow::bail!("graceful shutdown did not finish within {timeout:?}; rows not yet committed are recovered by the next rescan")
+        }
+    }
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs Spillway until `cancel`, then drains. Errors at start (unreachable servers, missing
+/// notification flags, bad tables) are returned before anything runs.
+pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+    let handle = m::install();
+    let sink = Sink::connect(&settings.clickhouse)
+        .await
+        .context("starting the ClickHouse sink")?;
+    let capacity = settings.batch.channel_capacity.get();
+    metrics::gauge!(m::CHANNEL_CAPACITY).set(capacity as f64);
+    let (tx, rx) = mpsc::channel(capacity);
+
+    let mut sources = Vec::new();
+    let mut checks: Vec<(String, Check)> = Vec::new();
+    for p in &settings.pipelines {
+        let Source::Keyspace(def) = &p.source;
+        let url = settings
+            .redis
+            .iter()
+            .find(|(n, _)| n == &def.instance)
+            .map(|(_, u)| u.clone())
+            .context("pipeline instance without URL")?;
+        let endpoint = Endpoint {
+            instance: def.instance.clone(),
+            url,
+        };
+        let source = Keyspace::connect(
+            &p.name,
+            def.clone(),
+            endpoint,
+            &settings.keyspace,
+            tx.clone(),
+        )
+        .await
+        .with_context(|| format!("starting pipeline {}", p.name))?;
+        let reader = source.reader();
+        checks.push((
+            format!("redis {} ({})", def.instance, p.name),
+            Arc::new(move || {
+                let r = reader.clone();
+                Box::pin(async move { r.ping::<String>(None).await.is_ok() })
+            }),
+        ));
+        sources.push(source);
+    }
+    drop(tx);
+    let ping_sink = sink.clone();
+    checks.push((
+        "clickhouse".into(),
+        Arc::new(move || {
+            let s = ping_sink.clone();
+            Box::pin(async move { s.ping().await })
+        }),
+    ));
+
+    let listener = m::bind(settings.metrics_addr).await?;
+    tracing::info!(addr = %settings.metrics_addr, "serving /metrics, /healthz, /readyz");
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(m::serve(listener, handle, checks, http_stop.clone()));
+
+    let readers = TaskTracker::new();
+    for s in sources {
+        readers.spawn(s.run(cancel.clone()));
+    }
+    readers.close();
+    let writer = tokio::spawn(run_writer(rx, sink, settings.batch));
+    tracing::info!(pipelines = settings.pipelines.len(), "spillway running");
+
+    readers.wait().await;
+    tracing::info!("readers stopped; flushing what was read");
+    writer.await.context("writer task")?;
+    http_stop.cancel();
+    let _ = http.await;
+    tracing::info!("drained; bye");
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! The command line: `spillway run` and `spillway check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{FileConfig, Settings};
+
+/// Drains short-lived Redis logs into ClickHouse before Redis expires or evicts them.
+#[derive(Debug, Parser)]
+#[command(name = "spillway", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar until SIGTERM or Ctrl-C.
+    Run(ConfigArgs),
+    /// Validate the configuration and the pipeline definitions, print them, and exit.
+    CheckConfig(ConfigArgs),
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML config file; without it the contract's defaults are used (Redis on 127.0.0.1:6379-6384,
+    /// ClickHouse at http://127.0.0.1:8123). SPILLWAY_* variables override it.
+    #[arg(long, short, env = "SPILLWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// Loads, overrides from the environment and validates.
+    pub fn load(&self) -> anyhow::Result<Settings> {
+        let (file, base) = match &self.config {
+            Some(path) => {
+                let base = path.parent().map(PathBuf::from).unwrap_or_default();
+                (FileConfig::from_file(path)?, base)
+            }
+            None => (FileConfig::default(), PathBuf::from(".")),
+        };
+        let mut file = file;
+        file.apply_env(|k| std::env::var(k).ok());
+        Ok(file.validate(&base)?)
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => args.load().and_then(run),
+        Command::CheckConfig(args) => args.load().map(|s| println!("{s:#?}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spillway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::app::run_until_signal(settings))
+}

@@ -1,0 +1,198 @@
+//! Metrics: every name Spillway exports (all `spillway_*`, base units, `_total` on counters,
+//! bounded labels), their descriptions, and the HTTP endpoint serving `/metrics`, `/healthz`
+//! and `/readyz`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Keyspace notifications received, by pipeline and event.
+pub const EVENTS_RECEIVED: &str = "spillway_events_received_total";
+/// Notifications lost before Spillway read them (subscriber buffer overrun), by pipeline.
+pub const EVENTS_LOST: &str = "spillway_events_lost_total";
+/// Values read from Redis and turned into rows, by pipeline and how (`event`, `scan`).
+pub const VALUES_CAPTURED: &str = "spillway_values_captured_total";
+/// Values gone when read (expired, evicted or deleted first), by pipeline and reason.
+pub const VALUES_GONE: &str = "spillway_values_gone_total";
+/// Values that could not be decoded, by pipeline and reason.
+pub const DEAD_LETTERS: &str = "spillway_dead_letters_total";
+/// Rows committed to ClickHouse, by table.
+pub const ROWS_WRITTEN: &str = "spillway_rows_written_total";
+/// INSERT statements, by table and outcome.
+pub const INSERT_BATCHES: &str = "spillway_insert_batches_total";
+/// Failed batch commits that were retried.
+pub const INSERT_RETRIES: &str = "spillway_insert_retries_total";
+/// INSERT latency, by table and outcome.
+pub const INSERT_DURATION: &str = "spillway_insert_duration_seconds";
+/// Rows waiting in the channel.
+pub const CHANNEL_DEPTH: &str = "spillway_channel_depth";
+/// Capacity of the channel.
+pub const CHANNEL_CAPACITY: &str = "spillway_channel_capacity";
+/// Time of the last committed batch.
+pub const LAST_FLUSH: &str = "spillway_last_flush_timestamp_seconds";
+/// Round trips reading values back, by pipeline.
+pub const READ_DURATION: &str = "spillway_redis_read_duration_seconds";
+/// Build information.
+pub const BUILD_INFO: &str = "spillway_build_info";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once and describes every metric. Later calls return the same handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0, 30.0,
+                    ],
+                )
+                .and_then(|b| b.install_recorder())
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "metrics recorder not installed");
+                    PrometheusBuilder::new().build_recorder().handle()
+                });
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        EVENTS_RECEIVED,
+        "Keyspace notifications received, by pipeline and event."
+    );
+    describe_counter!(
+        EVENTS_LOST,
+        "Keyspace notifications lost before Spillway read them (subscriber buffer overrun)."
+    );
+    describe_counter!(
+        VALUES_CAPTURED,
+        "Values read from Redis and turned into rows, by pipeline and how (event, scan)."
+    );
+    describe_counter!(VALUES_GONE, "Values gone when Spillway read them (expired, evicted or deleted first), by pipeline and reason.");
+    describe_counter!(
+        DEAD_LETTERS,
+        "Values that could not be decoded and went to dead_letters, by pipeline and reason."
+    );
+    describe_counter!(ROWS_WRITTEN, "Rows committed to ClickHouse, by table.");
+    describe_counter!(
+        INSERT_BATCHES,
+        "INSERT statements sent to ClickHouse, by table and outcome."
+    );
+    describe_counter!(
+        INSERT_RETRIES,
+        "Batch commits that failed and were retried."
+    );
+    describe_histogram!(
+        INSERT_DURATION,
+        Unit::Seconds,
+        "Latency of one INSERT, by table and outcome."
+    );
+    describe_histogram!(
+        READ_DURATION,
+        Unit::Seconds,
+        "Latency of one pipelined read of values from Redis, by pipeline."
+    );
+    describe_gauge!(
+        CHANNEL_DEPTH,
+        "Rows waiting in the channel between readers and the writer."
+    );
+    describe_gauge!(
+        CHANNEL_CAPACITY,
+        "Capacity of the channel between readers and the writer, in rows."
+    );
+    describe_gauge!(
+        LAST_FLUSH,
+        Unit::Seconds,
+        "Unix time of the last batch committed to ClickHouse."
+    );
+    describe_gauge!(BUILD_INFO, "Spillway build information; the value is 1.");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// A readiness check: resolves to true when a dependency answers.
+pub type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+struct AppState {
+    handle: PrometheusHandle,
+    checks: Arc<Vec<(String, Check)>>,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `cancel`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    checks: Vec<(String, Check)>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let state = AppState {
+        handle,
+        checks: Arc::new(checks),
+    };
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+}
+
+/// Binds the metrics address, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on metrics.addr {addr}: {e}; fix: free the port or set SPILLWAY_METRICS_ADDR"))
+    })
+}
+
+async fn render(
+    State(s): State<AppState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    s.handle.run_upkeep();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.handle.render(),
+    )
+}
+
+async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
+    let mut body = String::new();
+    let mut ok = true;
+    for (name, check) in s.checks.iter() {
+        let up = tokio::time::timeout(Duration::from_secs(2), check())
+            .await
+            .unwrap_or(false);
+        ok &= up;
+        body.push_str(&format!(
+            "{name} {}\n",
+            if up { "ok" } else { "unreachable" }
+        ));
+    }
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
+}

@@ -1,0 +1,333 @@
+//! Pipeline definitions: the `*.toml` files in `pipelines/`, one per flow of data that Spillway
+//! moves from Redis to ClickHouse.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors of loading a pipeline definition.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The directory or a file could not be read.
+    #[error("cannot read pipeline definitions at {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not a valid definition.
+    #[error("invalid pipeline definition {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the field and the fix.
+        message: String,
+    },
+    /// No pipelines were found.
+    #[error("no pipeline definitions (*.toml) in {0}; fix: add one, e.g. a copy of pipelines/alerts.toml")]
+    Empty(PathBuf),
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, PipelineError>;
+
+/// The definitions shipped with Spillway, used when no `pipelines/` directory exists.
+const BUILTIN: &[(&str, &str)] = &[("alerts.toml", include_str!("../pipelines/alerts.toml"))];
+
+/// One pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Name, used as the `pipeline` label of metrics.
+    pub name: String,
+    /// What it reads.
+    pub source: Source,
+}
+
+/// The source of a pipeline.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Source {
+    /// Values captured on keyspace notifications.
+    Keyspace(KeyspaceSource),
+}
+
+impl Pipeline {
+    /// The Redis instance it reads.
+    pub fn instance(&self) -> &str {
+        match &self.source {
+            Source::Keyspace(k) => &k.instance,
+        }
+    }
+}
+
+/// A keyspace pipeline (alerts).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyspaceSource {
+    /// Redis instance short name.
+    pub instance: String,
+    /// Database number.
+    #[serde(default)]
+    pub db: u8,
+    /// Redis glob of the keys (`*`, `?` and `\` escapes).
+    pub pattern: String,
+    /// Prefix stripped from the key to make the default id.
+    #[serde(default)]
+    pub id_prefix: String,
+    /// Keyevents that carry a new value.
+    pub write_events: Vec<String>,
+    /// Keyevents recorded as lifecycle rows.
+    #[serde(default)]
+    pub lifecycle_events: Vec<String>,
+    /// Scan the pattern at start.
+    #[serde(default = "yes")]
+    pub rescan_on_start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The file format: `name`, `source` and the source's own fields.
+#[derive(Debug, Deserialize)]
+struct FileDef {
+    name: String,
+    source: String,
+    #[serde(flatten)]
+    rest: toml::Table,
+}
+
+/// Lifecycle events Spillway knows, with the name it records.
+pub const LIFECYCLE: [(&str, &str); 3] = [
+    ("expired", "expired"),
+    ("evicted", "evicted"),
+    ("del", "deleted"),
+];
+
+/// Write events whose key holds a string value afterwards.
+pub const WRITE_EVENTS: [&str; 8] = [
+    "set",
+    "setrange",
+    "append",
+    "incrby",
+    "incrbyfloat",
+    "getset",
+    "getex",
+    "restore",
+];
+
+/// Parses one definition.
+pub fn parse(path: &Path, text: &str) -> Result<Pipeline> {
+    let bad = |message: String| PipelineError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let def: FileDef = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+    if def.name.is_empty()
+        || !def
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(bad(format!(
+            "`name` = {:?}: use letters, digits, '-' and '_' only",
+            def.name
+        )));
+    }
+    let source = match def.source.as_str() {
+        "keyspace" => {
+            let k: KeyspaceSource = def
+                .rest
+                .try_into()
+                .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+            k.check().map_err(bad)?;
+            Source::Keyspace(k)
+        }
+        other => {
+            return Err(bad(format!(
+                "`source` = {other:?} is not known; fix: use \"keyspace\""
+            )))
+        }
+    };
+    Ok(Pipeline {
+        name: def.name,
+        source,
+    })
+}
+
+impl KeyspaceSource {
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.pattern.is_empty() || self.pattern.contains('[') {
+            return Err(format!(
+                "`pattern` = {:?}: use a non-empty glob with `*`, `?` (character classes are not supported)",
+                self.pattern
+            ));
+        }
+        if self.write_events.is_empty() {
+            return Err("`write_events` is empty; fix: write_events = [\"set\"]".into());
+        }
+        for e in &self.write_events {
+            if !WRITE_EVENTS.contains(&e.as_str()) {
+                return Err(format!(
+                    "`write_events` has {e:?}; fix: use some of {WRITE_EVENTS:?}"
+                ));
+            }
+        }
+        for e in &self.lifecycle_events {
+            if !LIFECYCLE.iter().any(|(n, _)| n == e) {
+                let known: Vec<_> = LIFECYCLE.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "`lifecycle_events` has {e:?}; fix: use some of {known:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `key` matches the pattern.
+    pub fn matches(&self, key: &[u8]) -> bool {
+        glob_match(self.pattern.as_bytes(), key)
+    }
+}
+
+/// Redis-style glob match with `*`, `?` and `\` escapes.
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let (mut star_p, mut star_t) = (None, 0);
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star_p = Some(p);
+                star_t = t;
+                p += 1;
+                continue;
+            }
+            Some(b'?') => {
+                p += 1;
+                t += 1;
+                continue;
+            }
+            Some(&c) => {
+                let (lit, step) = if c == b'\\' && p + 1 < pattern.len() {
+                    (pattern[p + 1], 2)
+                } else {
+                    (c, 1)
+                };
+                if lit == text[t] {
+                    p += step;
+                    t += 1;
+                    continue;
+                }
+            }
+            None => {}
+        }
+        match star_p {
+            Some(sp) => {
+                p = sp + 1;
+                star_t += 1;
+                t = star_t;
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Loads every `*.toml` in `dir`, sorted by file name.
+pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>> {
+    let read = |source| PipelineError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|source| PipelineError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        out.push(parse(&f, &text)?);
+    }
+    if out.is_empty() {
+        return Err(PipelineError::Empty(dir.to_owned()));
+    }
+    check_unique(&out, dir)?;
+    Ok(out)
+}
+
+/// The built-in definitions (copies of the repository's `pipelines/`).
+pub fn builtin() -> Result<Vec<Pipeline>> {
+    BUILTIN
+        .iter()
+        .map(|(name, text)| parse(Path::new(name), text))
+        .collect()
+}
+
+fn check_unique(pipelines: &[Pipeline], dir: &Path) -> Result<()> {
+    for (i, p) in pipelines.iter().enumerate() {
+        if pipelines[..i].iter().any(|q| q.name == p.name) {
+            return Err(PipelineError::Invalid {
+                path: dir.to_owned(),
+                message: format!(
+                    "two pipelines are named {:?}; fix: give each a unique `name`",
+                    p.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_pipeline_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let all = load_dir(&dir).unwrap();
+        assert!(all.iter().any(|p| p.name == "alerts"));
+        assert_eq!(builtin().unwrap().len(), BUILTIN.len());
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match(b"alert:*", b"alert:1"));
+        assert!(glob_match(b"alert:*", b"alert:"));
+        assert!(!glob_match(b"alert:*", b"alerts:1"));
+        assert!(glob_match(b"a?c*d", b"abcxxd"));
+        assert!(!glob_match(b"a?c*d", b"abcxxe"));
+        assert!(glob_match(b"a\\*b", b"a*b"));
+        assert!(!glob_match(b"a\\*b", b"axb"));
+        assert!(glob_match(b"*:*:x", b"a:b:c:x"));
+    }
+
+    #[test]
+    fn errors_name_field() {
+        let base =
+            "name = \"a\"\nsource = \"keyspace\"\ninstance = \"rls\"\npattern = \"alert:*\"\n";
+        for (extra, field) in [
+            ("write_events = []\n", "write_events"),
+            ("write_events = [\"zap\"]\n", "write_events"),
+            (
+                "write_events = [\"set\"]\nlifecycle_events = [\"x\"]\n",
+                "lifecycle_events",
+            ),
+            ("write_events = [\"set\"]\ncolour = 1\n", "colour"),
+        ] {
+            let e = parse(Path::new("t.toml"), &format!("{base}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let e = parse(Path::new("t.toml"), "name = \"a\"\nsource = \"kafka\"\n").unwrap_err();
+        assert!(e.to_string().contains("source"));
+    }
+}

@@ -1,0 +1,239 @@
+//! The rows Spillway writes to ClickHouse, and the [`Record`] that carries one of them through the
+//! bounded channel from a source to the writer.
+//!
+//! Every row carries its Redis identity (key, content hash, event time), and its table is a
+//! `ReplacingMergeTree` ordered by that identity, so writing a row twice (retry, restart,
+//! rescan) never shows a duplicate under `FINAL`.
+
+use serde::Serialize;
+
+use crate::decode::{Fields, Format, Payload};
+
+/// A distinct value written to an alert key (`alerts`).
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct AlertRow {
+    /// The Redis key.
+    pub key: String,
+    /// xxh3-64 of the raw value: with `key`, the identity of the row.
+    pub content_hash: u64,
+    /// `alert_id` field, or the key's suffix.
+    pub alert_id: String,
+    /// `ts_ms` field, or the time Spillway saw the write (epoch ms).
+    pub ts_ms: i64,
+    /// `severity` field.
+    pub severity: String,
+    /// `kind` field.
+    pub kind: String,
+    /// `message` field, or the whole text of a plain-text alert.
+    pub message: String,
+    /// `account_id` field.
+    pub account_id: String,
+    /// `instance_id` field.
+    pub instance_id: String,
+    /// `symbol` field.
+    pub symbol: String,
+    /// `trade_id` field.
+    pub trade_id: String,
+    /// All other fields, as a JSON object text.
+    pub extra: String,
+    /// `msgpack`, `json` or `text`.
+    pub format: &'static str,
+    /// Remaining TTL when read, in ms (-1: none).
+    pub ttl_ms: i64,
+    /// When Spillway read the value (epoch ms).
+    pub captured_at_ms: i64,
+    /// `event` (keyspace notification) or `scan` (rescan).
+    pub captured_by: &'static str,
+}
+
+/// A lifecycle event of an alert key (`alert_events`).
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct AlertEventRow {
+    /// The Redis key.
+    pub key: String,
+    /// The key's suffix after the pipeline's `id_prefix`.
+    pub alert_id: String,
+    /// `written`, `expired`, `evicted` or `deleted`.
+    pub event: &'static str,
+    /// When Spillway received the notification (epoch ms).
+    pub event_ms: i64,
+    /// For `written`: the hash of the value read (0 if it was gone); else 0.
+    pub content_hash: u64,
+    /// For `written`: remaining TTL when read, in ms; else -2.
+    pub ttl_ms: i64,
+}
+
+/// A value or message that could not be decoded (`dead_letters`).
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct DeadLetterRow {
+    /// Pipeline that read it.
+    pub pipeline: String,
+    /// Redis instance it came from.
+    pub instance: String,
+    /// Redis key (empty for stream entries).
+    pub key: String,
+    /// Stream entry id (empty for keys).
+    pub stream_id: String,
+    /// xxh3-64 of `raw`: with the source, the identity of the row.
+    pub content_hash: u64,
+    /// The original bytes, exactly.
+    #[serde(with = "serde_bytes")]
+    pub raw: Vec<u8>,
+    /// Fixed reason label (`invalid_msgpack`, `invalid_utf8`, ...).
+    pub reason: &'static str,
+    /// The decoder's message.
+    pub error: String,
+    /// When Spillway received it (epoch ms).
+    pub received_at_ms: i64,
+}
+
+/// One row on its way to ClickHouse.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// Into `alerts`.
+    Alert(AlertRow),
+    /// Into `alert_events`.
+    AlertEvent(AlertEventRow),
+    /// Into `dead_letters`.
+    DeadLetter(DeadLetterRow),
+}
+
+impl Record {
+    /// An estimate of the row's RowBinary size, for the batcher's byte limit.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Record::Alert(r) => {
+                96 + r.key.len()
+                    + r.alert_id.len()
+                    + r.severity.len()
+                    + r.kind.len()
+                    + r.message.len()
+                    + r.account_id.len()
+                    + r.instance_id.len()
+                    + r.symbol.len()
+                    + r.trade_id.len()
+                    + r.extra.len()
+            }
+            Record::AlertEvent(r) => 48 + r.key.len() + r.alert_id.len(),
+            Record::DeadLetter(r) => {
+                64 + r.pipeline.len() + r.key.len() + r.raw.len() + r.error.len()
+            }
+        }
+    }
+}
+
+/// The stable hash of a raw value.
+pub fn content_hash(raw: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(raw)
+}
+
+/// Now, in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What a captured alert value is, before it becomes a row.
+pub struct CapturedAlert<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The key's suffix (default alert id).
+    pub id_from_key: &'a str,
+    /// The raw value.
+    pub raw: &'a [u8],
+    /// Remaining TTL in ms.
+    pub ttl_ms: i64,
+    /// When it was read.
+    pub captured_at_ms: i64,
+    /// `event` or `scan`.
+    pub captured_by: &'static str,
+}
+
+impl CapturedAlert<'_> {
+    /// Turns a decoded payload into an [`AlertRow`].
+    pub fn into_row(self, payload: Payload) -> AlertRow {
+        let (format, mut f) = match payload {
+            Payload::Object(format, map) => (format, Fields(map)),
+            Payload::Text(text) => {
+                let mut m = serde_json::Map::new();
+                m.insert("message".into(), serde_json::Value::String(text));
+                (Format::Text, Fields(m))
+            }
+        };
+        let alert_id = match f.text("alert_id") {
+            id if id.is_empty() => self.id_from_key.to_string(),
+            id => id,
+        };
+        AlertRow {
+            key: self.key.to_string(),
+            content_hash: content_hash(self.raw),
+            alert_id,
+            ts_ms: f.int("ts_ms").unwrap_or(self.captured_at_ms),
+            severity: f.text("severity"),
+            kind: f.text("kind"),
+            message: f.text("message"),
+            account_id: f.text("account_id"),
+            instance_id: f.text("instance_id"),
+            symbol: f.text("symbol"),
+            trade_id: f.text("trade_id"),
+            extra: f.rest(),
+            format: format.as_str(),
+            ttl_ms: self.ttl_ms,
+            captured_at_ms: self.captured_at_ms,
+            captured_by: self.captured_by,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode_value;
+
+    fn capture(raw: &[u8]) -> AlertRow {
+        let c = CapturedAlert {
+            key: "alert:k1",
+            id_from_key: "k1",
+            raw,
+            ttl_ms: 3_600_000,
+            captured_at_ms: 42,
+            captured_by: "event",
+        };
+        c.into_row(decode_value(raw).unwrap())
+    }
+
+    #[test]
+    fn text_alert_defaults() {
+        let r = capture(b"Trade execution failed");
+        assert_eq!(r.message, "Trade execution failed");
+        assert_eq!(r.alert_id, "k1");
+        assert_eq!(r.ts_ms, 42);
+        assert_eq!(r.format, "text");
+        assert_eq!(r.extra, "{}");
+    }
+
+    #[test]
+    fn msgpack_alert_fields_and_extra() {
+        let v = serde_json::json!({"alert_id": "A", "ts_ms": 7, "severity": "critical",
+            "message": "m", "symbol": "EURUSD", "venue": "x", "ts_ms_bad": 1});
+        let raw = rmp_serde::to_vec_named(&v).unwrap();
+        let r = capture(&raw);
+        assert_eq!(
+            (r.alert_id.as_str(), r.ts_ms, r.severity.as_str()),
+            ("A", 7, "critical")
+        );
+        assert_eq!(r.symbol, "EURUSD");
+        assert_eq!(r.format, "msgpack");
+        assert_eq!(r.extra, r#"{"ts_ms_bad":1,"venue":"x"}"#);
+        assert_eq!(r.content_hash, content_hash(&raw));
+    }
+
+    #[test]
+    fn unusable_ts_is_kept_in_extra() {
+        let r = capture(br#"{"ts_ms": "yesterday"}"#);
+        assert_eq!(r.ts_ms, 42);
+        assert_eq!(r.extra, r#"{"ts_ms":"yesterday"}"#);
+    }
+}

@@ -1,0 +1,99 @@
+//! `notify-keyspace-events`: which flags a keyspace pipeline needs, which the server lacks, and the
+//! exact `CONFIG SET` line that fixes it.
+
+use std::collections::BTreeSet;
+
+use crate::pipeline::KeyspaceSource;
+
+/// Keyspace notifications are not enabled as the pipelines need.
+#[derive(Debug, thiserror::Error)]
+#[error("Redis {instance} ({addr}) has notify-keyspace-events \"{current}\", but Spillway needs the flags \"{needed}\" (missing: {missing}); without them no write, expiry or eviction is reported and nothing is archived. Fix: redis-cli -h {host} -p {port} CONFIG SET notify-keyspace-events '{fixed}' (and the same line as `notify-keyspace-events {fixed}` in redis.conf), or set keyspace.configure_notifications = true to let Spillway set it")]
+pub struct NotifyError {
+    /// Instance short name.
+    pub instance: String,
+    /// host:port.
+    pub addr: String,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The server's current value.
+    pub current: String,
+    /// The flags needed.
+    pub needed: String,
+    /// The flags missing, space separated.
+    pub missing: String,
+    /// The value to set: current flags plus the missing ones.
+    pub fixed: String,
+}
+
+/// The flags a keyspace pipeline needs: `E` (keyevent channels) and one class per event.
+pub fn required(def: &KeyspaceSource) -> BTreeSet<char> {
+    let mut flags = BTreeSet::from(['E']);
+    for e in def.write_events.iter().chain(&def.lifecycle_events) {
+        flags.insert(match e.as_str() {
+            "expired" => 'x',
+            "evicted" => 'e',
+            "del" => 'g',
+            _ => '$',
+        });
+    }
+    flags
+}
+
+/// The flags a server value enables, with `A` expanded.
+pub fn enabled(value: &str) -> BTreeSet<char> {
+    value
+        .chars()
+        .flat_map(|c| match c {
+            'A' => "g$lshzxetd".chars().collect::<Vec<_>>(),
+            c => vec![c],
+        })
+        .collect()
+}
+
+/// The flags of `needed` that `value` lacks, in a stable order.
+pub fn missing(value: &str, needed: &BTreeSet<char>) -> Vec<char> {
+    let have = enabled(value);
+    needed
+        .iter()
+        .filter(|c| !have.contains(c))
+        .copied()
+        .collect()
+}
+
+/// The value to `CONFIG SET`: the current flags followed by the missing ones.
+pub fn fixed(value: &str, missing: &[char]) -> String {
+    let mut s = value.to_string();
+    s.extend(missing);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(write: &[&str], life: &[&str]) -> KeyspaceSource {
+        KeyspaceSource {
+            instance: "rls".into(),
+            db: 0,
+            pattern: "alert:*".into(),
+            id_prefix: "alert:".into(),
+            write_events: write.iter().map(|s| s.to_string()).collect(),
+            lifecycle_events: life.iter().map(|s| s.to_string()).collect(),
+            rescan_on_start: true,
+        }
+    }
+
+    #[test]
+    fn flags() {
+        let need = required(&def(&["set"], &["expired", "evicted", "del"]));
+        assert_eq!(need.iter().collect::<String>(), "$Eegx");
+        assert!(missing("KEA", &need).is_empty());
+        assert!(missing("AE", &need).is_empty());
+        assert_eq!(missing("", &need), vec!['$', 'E', 'e', 'g', 'x']);
+        assert_eq!(missing("Ex", &need), vec!['$', 'e', 'g']);
+        assert_eq!(missing("K$xeg", &need), vec!['E']);
+        assert_eq!(fixed("Ex", &['$', 'e', 'g']), "Ex$eg");
+    }
+}
