@@ -1,0 +1,308 @@
+//! End to end: alerts written into a real redis-server are archived in a real clickhouse-server
+//! by the real spillway binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config_toml, eventually, free_port, load, ClickHouseServer, RedisServer, Spillway};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A redis, a clickhouse and a running spillway writing into database `db`.
+async fn stack(db: &str, extra: &str) -> (RedisServer, ClickHouseServer, Spillway) {
+    let redis = RedisServer::start();
+    let ch = ClickHouseServer::start();
+    let toml = format!(
+        "{}\n[batch]\nmax_delay_ms = 200\n{extra}",
+        config_toml(&redis, &ch, db, free_port())
+    );
+    let sp = Spillway::start(&toml);
+    sp.wait_ready(WAIT).await;
+    (redis, ch, sp)
+}
+
+async fn wait_count(ch: &ClickHouseServer, sql: &str, want: u64) {
+    eventually(WAIT, &format!("{sql} = {want}"), || async {
+        ch.count(sql).await >= want
+    })
+    .await;
+    assert_eq!(ch.count(sql).await, want, "{sql}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_msgpack_alerts_are_archived_then_expire() {
+    let (redis, ch, sp) = stack("t10k", "").await;
+    let n = 10_000;
+    load::set_all(&redis.url(), load::alerts("r", n), 3, 500, 2).await;
+
+    wait_count(&ch, "SELECT count() FROM t10k.alerts FINAL", n).await;
+    // Every field of every row is what was written (see load::msgpack_alert).
+    let wrong = ch
+        .count(
+            "SELECT count() FROM t10k.alerts FINAL WHERE
+               alert_id != concat('r-', substring(key, 9))
+            OR ts_ms != 1700000000000 + toInt64(substring(key, 9))
+            OR severity != ['info','warning','critical'][toInt64(substring(key, 9)) % 3 + 1]
+            OR symbol != ['EURUSD','XAUUSD','BTCUSD'][toInt64(substring(key, 9)) % 3 + 1]
+            OR account_id != concat('acc-', toString(toInt64(substring(key, 9)) % 97))
+            OR trade_id != concat('t-', substring(key, 9))
+            OR kind != 'margin_call' OR format != 'msgpack' OR captured_by != 'event'
+            OR extra != '{\"margin_level\":42.5}'
+            OR ttl_ms <= 0 OR ttl_ms > 3000",
+        )
+        .await;
+    assert_eq!(wrong, 0, "rows with wrong fields");
+    wait_count(
+        &ch,
+        "SELECT count() FROM t10k.alert_events FINAL WHERE event = 'written'",
+        n,
+    )
+    .await;
+    // The keys expire after 3 s; Redis reports each expiry, and the content stays archived.
+    wait_count(
+        &ch,
+        "SELECT count() FROM t10k.alert_events FINAL WHERE event = 'expired'",
+        n,
+    )
+    .await;
+    assert_eq!(redis.cli(&["DBSIZE"]), "0");
+    assert_eq!(ch.count("SELECT count() FROM t10k.alerts FINAL").await, n);
+    let m = sp.metrics().await;
+    assert!(
+        m.contains(&format!(
+            "spillway_values_captured_total{{pipeline=\"alerts\",via=\"event\"}} {n}"
+        )),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_json_and_rewrites() {
+    let (redis, ch, _sp) = stack("tforms", "").await;
+    // The seed's own example.
+    redis.cli(&[
+        "SET",
+        "alert:trade_failed",
+        "Trade execution failed",
+        "EX",
+        "3600",
+    ]);
+    wait_count(&ch, "SELECT count() FROM tforms.alerts FINAL WHERE key = 'alert:trade_failed' AND message = 'Trade execution failed' AND format = 'text' AND alert_id = 'trade_failed'", 1).await;
+
+    redis.cli(&[
+        "SET",
+        "alert:j1",
+        r#"{"alert_id":"J-1","severity":"warning","message":"old producer","venue":"LMAX"}"#,
+        "EX",
+        "3600",
+    ]);
+    wait_count(&ch, r#"SELECT count() FROM tforms.alerts FINAL WHERE key = 'alert:j1' AND alert_id = 'J-1' AND severity = 'warning' AND format = 'json' AND extra = '{"venue":"LMAX"}'"#, 1).await;
+
+    // The same key written three times with three values: three rows, each write an event.
+    for (i, v) in ["first", "second", "third"].iter().enumerate() {
+        redis.cli(&["SET", "alert:again", v, "EX", "3600"]);
+        wait_count(
+            &ch,
+            "SELECT count() FROM tforms.alerts FINAL WHERE key = 'alert:again'",
+            i as u64 + 1,
+        )
+        .await;
+    }
+    assert_eq!(
+        ch.query("SELECT arrayStringConcat(groupArray(message), ',') FROM (SELECT message FROM tforms.alerts FINAL WHERE key = 'alert:again' ORDER BY message)").await.trim(),
+        "first,second,third"
+    );
+    wait_count(&ch, "SELECT count() FROM tforms.alert_events FINAL WHERE key = 'alert:again' AND event = 'written'", 3).await;
+
+    // Deletion is a lifecycle event; the content stays.
+    redis.cli(&["DEL", "alert:j1"]);
+    wait_count(&ch, "SELECT count() FROM tforms.alert_events FINAL WHERE key = 'alert:j1' AND event = 'deleted'", 1).await;
+    assert_eq!(
+        ch.count("SELECT count() FROM tforms.alerts FINAL WHERE key = 'alert:j1'")
+            .await,
+        1
+    );
+    // Keys outside the pattern are ignored.
+    redis.cli(&["SET", "session:1", "x"]);
+    redis.cli(&["SET", "alert:last", "done"]);
+    wait_count(
+        &ch,
+        "SELECT count() FROM tforms.alerts FINAL WHERE key = 'alert:last'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        ch.count("SELECT count() FROM tforms.alerts FINAL WHERE key NOT LIKE 'alert:%'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_values_land_in_dead_letters_byte_exact() {
+    let (redis, ch, sp) = stack("tdead", "").await;
+    let full = load::msgpack_alert("d", 1);
+    let truncated = full[..full.len() / 2].to_vec();
+    let mut random: Vec<u8> = (0..64u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    random[0] = 0xc1; // never valid MessagePack, never valid UTF-8
+    let invalid_utf8 = b"caf\xe9 \xff\xfe".to_vec();
+    let c = load::client(&redis.url()).await;
+    use fred::prelude::*;
+    for (k, v) in [
+        ("alert:trunc", &truncated),
+        ("alert:random", &random),
+        ("alert:latin1", &invalid_utf8),
+    ] {
+        let () = c
+            .set(k, v.as_slice(), Some(Expiration::EX(3600)), None, false)
+            .await
+            .unwrap();
+    }
+    wait_count(&ch, "SELECT count() FROM tdead.dead_letters FINAL", 3).await;
+    for (k, v, reason) in [
+        ("alert:trunc", &truncated, "invalid_msgpack"),
+        ("alert:random", &random, "invalid_utf8"),
+        ("alert:latin1", &invalid_utf8, "invalid_utf8"),
+    ] {
+        let hex: String = v.iter().map(|b| format!("{b:02X}")).collect();
+        let got = ch
+            .query(&format!("SELECT hex(raw), reason, length(error) > 0, pipeline FROM tdead.dead_letters FINAL WHERE key = '{k}' FORMAT TSV"))
+            .await;
+        assert_eq!(got.trim(), format!("{hex}\t{reason}\t1\talerts"), "{k}");
+    }
+    // The pipeline keeps running.
+    load::set_all(&redis.url(), load::alerts("after", 100), 3600, 100, 1).await;
+    wait_count(&ch, "SELECT count() FROM tdead.alerts FINAL", 100).await;
+    assert!(sp.exit_status().is_none());
+    let m = sp.metrics().await;
+    assert!(
+        m.contains("spillway_dead_letters_total{pipeline=\"alerts\",reason=\"invalid_utf8\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_recaptures_without_duplicates() {
+    let redis = RedisServer::start();
+    let ch = ClickHouseServer::start();
+    let toml = format!(
+        "{}\n[batch]\nmax_delay_ms = 200\n",
+        config_toml(&redis, &ch, "trestart", free_port())
+    );
+    let mut sp = Spillway::start(&toml);
+    sp.wait_ready(WAIT).await;
+    load::set_all(&redis.url(), load::alerts("x", 2000), 3600, 500, 1).await;
+    redis.cli(&["SET", "alert:plain", "text survives restarts", "EX", "3600"]);
+    wait_count(&ch, "SELECT count() FROM trestart.alerts FINAL", 2001).await;
+    assert!(
+        sp.terminate().success(),
+        "SIGTERM must exit 0; log:\n{}",
+        sp.log()
+    );
+
+    // The new process rescans every live key at start: the same values are captured again.
+    let sp = Spillway::start(&toml);
+    sp.wait_ready(WAIT).await;
+    eventually(WAIT, "rescan captured every key", || async {
+        sp.metrics()
+            .await
+            .contains("spillway_values_captured_total{pipeline=\"alerts\",via=\"scan\"} 2001")
+    })
+    .await;
+    wait_count(
+        &ch,
+        "SELECT count() FROM trestart.alerts WHERE captured_by = 'scan'",
+        2001,
+    )
+    .await;
+    // Written twice, shown once.
+    assert_eq!(ch.count("SELECT count() FROM trestart.alerts").await, 4002);
+    assert_eq!(
+        ch.count("SELECT count() FROM trestart.alerts FINAL").await,
+        2001
+    );
+    assert_eq!(
+        ch.count("SELECT uniqExact(key, content_hash) FROM trestart.alerts")
+            .await,
+        2001
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_notification_flags_fail_with_the_fix_or_are_set() {
+    let redis = RedisServer::start_with(&["--notify-keyspace-events", "Ex"]);
+    let ch = ClickHouseServer::start();
+    let base = config_toml(&redis, &ch, "tflags", free_port());
+    let mut sp = Spillway::start(&base);
+    let status = loop {
+        if let Some(s) = sp.exit_status() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let log = sp.log();
+    let current = redis.cli(&["CONFIG", "GET", "notify-keyspace-events"]);
+    let current = current.lines().nth(1).unwrap_or_default(); // Redis writes "Ex" as "xE"
+    assert!(log.contains("missing: $ e g"), "{log}");
+    let fix = format!(
+        "redis-cli -h 127.0.0.1 -p {} CONFIG SET notify-keyspace-events '{current}$eg'",
+        redis.port
+    );
+    assert!(log.contains(&fix), "{fix}\n{log}");
+    sp.kill();
+
+    let sp = Spillway::start(&format!(
+        "{base}\n[keyspace]\nconfigure_notifications = true\n"
+    ));
+    sp.wait_ready(WAIT).await;
+    let flags = redis.cli(&["CONFIG", "GET", "notify-keyspace-events"]);
+    for f in ['E', 'x', '$', 'e', 'g'] {
+        assert!(flags.lines().nth(1).unwrap_or("").contains(f), "{flags}");
+    }
+    redis.cli(&["SET", "alert:1", "now archived", "EX", "60"]);
+    wait_count(&ch, "SELECT count() FROM tflags.alerts FINAL", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let (redis, ch, sp) = stack("tprom", "").await;
+    load::set_all(&redis.url(), load::alerts("m", 50), 3600, 50, 1).await;
+    redis.cli(&["SET", "alert:bad", "\u{1}"]);
+    wait_count(&ch, "SELECT count() FROM tprom.alerts FINAL", 51).await;
+    let text = sp.metrics().await;
+    for name in [
+        "spillway_events_received_total",
+        "spillway_rows_written_total",
+        "spillway_insert_batches_total",
+        "spillway_insert_duration_seconds_bucket",
+        "spillway_channel_depth",
+        "spillway_channel_capacity",
+        "spillway_build_info",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(line.starts_with("spillway_"), "{line}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool (Debian package prometheus) must be installed");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}\n{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,530 @@
+//! Test harness: starts REAL redis-server, clickhouse-server (Debian 18.16) and the spillway
+//! binary on free loopback ports, and stops them on Drop. No mocks.
+//!
+//! Every child is spawned from one long-lived helper thread under
+//! `setpriv --pdeathsig SIGKILL`, so the kernel kills it if the test process dies without
+//! running Drop (SIGKILL, abort, `process::exit`).
+#![allow(dead_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub mod load;
+
+/// Returns a port that was free on 127.0.0.1 a moment ago (bind to port 0, read it, drop).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `program args..` wrapped in `setpriv --pdeathsig SIGKILL` (same pid: setpriv execs).
+/// The spawn happens on a helper thread that lives as long as the process, because the
+/// parent-death signal fires when the *thread* that forked the child exits.
+fn spawn(program: &str, args: &[String], configure: impl FnOnce(&mut Command)) -> Child {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
+    let use_setpriv = Path::new("/usr/bin/setpriv").exists();
+    let mut cmd = if use_setpriv {
+        let mut c = Command::new("/usr/bin/setpriv");
+        c.args(["--pdeathsig", "SIGKILL", "--", program]);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args).stdin(Stdio::null());
+    configure(&mut cmd);
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        thread::Builder::new()
+            .name("harness-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawn harness thread");
+        tx
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    sender.send((cmd, reply_tx)).expect("spawner gone");
+    let result = reply_rx.recv().expect("spawner gone");
+    result.unwrap_or_else(|e| panic!("failed to start {program}: {e}"))
+}
+
+/// A child process that is stopped on Drop (SIGTERM, then SIGKILL after 10 s).
+struct Proc(Mutex<Option<Child>>);
+
+impl Proc {
+    /// The exit status if the process has exited, without waiting.
+    fn exited(&self) -> Option<ExitStatus> {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL (zero grace: SIGKILL only). Returns the status and whether it was killed.
+    fn stop(&mut self, grace: Duration) -> Option<(ExitStatus, bool)> {
+        let mut child = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some((status, false));
+        }
+        if !grace.is_zero() {
+            let pid = child.id().to_string();
+            let mut kill = Command::new("kill");
+            let _ = kill.args(["-TERM", &pid]).stderr(Stdio::null()).status();
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some((status, false));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        Some((child.wait().expect("wait for killed child"), true))
+    }
+
+    /// Waits until `ready()`; panics with `diag()` if the process exits or `timeout` passes.
+    fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn() -> bool,
+        diag: impl Fn() -> String,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !ready() {
+            if let Some(status) = self.exited() {
+                panic!("{what} exited ({status}) before it was ready:\n{}", diag());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not ready in {timeout:?}:\n{}",
+                diag()
+            );
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// Returns the last `n` lines of a file (or a note that it cannot be read).
+fn tail(path: &Path, n: usize) -> String {
+    match fs::read_to_string(path) {
+        Ok(s) => {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// A fresh temporary directory named `PREFIX...` (removed on drop).
+fn tempdir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create tempdir")
+}
+
+/// Opens (appending) a log file usable as a child's stdout/stderr.
+fn log_file(path: &Path) -> File {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open log file")
+}
+
+/// Sends `request` over TCP and returns everything the peer sent until it closed.
+fn tcp_roundtrip(port: u16, request: &[u8]) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(request).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// An HTTP client whose requests carry `Connection: close` and that keeps no idle connections.
+/// A pooled keep-alive connection would stay open while a sync `stop()`/`terminate()` blocks a
+/// current-thread runtime, and servers wait for it during graceful shutdown.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::CONNECTION,
+        reqwest::header::HeaderValue::from_static("close"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(0)
+        .timeout(timeout)
+        .build()
+        .expect("reqwest client")
+}
+
+/// A redis-server child process on a free loopback port, with its own working dir.
+pub struct RedisServer {
+    pub port: u16,
+    args: Vec<String>,
+    proc: Proc,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts redis-server with no persistence and `notify-keyspace-events Ex$eg`.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like `start`, with `extra_args` appended (later arguments override earlier ones).
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let port = free_port();
+        // Relative paths: the working dir is the tempdir. '$' is passed literally (no shell).
+        let fixed = format!(
+            "--port {port} --bind 127.0.0.1 --dir . --logfile redis.log --daemonize no \
+             --appendonly no --notify-keyspace-events Ex$eg --save"
+        );
+        let mut args: Vec<String> = fixed.split(' ').map(String::from).collect();
+        args.push(String::new()); // --save ""
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let (proc, dir) = (Proc(Mutex::new(None)), tempdir("redis-"));
+        let mut server = RedisServer {
+            port,
+            args,
+            proc,
+            dir,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let log = self.dir.path().join("redis.log");
+        let child = spawn("redis-server", &self.args, |c| {
+            c.current_dir(self.dir.path())
+                .stdout(log_file(&log))
+                .stderr(log_file(&log));
+        });
+        self.proc = Proc(Mutex::new(Some(child)));
+        let ready = || {
+            tcp_roundtrip(self.port, b"PING\r\nQUIT\r\n").is_some_and(|r| r.starts_with("+PONG"))
+        };
+        self.proc
+            .wait_for("redis-server", Duration::from_secs(10), ready, || {
+                tail(&log, 30)
+            });
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli -p PORT args..` and returns its trimmed stdout; panics if it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli");
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?} failed ({}): {stdout} {stderr}",
+            out.status
+        );
+        stdout
+    }
+
+    /// Stops the server (SIGTERM, SIGKILL after 10 s). Data is lost (no persistence).
+    pub fn stop(&mut self) {
+        self.proc.stop(Duration::from_secs(10));
+    }
+
+    /// Stops the server if running and starts it again on the same port with the same args.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+/// users.xml for ClickHouse 18.16: user `default`, no password, any address, no quota limits.
+const CLICKHOUSE_USERS: &str = r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users><default><password></password><networks><ip>::/0</ip></networks>
+    <profile>default</profile><quota>default</quota></default></users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time>
+  </interval></default></quotas>
+</yandex>
+"#;
+
+/// A clickhouse-server (18.16) child process with config, data and logs in a tempdir.
+pub struct ClickHouseServer {
+    pub http_port: u16,
+    pub tcp_port: u16,
+    proc: Proc,
+    dir: TempDir,
+}
+
+impl ClickHouseServer {
+    /// Writes a minimal `<yandex>` config + users.xml and starts clickhouse-server (waits for /ping).
+    pub fn start() -> Self {
+        let dir = tempdir("clickhouse-");
+        let (http_port, tcp_port, interserver) = (free_port(), free_port(), free_port());
+        let d = dir.path().display();
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog>
+    <console>0</console></logger>
+  <http_port>{http_port}</http_port>
+  <tcp_port>{tcp_port}</tcp_port>
+  <interserver_http_port>{interserver}</interserver_http_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>{d}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+"#
+        );
+        fs::write(dir.path().join("users.xml"), CLICKHOUSE_USERS).expect("write users.xml");
+        fs::write(dir.path().join("config.xml"), config).expect("write config.xml");
+        let proc = Proc(Mutex::new(None));
+        let mut server = ClickHouseServer {
+            http_port,
+            tcp_port,
+            proc,
+            dir,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let (dir, out) = (self.dir.path(), self.dir.path().join("stdout.log"));
+        let args = [format!("--config-file={}/config.xml", dir.display())];
+        let child = spawn("clickhouse-server", &args, |c| {
+            c.current_dir(dir)
+                .stdout(log_file(&out))
+                .stderr(log_file(&out));
+        });
+        self.proc = Proc(Mutex::new(Some(child)));
+        let ping = b"GET /ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        let ready = || {
+            tcp_roundtrip(self.http_port, ping)
+                .is_some_and(|r| r.starts_with("HTTP/1.") && r.ends_with("Ok.\n"))
+        };
+        let diag = || {
+            let (err, out) = (tail(&dir.join("error.log"), 40), tail(&out, 20));
+            format!("error.log tail:\n{err}\nstdout/stderr tail:\n{out}")
+        };
+        self.proc
+            .wait_for("clickhouse-server", Duration::from_secs(60), ready, diag);
+    }
+
+    /// `http://127.0.0.1:HTTP_PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// POSTs `sql` to the HTTP interface and returns the body; panics with the body on non-200.
+    pub async fn query(&self, sql: &str) -> String {
+        let resp = http_client(Duration::from_secs(60))
+            .post(format!("{}/", self.url()))
+            .body(sql.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("ClickHouse request failed for `{sql}`: {e}"));
+        let status = resp.status();
+        let body = resp.text().await.expect("ClickHouse response body");
+        assert!(
+            status.is_success(),
+            "ClickHouse returned {status} for `{sql}`: {body}"
+        );
+        body
+    }
+
+    /// Runs `sql` (which must return a single number) and parses the trimmed result.
+    pub async fn count(&self, sql: &str) -> u64 {
+        let body = self.query(sql).await;
+        let parsed = body.trim().parse();
+        parsed.unwrap_or_else(|e| panic!("`{sql}` returned {body:?}, not a number: {e}"))
+    }
+
+    /// Stops the server (SIGTERM, SIGKILL after 10 s); data stays in the tempdir.
+    pub fn stop(&mut self) {
+        self.proc.stop(Duration::from_secs(10));
+    }
+
+    /// Starts the server again with the same ports and data dir (stops it first if running).
+    pub fn start_again(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+/// The spillway binary under test, run as `spillway run --config FILE`.
+pub struct Spillway {
+    pub metrics_port: u16,
+    proc: Proc,
+    log_path: PathBuf,
+    dir: TempDir,
+}
+
+impl Spillway {
+    /// Writes `config_toml` to a tempdir and starts spillway with cwd = crate root; the metrics
+    /// port is read from `[metrics] addr`. Output goes to a log file (see `log()`).
+    pub fn start(config_toml: &str) -> Self {
+        let value: toml::Value = toml::from_str(config_toml).expect("config_toml is not TOML");
+        let metrics_port: u16 = value
+            .get("metrics")
+            .and_then(|m| m.get("addr")?.as_str()?.rsplit(':').next()?.parse().ok())
+            .expect("config_toml needs [metrics] addr = \"127.0.0.1:PORT\"");
+        let dir = tempdir("spillway-");
+        let config_path = dir.path().join("spillway.toml");
+        fs::write(&config_path, config_toml).expect("write config");
+        let log_path = dir.path().join("spillway.log");
+        let args = [
+            "run".into(),
+            "--config".into(),
+            config_path.display().to_string(),
+        ];
+        let child = spawn(env!("CARGO_BIN_EXE_spillway"), &args, |c| {
+            c.current_dir(env!("CARGO_MANIFEST_DIR"));
+            c.stdout(log_file(&log_path)).stderr(log_file(&log_path));
+            if std::env::var_os("RUST_LOG").is_none() {
+                c.env("RUST_LOG", "info");
+            }
+        });
+        let proc = Proc(Mutex::new(Some(child)));
+        Spillway {
+            metrics_port,
+            proc,
+            log_path,
+            dir,
+        }
+    }
+
+    /// The process's stdout+stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Body of `GET http://127.0.0.1:METRICS_PORT/metrics`.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let resp = http_client(Duration::from_secs(10)).get(&url).send().await;
+        let resp = resp.unwrap_or_else(|e| panic!("GET {url}: {e}\nlog:\n{}", self.log()));
+        resp.text().await.expect("metrics body")
+    }
+
+    /// Polls `GET /readyz` until it answers 200; panics with the log on timeout or early exit.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
+        let client = http_client(Duration::from_secs(2));
+        let deadline = Instant::now() + timeout;
+        while !client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            let log = || self.log();
+            if let Some(status) = self.exit_status() {
+                panic!("spillway exited ({status}) before ready; log:\n{}", log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "spillway not ready in {timeout:?}; log:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.proc.exited()
+    }
+
+    /// Sends SIGTERM and waits up to 30 s for exit; panics with the log if it had to be killed.
+    pub fn terminate(&mut self) -> ExitStatus {
+        match self.proc.stop(Duration::from_secs(30)) {
+            Some((status, false)) => status,
+            Some((_, true)) => panic!("spillway ignored SIGTERM for 30 s; log:\n{}", self.log()),
+            None => panic!("spillway was already stopped"),
+        }
+    }
+
+    /// Sends SIGKILL and reaps the process (no-op if already stopped).
+    pub fn kill(&mut self) {
+        self.proc.stop(Duration::ZERO);
+    }
+}
+
+impl Drop for Spillway {
+    fn drop(&mut self) {
+        self.kill();
+        if thread::panicking() {
+            eprintln!("--- spillway log (tail) ---\n{}", tail(&self.log_path, 200));
+        }
+    }
+}
+
+/// Polls the async condition `f` every 50 ms until it holds; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Minimal Spillway TOML config pointing at the given servers (adjust as the schema settles).
+pub fn config_toml(
+    redis: &RedisServer,
+    ch: &ClickHouseServer,
+    database: &str,
+    metrics_port: u16,
+) -> String {
+    format!(
+        "[redis.rls]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n\n\
+         [metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n",
+        redis.url(),
+        ch.url()
+    )
+}
