@@ -84,6 +84,13 @@ pub struct KeyspaceSource {
     /// Scan the pattern at start.
     #[serde(default = "yes")]
     pub rescan_on_start: bool,
+    /// Scan the pattern again every this many seconds (0: never); default 300.
+    #[serde(default = "five_minutes")]
+    pub rescan_interval_secs: u64,
+}
+
+fn five_minutes() -> u64 {
+    300
 }
 
 fn yes() -> bool {

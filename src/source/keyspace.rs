@@ -14,6 +14,7 @@ use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scan::ScanType;
+use fred::types::scripts::Script;
 use fred::types::KeyspaceEvent;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,8 @@ pub struct Keyspace {
     events: broadcast::Receiver<KeyspaceEvent>,
     read_batch: usize,
     tx: mpsc::Sender<Record>,
+    script: Script,
+    counters: Counters,
 }
 
 /// What a pipelined read found for one key.
@@ -82,6 +85,7 @@ impl Keyspace {
         tracing::info!(pipeline = name, endpoint = ?endpoint, pattern = %def.pattern, "keyspace source subscribed");
         Ok(Keyspace {
             name: name.to_string(),
+            counters: Counters::new(name, &def),
             def,
             endpoint,
             reader,
@@ -89,6 +93,7 @@ impl Keyspace {
             events,
             read_batch: settings.read_batch.get(),
             tx,
+            script: Script::from_lua(READ_SCRIPT),
         })
     }
 
@@ -100,22 +105,39 @@ impl Keyspace {
     /// Runs until `cancel`: the start-up rescan (when configured), then the event loop. Every
     /// batch read is pushed into the channel before the task stops.
     pub async fn run(mut self, cancel: CancellationToken) {
-        if self.def.rescan_on_start {
-            if let Err(e) = self.rescan(&cancel).await {
-                tracing::warn!(pipeline = %self.name, error = %e, "start-up rescan failed");
-            }
-        }
+        // A gap is a stretch of time in which notifications may have been missed: before the
+        // subscription (at start), a buffer overrun, or simply a while (`rescan_interval_secs`).
+        // It is closed by a rescan as soon as the backlog of notifications is small.
+        let mut gap = self.def.rescan_on_start;
+        let period = Duration::from_secs(self.def.rescan_interval_secs.max(1));
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let periodic = self.def.rescan_interval_secs > 0;
         let mut batch = Vec::with_capacity(self.read_batch);
         loop {
+            if gap && self.events.len() < self.read_batch {
+                gap = false;
+                match self.rescan(&cancel).await {
+                    Ok(_) if cancel.is_cancelled() || self.tx.is_closed() => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(pipeline = %self.name, error = %e, "rescan failed; retrying at the next tick");
+                    }
+                }
+            }
             let first = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = every.tick(), if periodic => {
+                    gap = true;
+                    continue;
+                }
                 ev = self.events.recv() => ev,
             };
             match first {
                 Ok(ev) => batch.push(ev),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    self.lost(n);
+                    gap |= self.lost(n);
                     continue;
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
@@ -123,7 +145,7 @@ impl Keyspace {
             while batch.len() < self.read_batch {
                 match self.events.try_recv() {
                     Ok(ev) => batch.push(ev),
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => self.lost(n),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => gap |= self.lost(n),
                     Err(_) => break,
                 }
             }
@@ -136,9 +158,11 @@ impl Keyspace {
         tracing::info!(pipeline = %self.name, "keyspace source stopped");
     }
 
-    fn lost(&self, n: u64) {
-        tracing::warn!(pipeline = %self.name, lost = n, "subscriber buffer overrun: notifications lost; the next rescan recovers live keys");
+    /// Counts lost notifications; returns true (a gap to close).
+    fn lost(&self, n: u64) -> bool {
+        tracing::warn!(pipeline = %self.name, lost = n, "subscriber buffer overrun: notifications lost; a rescan follows once the backlog is small");
         metrics::counter!(m::EVENTS_LOST, "pipeline" => self.name.clone(), "reason" => "buffer_overrun").increment(n);
+        true
     }
 
     /// Turns one batch of notifications into rows. Returns false when the channel is closed.
@@ -150,7 +174,7 @@ impl Keyspace {
             if !self.def.matches(ev.key.as_bytes()) {
                 continue;
             }
-            metrics::counter!(m::EVENTS_RECEIVED, "pipeline" => self.name.clone(), "event" => ev.operation.clone()).increment(1);
+            self.counters.event(&ev.operation);
             if self.def.write_events.contains(&ev.operation) {
                 written.push(ev.key);
             } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == ev.operation) {
@@ -210,12 +234,11 @@ impl Keyspace {
         now: i64,
         by: &'static str,
     ) -> (Option<Record>, u64, i64) {
-        let name = self.name.clone();
         let key_str = key.as_str_lossy();
         let (raw, ttl_ms) = match read {
             Read::Value(raw, ttl) => (raw, ttl),
             Read::Gone => {
-                metrics::counter!(m::VALUES_GONE, "pipeline" => name, "reason" => "missing_on_read").increment(1);
+                self.counters.gone.increment(1);
                 return (None, 0, -2);
             }
             Read::Refused(error) => {
@@ -226,7 +249,10 @@ impl Keyspace {
         let hash = content_hash(&raw);
         let record = match decode_value(&raw) {
             Ok(payload) => {
-                metrics::counter!(m::VALUES_CAPTURED, "pipeline" => name, "via" => by).increment(1);
+                match by {
+                    "scan" => self.counters.captured_scan.increment(1),
+                    _ => self.counters.captured_event.increment(1),
+                }
                 let id = key_str
                     .strip_prefix(self.def.id_prefix.as_str())
                     .unwrap_or(&key_str);
@@ -298,30 +324,44 @@ impl Keyspace {
         }
     }
 
-    /// One pipelined round trip: GET and PTTL of every key.
+    /// One round trip: a read-only script returns the value and PTTL of every key, a
+    /// consistent snapshot of both.
     async fn read(&self, keys: &[Key]) -> std::result::Result<Vec<Read>, Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        let pipeline = self.reader.pipeline();
-        for k in keys {
-            let () = pipeline.get(k).await?;
-            let () = pipeline.pttl(k).await?;
-        }
-        let results: Vec<std::result::Result<Value, Error>> = pipeline.try_all().await;
-        metrics::histogram!(m::READ_DURATION, "pipeline" => self.name.clone())
+        let reply: Value = self
+            .script
+            .evalsha_with_reload(&self.reader, keys.to_vec(), ())
+            .await?;
+        self.counters
+            .read_duration
             .record(started.elapsed().as_secs_f64());
+        let Value::Array(items) = reply else {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "read script: unexpected reply",
+            ));
+        };
+        if items.len() != keys.len() * 2 {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "read script: wrong reply length",
+            ));
+        }
         let mut out = Vec::with_capacity(keys.len());
-        let mut it = results.into_iter();
+        let mut it = items.into_iter();
         while let (Some(value), Some(ttl)) = (it.next(), it.next()) {
+            let ttl = ttl.as_i64().unwrap_or(-2);
             out.push(match value {
-                Ok(Value::Null) => Read::Gone,
-                Ok(Value::Bytes(b)) => Read::Value(b, ttl_of(ttl)),
-                Ok(Value::String(s)) => Read::Value(s.into_inner(), ttl_of(ttl)),
-                Ok(other) => Read::Refused(format!("unexpected reply {:?}", other.kind())),
-                Err(e) if is_connection_error(&e) => return Err(e),
-                Err(e) => Read::Refused(e.to_string()),
+                Value::Null => Read::Gone,
+                Value::Bytes(b) => Read::Value(b, ttl),
+                Value::String(s) => Read::Value(s.into_inner(), ttl),
+                Value::Array(err) => {
+                    Read::Refused(err.first().and_then(|e| e.as_string()).unwrap_or_default())
+                }
+                other => Read::Refused(format!("unexpected reply {:?}", other.kind())),
             });
         }
         Ok(out)
@@ -372,15 +412,52 @@ impl Keyspace {
     }
 }
 
-fn ttl_of(r: std::result::Result<Value, Error>) -> i64 {
-    r.ok().and_then(|v| v.as_i64()).unwrap_or(-2)
+/// Value and PTTL of every key in KEYS: `false` when missing, `{error}` when it is not a string.
+const READ_SCRIPT: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.pcall('GET', key)
+  if type(v) == 'table' and v.err then v = { v.err } end
+  out[2 * i - 1] = v
+  out[2 * i] = redis.call('PTTL', key)
+end
+return out
+"#;
+
+/// Metric handles of one pipeline, registered once.
+struct Counters {
+    events: Vec<(String, metrics::Counter)>,
+    captured_event: metrics::Counter,
+    captured_scan: metrics::Counter,
+    gone: metrics::Counter,
+    read_duration: metrics::Histogram,
 }
 
-fn is_connection_error(e: &Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout | ErrorKind::Backpressure
-    )
+impl Counters {
+    fn new(pipeline: &str, def: &KeyspaceSource) -> Counters {
+        let p = pipeline.to_string();
+        Counters {
+            events: def
+                .write_events
+                .iter()
+                .chain(&def.lifecycle_events)
+                .map(|e| {
+                    let c = metrics::counter!(m::EVENTS_RECEIVED, "pipeline" => p.clone(), "event" => e.clone());
+                    (e.clone(), c)
+                })
+                .collect(),
+            captured_event: metrics::counter!(m::VALUES_CAPTURED, "pipeline" => p.clone(), "via" => "event"),
+            captured_scan: metrics::counter!(m::VALUES_CAPTURED, "pipeline" => p.clone(), "via" => "scan"),
+            gone: metrics::counter!(m::VALUES_GONE, "pipeline" => p.clone(), "reason" => "missing_on_read"),
+            read_duration: metrics::histogram!(m::READ_DURATION, "pipeline" => p),
+        }
+    }
+
+    fn event(&self, op: &str) {
+        if let Some((_, c)) = self.events.iter().find(|(e, _)| e == op) {
+            c.increment(1);
+        }
+    }
 }
 
 /// Checks `notify-keyspace-events` and, when allowed, adds what is missing.

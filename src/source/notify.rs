@@ -82,6 +82,7 @@ mod tests {
             write_events: write.iter().map(|s| s.to_string()).collect(),
             lifecycle_events: life.iter().map(|s| s.to_string()).collect(),
             rescan_on_start: true,
+            rescan_interval_secs: 300,
         }
     }
 

@@ -66,6 +66,12 @@ fn spawn(program: &str, args: &[String], configure: impl FnOnce(&mut Command)) -
 struct Proc(Mutex<Option<Child>>);
 
 impl Proc {
+    /// The process id, while it runs.
+    fn pid(&self) -> Option<u32> {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map(|c| c.id())
+    }
+
     /// The exit status if the process has exited, without waiting.
     fn exited(&self) -> Option<ExitStatus> {
         let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -470,6 +476,11 @@ impl Spillway {
     /// The exit status if the process has exited, without waiting.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.proc.exited()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
     }
 
     /// Sends SIGTERM and waits up to 30 s for exit; panics with the log if it had to be killed.

@@ -1,0 +1,155 @@
+//! End-to-end alerts benchmark: a fast producer writes N MessagePack alerts with `SET ... EX`
+//! into a real redis-server; the clock stops when all N are committed in a real
+//! clickhouse-server (none missing). The same writes are first timed against Redis alone (with
+//! keyspace notifications on and nobody listening), the ceiling Spillway is compared with.
+//!
+//! Run: `cargo bench --bench alerts` (env BENCH_ALERTS=N, default 300000).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillway};
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("alerts benchmark: run it with `cargo bench --bench alerts`");
+        return;
+    }
+    let n: u64 = std::env::var("BENCH_ALERTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(n));
+}
+
+async fn run(n: u64) {
+    let (chunk, parallel) = (1000, 4);
+    // The ceiling: the same writes into Redis with notifications on, nobody archiving.
+    let ceiling = {
+        let redis = RedisServer::start();
+        let items = load::alerts("c", n);
+        let t = Instant::now();
+        load::set_all(&redis.url(), items, 3600, chunk, parallel).await;
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+
+    let redis = RedisServer::start();
+    let ch = ClickHouseServer::start();
+    let toml = format!(
+        "{}\n[batch]\nmax_delay_ms = 500\n",
+        config_toml(&redis, &ch, "bench", free_port())
+    );
+    let sp = Spillway::start(&toml);
+    sp.wait_ready(Duration::from_secs(60)).await;
+    let pid = sp.pid().expect("spillway pid");
+    let cpu0 = cpu_seconds(pid);
+
+    let items = load::alerts("b", n);
+    let t = Instant::now();
+    load::set_all(&redis.url(), items, 3600, chunk, parallel).await;
+    let written_in = t.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // Distinct values committed (a value captured twice, by event and by rescan, counts once).
+    while ch.count("SELECT count() FROM bench.alerts FINAL").await < n {
+        assert!(
+            Instant::now() < deadline,
+            "not all alerts committed in 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let committed_in = t.elapsed();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let peak_rss_mb = peak_rss_kb(pid) as f64 / 1024.0;
+
+    let final_count = ch.count("SELECT count() FROM bench.alerts FINAL").await;
+    let dead = ch.count("SELECT count() FROM bench.dead_letters").await;
+    let metrics = sp.metrics().await;
+    let lost = metric_sum(&metrics, "spillway_events_lost_total");
+    let rescued = metric_sum(
+        &metrics,
+        "spillway_values_captured_total{pipeline=\"alerts\",via=\"scan\"}",
+    );
+    assert_eq!(final_count, n, "alerts missing");
+    assert_eq!(dead, 0, "dead letters");
+
+    let rate = n as f64 / committed_in.as_secs_f64();
+    println!();
+    println!("machine: {}", machine());
+    println!("alerts: {n} MessagePack alerts, SET ... EX 3600, {parallel} connections x {chunk} pipelined");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| Redis alone (notifications on), SET/s | {ceiling:.0} |");
+    println!(
+        "| producer with Spillway running, SET/s | {:.0} |",
+        n as f64 / written_in.as_secs_f64()
+    );
+    println!("| end to end, alerts/s (written until committed, none missing) | {rate:.0} |");
+    println!(
+        "| end to end / Redis-alone ceiling | {:.2} |",
+        rate / ceiling
+    );
+    println!(
+        "| Spillway CPU, cores (average over the run) | {:.2} |",
+        cpu / committed_in.as_secs_f64()
+    );
+    println!("| Spillway peak resident memory, MB | {peak_rss_mb:.0} |");
+    println!(
+        "| notifications lost (buffer overrun) / values recovered by rescan | {} / {} |",
+        lost as u64, rescued as u64
+    );
+    println!(
+        "| time to write / to commit, s | {:.2} / {:.2} |",
+        written_in.as_secs_f64(),
+        committed_in.as_secs_f64()
+    );
+}
+
+/// The sum of the samples whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Peak resident set (VmHWM) of a process, in kB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
