@@ -104,6 +104,12 @@ async fn run(n: u64) {
         "| notifications lost (buffer overrun) / values recovered by rescan | {} / {} |",
         lost as u64, rescued as u64
     );
+    let reads = metric_sum(&metrics, "spillway_redis_read_duration_seconds_count");
+    let read_s = metric_sum(&metrics, "spillway_redis_read_duration_seconds_sum");
+    let inserts = metric_sum(&metrics, "spillway_insert_duration_seconds_count");
+    let insert_s = metric_sum(&metrics, "spillway_insert_duration_seconds_sum");
+    println!("| Redis reads: count, busy s | {reads} {read_s:.2} |");
+    println!("| ClickHouse inserts: count, busy s | {inserts} {insert_s:.2} |");
     println!(
         "| time to write / to commit, s | {:.2} / {:.2} |",
         written_in.as_secs_f64(),

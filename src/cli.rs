@@ -23,6 +23,15 @@ pub enum Command {
     Run(ConfigArgs),
     /// Validate the configuration and the pipeline definitions, print them, and exit.
     CheckConfig(ConfigArgs),
+    /// Print the CREATE statements Spillway runs for a ClickHouse version, to review or apply by hand.
+    Schema {
+        /// The server's version as `SELECT version()` prints it, e.g. 18.16.1 or 24.8.4.13.
+        #[arg(long, default_value = "24.8")]
+        clickhouse_version: String,
+        /// The database.
+        #[arg(long, default_value = "spillway")]
+        database: String,
+    },
 }
 
 /// Where the configuration comes from.
@@ -62,6 +71,17 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => args.load().and_then(run),
         Command::CheckConfig(args) => args.load().map(|s| println!("{s:#?}")),
+        Command::Schema {
+            clickhouse_version,
+            database,
+        } => {
+            let generation = crate::sink::schema::Generation::from_version(&clickhouse_version);
+            println!("CREATE DATABASE IF NOT EXISTS {database};\n");
+            for t in crate::sink::schema::TABLES {
+                println!("{};\n", t.create_sql(&database, generation));
+            }
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

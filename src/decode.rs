@@ -97,10 +97,10 @@ pub fn decode_msgpack_map(bytes: &[u8]) -> Result<Map<String, Value>> {
     }
 }
 
-/// Decodes exactly one MessagePack value covering all of `bytes`, as JSON.
+/// Decodes exactly one MessagePack value covering all of `bytes`, straight into JSON.
 fn decode_msgpack(bytes: &[u8]) -> std::result::Result<Value, String> {
     let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
-    let value = rmpv::Value::deserialize(&mut de).map_err(|e| e.to_string())?;
+    let Json(value) = Json::deserialize(&mut de).map_err(|e| e.to_string())?;
     let used = de.position();
     if used != bytes.len() as u64 {
         return Err(format!(
@@ -108,44 +108,30 @@ fn decode_msgpack(bytes: &[u8]) -> std::result::Result<Value, String> {
             bytes.len() as u64 - used
         ));
     }
-    Ok(to_json(value))
+    Ok(value)
 }
 
 fn looks_like_msgpack_container(bytes: &[u8]) -> bool {
     matches!(bytes.first(), Some(0x80..=0x9f | 0xdc..=0xdf))
 }
 
-/// MessagePack to JSON, losing nothing a JSON text can hold: binary and extension data become
-/// base64 strings (`{"$bin": ...}`, `{"$ext": type, "data": ...}`), non-finite floats strings.
-fn to_json(v: rmpv::Value) -> Value {
-    use base64::Engine as _;
-    let b64 = |b: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(b));
-    match v {
-        rmpv::Value::Nil => Value::Null,
-        rmpv::Value::Boolean(b) => Value::Bool(b),
-        rmpv::Value::Integer(i) => match (i.as_u64(), i.as_i64()) {
-            (Some(u), _) => Value::from(u),
-            (None, Some(s)) => Value::from(s),
-            (None, None) => Value::Null,
-        },
-        rmpv::Value::F32(f) => float(f as f64),
-        rmpv::Value::F64(f) => float(f),
-        rmpv::Value::String(s) if s.is_str() => Value::String(s.into_str().unwrap_or_default()),
-        rmpv::Value::String(s) => {
-            Value::Object(Map::from_iter([("$bin".to_string(), b64(s.as_bytes()))]))
-        }
-        rmpv::Value::Binary(b) => Value::Object(Map::from_iter([("$bin".to_string(), b64(&b))])),
-        rmpv::Value::Array(a) => Value::Array(a.into_iter().map(to_json).collect()),
-        rmpv::Value::Map(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (key_string(k), to_json(v)))
-                .collect(),
-        ),
-        rmpv::Value::Ext(t, data) => Value::Object(Map::from_iter([
-            ("$ext".to_string(), Value::from(t)),
-            ("data".to_string(), b64(&data)),
-        ])),
+/// A JSON value built directly from any self-describing serde input (here MessagePack), losing
+/// nothing a JSON text can hold: binary data and strings that are not UTF-8 become
+/// `{"$bin": base64}`, extension values `{"$ext": type, "data": base64}`, non-finite floats
+/// strings, and map keys that are not strings their JSON text.
+struct Json(Value);
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor).map(Json)
     }
+}
+
+struct JsonVisitor;
+
+fn base64(b: &[u8]) -> Value {
+    use base64::Engine as _;
+    Value::String(base64::engine::general_purpose::STANDARD.encode(b))
 }
 
 fn float(f: f64) -> Value {
@@ -154,10 +140,82 @@ fn float(f: f64) -> Value {
         .unwrap_or_else(|| Value::String(f.to_string()))
 }
 
-fn key_string(k: rmpv::Value) -> String {
-    match k {
-        rmpv::Value::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        other => to_json(other).to_string(),
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a MessagePack value")
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f32<E>(self, v: f32) -> std::result::Result<Value, E> {
+        Ok(float(v as f64))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> std::result::Result<Value, E> {
+        Ok(Value::Object(Map::from_iter([(
+            "$bin".to_string(),
+            base64(v),
+        )])))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
+        while let Some(Json(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some((Json(k), Json(v))) = map.next_entry()? {
+            let key = match k {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Value, D::Error> {
+        // rmp-serde hands extension values over as a newtype of (type, bytes).
+        let (t, data): (i8, serde_bytes::ByteBuf) = Deserialize::deserialize(d)?;
+        Ok(Value::Object(Map::from_iter([
+            ("$ext".to_string(), Value::from(t)),
+            ("data".to_string(), base64(&data)),
+        ])))
     }
 }
 
@@ -301,14 +359,22 @@ mod tests {
     #[test]
     fn binary_ext_and_odd_keys_are_kept() {
         let mut buf = Vec::new();
-        rmp::encode::write_map_len(&mut buf, 3).unwrap();
+        rmp::encode::write_map_len(&mut buf, 5).unwrap();
         rmp::encode::write_uint(&mut buf, 7).unwrap();
         rmp::encode::write_str(&mut buf, "seven").unwrap();
         rmp::encode::write_str(&mut buf, "blob").unwrap();
         rmp::encode::write_bin(&mut buf, &[0, 255]).unwrap();
         rmp::encode::write_str(&mut buf, "nan").unwrap();
         rmp::encode::write_f64(&mut buf, f64::NAN).unwrap();
+        rmp::encode::write_str(&mut buf, "ext").unwrap();
+        rmp::encode::write_ext_meta(&mut buf, 2, 5).unwrap();
+        buf.extend_from_slice(&[1, 2]);
+        rmp::encode::write_str(&mut buf, "latin1").unwrap();
+        rmp::encode::write_str_len(&mut buf, 3).unwrap();
+        buf.extend_from_slice(&[b'c', b'a', 0xe9]);
         let m = decode_msgpack_map(&buf).unwrap();
+        assert_eq!(m["ext"], json!({"$ext": 5, "data": "AQI="}));
+        assert_eq!(m["latin1"], json!({"$bin": "Y2Hp"}));
         assert_eq!(m["7"], "seven");
         assert_eq!(m["blob"], json!({"$bin": "AP8="}));
         assert_eq!(m["nan"], "NaN");
