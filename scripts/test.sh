@@ -101,6 +101,24 @@ else
     done
 fi
 
+# tests/modern_clickhouse.rs checks the modern DDL and row bytes on a current ClickHouse (26.x)
+# embedded in Python by chdb (the chdb-core wheel, about 180 MB, from PyPI).
+command -v python3 >/dev/null 2>&1 ||
+    die "python3 not found: install it (apt-get install python3 python3-pip), then 'python3 -m pip install chdb-core'"
+if ! (cd / && python3 -c 'import chdb.session') >/dev/null 2>&1; then
+    step "Installing chdb-core (ClickHouse 26.x in-process) with pip"
+    python3 -m pip --version >/dev/null 2>&1 ||
+        die "pip missing for python3: install it (apt-get install python3-pip), then rerun"
+    if ! python3 -m pip install --quiet chdb-core; then
+        # Debian's own python3 refuses pip installs (PEP 668, "externally-managed-environment"):
+        # install into the user's site-packages instead, leaving /usr untouched.
+        echo "note: retrying as 'python3 -m pip install --user --break-system-packages chdb-core'"
+        python3 -m pip install --quiet --user --break-system-packages chdb-core ||
+            die "'python3 -m pip install chdb-core' failed: install chdb-core for python3 yourself (or use a venv)"
+    fi
+    (cd / && python3 -c 'import chdb.session') || die "chdb-core installed but python3 cannot import chdb"
+fi
+
 command -v cargo >/dev/null 2>&1 ||
     die "cargo not found: install the Rust toolchain with rustup (https://rustup.rs), then make sure ~/.cargo/bin is on PATH"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: run 'rustup component add rustfmt'"

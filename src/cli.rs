@@ -75,11 +75,14 @@ pub fn main() -> ExitCode {
             clickhouse_version,
             database,
         } => {
+            use std::io::Write as _;
             let generation = crate::sink::schema::Generation::from_version(&clickhouse_version);
-            println!("CREATE DATABASE IF NOT EXISTS {database};\n");
+            let mut out = format!("CREATE DATABASE IF NOT EXISTS {database};\n\n");
             for t in crate::sink::schema::TABLES {
-                println!("{};\n", t.create_sql(&database, generation));
+                out.push_str(&format!("{};\n\n", t.create_sql(&database, generation)));
             }
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(out.as_bytes());
             Ok(())
         }
     };

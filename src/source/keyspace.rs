@@ -1,16 +1,15 @@
-//! The keyspace source: subscribes to the keyevent channels of a Redis instance, reads each
-//! written value back in pipelined batches (GET + PTTL per key, one round trip per batch), and
-//! turns values and lifecycle events into rows.
+//! The keyspace source: subscribes to the keyevent channels of a Redis instance and reads each
+//! written value back in batches (value and PTTL of up to `read_batch` keys in one round trip);
+//! the [`capture`](super::capture) stage turns them into rows.
 //!
 //! Pub/sub cannot be paused. When the channel to ClickHouse is full, this task waits on it, the
 //! notifications queue in the client's buffer (`keyspace.subscriber_buffer`), and once that
 //! overflows the oldest are dropped and counted in `spillway_events_lost_total`; the values they
 //! announced are recovered by the next rescan while their keys live.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scan::ScanType;
@@ -19,12 +18,15 @@ use fred::types::KeyspaceEvent;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::capture::{Capturer, Job, Read};
 use super::{notify, Endpoint, Result};
 use crate::config::KeyspaceSettings;
-use crate::decode::decode_value;
 use crate::metrics as m;
 use crate::pipeline::{KeyspaceSource, LIFECYCLE};
-use crate::rows::{content_hash, now_ms, AlertEventRow, CapturedAlert, DeadLetterRow, Record};
+use crate::rows::{now_ms, Record};
+
+/// Batches read but not yet turned into rows: one being captured while the next is read.
+const JOB_QUEUE: usize = 2;
 
 /// A connected, subscribed keyspace pipeline, ready to run.
 pub struct Keyspace {
@@ -35,19 +37,10 @@ pub struct Keyspace {
     subscriber: SubscriberClient,
     events: broadcast::Receiver<KeyspaceEvent>,
     read_batch: usize,
-    tx: mpsc::Sender<Record>,
     script: Script,
-    counters: Counters,
-}
-
-/// What a pipelined read found for one key.
-enum Read {
-    /// The value and its remaining TTL in ms.
-    Value(Bytes, i64),
-    /// The key no longer exists.
-    Gone,
-    /// Redis refused the read (e.g. the key holds a list).
-    Refused(String),
+    read_duration: metrics::Histogram,
+    capturer: Arc<Capturer>,
+    jobs: Option<mpsc::Sender<Job>>,
 }
 
 impl Keyspace {
@@ -85,14 +78,15 @@ impl Keyspace {
         tracing::info!(pipeline = name, endpoint = ?endpoint, pattern = %def.pattern, "keyspace source subscribed");
         Ok(Keyspace {
             name: name.to_string(),
-            counters: Counters::new(name, &def),
+            capturer: Arc::new(Capturer::new(name, &endpoint.instance, def.clone(), tx)),
+            jobs: None,
+            read_duration: metrics::histogram!(m::READ_DURATION, "pipeline" => name.to_string()),
             def,
             endpoint,
             reader,
             subscriber,
             events,
             read_batch: settings.read_batch.get(),
-            tx,
             script: Script::from_lua(READ_SCRIPT),
         })
     }
@@ -105,6 +99,9 @@ impl Keyspace {
     /// Runs until `cancel`: the start-up rescan (when configured), then the event loop. Every
     /// batch read is pushed into the channel before the task stops.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let (jobs, queue) = mpsc::channel(JOB_QUEUE);
+        let capture = tokio::spawn(self.capturer.clone().run(queue));
+        self.jobs = Some(jobs);
         // A gap is a stretch of time in which notifications may have been missed: before the
         // subscription (at start), a buffer overrun, or simply a while (`rescan_interval_secs`).
         // It is closed by a rescan as soon as the backlog of notifications is small.
@@ -118,7 +115,7 @@ impl Keyspace {
             if gap && self.events.len() < self.read_batch {
                 gap = false;
                 match self.rescan(&cancel).await {
-                    Ok(_) if cancel.is_cancelled() || self.tx.is_closed() => break,
+                    Ok(_) if cancel.is_cancelled() || self.jobs_closed() => break,
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(pipeline = %self.name, error = %e, "rescan failed; retrying at the next tick");
@@ -153,9 +150,23 @@ impl Keyspace {
                 break;
             }
         }
+        self.jobs = None;
+        let _ = capture.await;
         let _ = self.subscriber.quit().await;
         let _ = self.reader.quit().await;
         tracing::info!(pipeline = %self.name, "keyspace source stopped");
+    }
+
+    fn jobs_closed(&self) -> bool {
+        self.jobs.as_ref().is_none_or(|j| j.is_closed())
+    }
+
+    /// Hands a batch to the capture stage; false when it stopped (the channel closed).
+    async fn submit(&self, job: Job) -> bool {
+        match &self.jobs {
+            Some(jobs) => jobs.send(job).await.is_ok(),
+            None => false,
+        }
     }
 
     /// Counts lost notifications; returns true (a gap to close).
@@ -165,145 +176,41 @@ impl Keyspace {
         true
     }
 
-    /// Turns one batch of notifications into rows. Returns false when the channel is closed.
+    /// Reads the values of one batch of notifications and hands them to the capture stage.
+    /// Returns false when the pipeline is stopping.
     async fn handle(&self, batch: &mut Vec<KeyspaceEvent>, cancel: &CancellationToken) -> bool {
+        let capturer = &self.capturer;
         let now = now_ms();
-        let mut records = Vec::with_capacity(batch.len() * 2);
+        let mut records = Vec::new();
         let mut written: Vec<Key> = Vec::new();
         for ev in batch.drain(..) {
             if !self.def.matches(ev.key.as_bytes()) {
                 continue;
             }
-            self.counters.event(&ev.operation);
+            capturer.count_event(&ev.operation);
             if self.def.write_events.contains(&ev.operation) {
                 written.push(ev.key);
             } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == ev.operation) {
                 records.push(Record::AlertEvent(
-                    self.event_row(&ev.key, event, now, 0, -2),
+                    capturer.event_row(&ev.key, event, now, 0, -2),
                 ));
             }
         }
-        let mut unique: Vec<Key> = written.clone();
-        unique.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        unique.dedup_by(|a, b| a.as_bytes() == b.as_bytes());
-        let Some(reads) = self.read_with_retry(&unique, cancel).await else {
+        let mut keys: Vec<Key> = written.clone();
+        keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        keys.dedup_by(|a, b| a.as_bytes() == b.as_bytes());
+        let Some(reads) = self.read_with_retry(&keys, cancel).await else {
             return false;
         };
-        let mut hashes: HashMap<&[u8], (u64, i64)> = HashMap::with_capacity(unique.len());
-        for (key, read) in unique.iter().zip(reads) {
-            let (rec, hash, ttl) = self.capture(key, read, now, "event");
-            hashes.insert(key.as_bytes(), (hash, ttl));
-            records.extend(rec);
-        }
-        for key in &written {
-            let (hash, ttl) = hashes.get(key.as_bytes()).copied().unwrap_or((0, -2));
-            records.push(Record::AlertEvent(
-                self.event_row(key, "written", now, hash, ttl),
-            ));
-        }
-        self.send(records).await
-    }
-
-    fn event_row(
-        &self,
-        key: &Key,
-        event: &'static str,
-        now: i64,
-        hash: u64,
-        ttl_ms: i64,
-    ) -> AlertEventRow {
-        let key = key.as_str_lossy().into_owned();
-        AlertEventRow {
-            alert_id: key
-                .strip_prefix(self.def.id_prefix.as_str())
-                .unwrap_or(&key)
-                .to_string(),
-            key,
-            event,
-            event_ms: now,
-            content_hash: hash,
-            ttl_ms,
-        }
-    }
-
-    /// One key's read, as a row (alert or dead letter) with its content hash and TTL.
-    fn capture(
-        &self,
-        key: &Key,
-        read: Read,
-        now: i64,
-        by: &'static str,
-    ) -> (Option<Record>, u64, i64) {
-        let key_str = key.as_str_lossy();
-        let (raw, ttl_ms) = match read {
-            Read::Value(raw, ttl) => (raw, ttl),
-            Read::Gone => {
-                self.counters.gone.increment(1);
-                return (None, 0, -2);
-            }
-            Read::Refused(error) => {
-                let row = self.dead_letter(&key_str, Vec::new(), "read_refused", error, now);
-                return (Some(row), 0, -2);
-            }
-        };
-        let hash = content_hash(&raw);
-        let record = match decode_value(&raw) {
-            Ok(payload) => {
-                match by {
-                    "scan" => self.counters.captured_scan.increment(1),
-                    _ => self.counters.captured_event.increment(1),
-                }
-                let id = key_str
-                    .strip_prefix(self.def.id_prefix.as_str())
-                    .unwrap_or(&key_str);
-                Record::Alert(
-                    CapturedAlert {
-                        key: &key_str,
-                        id_from_key: id,
-                        raw: &raw,
-                        ttl_ms,
-                        captured_at_ms: now,
-                        captured_by: by,
-                    }
-                    .into_row(payload),
-                )
-            }
-            Err(e) => self.dead_letter(&key_str, raw.to_vec(), e.reason, e.detail, now),
-        };
-        (Some(record), hash, ttl_ms)
-    }
-
-    fn dead_letter(
-        &self,
-        key: &str,
-        raw: Vec<u8>,
-        reason: &'static str,
-        error: String,
-        now: i64,
-    ) -> Record {
-        metrics::counter!(m::DEAD_LETTERS, "pipeline" => self.name.clone(), "reason" => reason)
-            .increment(1);
-        tracing::debug!(pipeline = %self.name, key, reason, %error, "dead letter");
-        Record::DeadLetter(DeadLetterRow {
-            pipeline: self.name.clone(),
-            instance: self.endpoint.instance.clone(),
-            key: key.to_string(),
-            stream_id: String::new(),
-            content_hash: content_hash(&raw),
-            raw,
-            reason,
-            error,
-            received_at_ms: now,
+        self.submit(Job {
+            now,
+            by: "event",
+            keys,
+            reads,
+            written,
+            records,
         })
-    }
-
-    async fn send(&self, records: Vec<Record>) -> bool {
-        for r in records {
-            if self.tx.send(r).await.is_err() {
-                return false;
-            }
-        }
-        true
+        .await
     }
 
     /// Reads keys until Redis answers or `cancel`; None when cancelled.
@@ -335,9 +242,7 @@ impl Keyspace {
             .script
             .evalsha_with_reload(&self.reader, keys.to_vec(), ())
             .await?;
-        self.counters
-            .read_duration
-            .record(started.elapsed().as_secs_f64());
+        self.read_duration.record(started.elapsed().as_secs_f64());
         let Value::Array(items) = reply else {
             return Err(Error::new(
                 ErrorKind::Protocol,
@@ -355,12 +260,10 @@ impl Keyspace {
         while let (Some(value), Some(ttl)) = (it.next(), it.next()) {
             let ttl = ttl.as_i64().unwrap_or(-2);
             out.push(match value {
-                Value::Null => Read::Gone,
+                Value::Null if ttl == -2 => Read::Gone,
+                Value::Null => Read::Refused("the key exists but does not hold a string".into()),
                 Value::Bytes(b) => Read::Value(b, ttl),
                 Value::String(s) => Read::Value(s.into_inner(), ttl),
-                Value::Array(err) => {
-                    Read::Refused(err.first().and_then(|e| e.as_string()).unwrap_or_default())
-                }
                 other => Read::Refused(format!("unexpected reply {:?}", other.kind())),
             });
         }
@@ -391,14 +294,16 @@ impl Keyspace {
                 let Some(reads) = self.read_with_retry(chunk, cancel).await else {
                     return Ok(seen);
                 };
-                let now = now_ms();
-                let records: Vec<Record> = chunk
-                    .iter()
-                    .zip(reads)
-                    .filter_map(|(k, r)| self.capture(k, r, now, "scan").0)
-                    .collect();
                 seen += chunk.len() as u64;
-                if !self.send(records).await {
+                let job = Job {
+                    now: now_ms(),
+                    by: "scan",
+                    keys: chunk.to_vec(),
+                    reads,
+                    written: Vec::new(),
+                    records: Vec::new(),
+                };
+                if !self.submit(job).await {
                     return Ok(seen);
                 }
             }
@@ -412,54 +317,17 @@ impl Keyspace {
     }
 }
 
-/// Value and PTTL of every key in KEYS: `false` when missing, `{error}` when it is not a string.
+/// Value and PTTL of every key in KEYS (one MGET, then PTTL per key): the value is `false`
+/// when the key is missing or holds no string, which its PTTL (-2 only when missing) tells apart.
 const READ_SCRIPT: &str = r#"
+local values = redis.call('MGET', unpack(KEYS))
 local out = {}
 for i, key in ipairs(KEYS) do
-  local v = redis.pcall('GET', key)
-  if type(v) == 'table' and v.err then v = { v.err } end
-  out[2 * i - 1] = v
+  out[2 * i - 1] = values[i]
   out[2 * i] = redis.call('PTTL', key)
 end
 return out
 "#;
-
-/// Metric handles of one pipeline, registered once.
-struct Counters {
-    events: Vec<(String, metrics::Counter)>,
-    captured_event: metrics::Counter,
-    captured_scan: metrics::Counter,
-    gone: metrics::Counter,
-    read_duration: metrics::Histogram,
-}
-
-impl Counters {
-    fn new(pipeline: &str, def: &KeyspaceSource) -> Counters {
-        let p = pipeline.to_string();
-        Counters {
-            events: def
-                .write_events
-                .iter()
-                .chain(&def.lifecycle_events)
-                .map(|e| {
-                    let c = metrics::counter!(m::EVENTS_RECEIVED, "pipeline" => p.clone(), "event" => e.clone());
-                    (e.clone(), c)
-                })
-                .collect(),
-            captured_event: metrics::counter!(m::VALUES_CAPTURED, "pipeline" => p.clone(), "via" => "event"),
-            captured_scan: metrics::counter!(m::VALUES_CAPTURED, "pipeline" => p.clone(), "via" => "scan"),
-            gone: metrics::counter!(m::VALUES_GONE, "pipeline" => p.clone(), "reason" => "missing_on_read"),
-            read_duration: metrics::histogram!(m::READ_DURATION, "pipeline" => p),
-        }
-    }
-
-    fn event(&self, op: &str) {
-        if let Some((_, c)) = self.events.iter().find(|(e, _)| e == op) {
-            c.increment(1);
-        }
-    }
-}
-
 /// Checks `notify-keyspace-events` and, when allowed, adds what is missing.
 async fn check_notifications(
     client: &Client,

@@ -1,6 +1,7 @@
 //! Sources: the readers that turn Redis data into [`Record`](crate::rows::Record)s and push them
 //! into the bounded channel.
 
+pub mod capture;
 pub mod keyspace;
 pub mod notify;
 
