@@ -133,7 +133,7 @@ pub struct MetricsSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchSection {
-    /// Capacity of the channel between readers and the writer, in rows; default 200000.
+    /// Capacity of the channel between readers and the writer, in rows; default 50000.
     pub channel_capacity: Option<usize>,
     /// Flush when this many rows are buffered; default 100000.
     pub max_rows: Option<usize>,
@@ -150,7 +150,9 @@ pub struct KeyspaceSection {
     /// Let Spillway add the missing `notify-keyspace-events` flags itself with `CONFIG SET`;
     /// default false (Spillway then fails at start and prints the line to run).
     pub configure_notifications: Option<bool>,
-    /// Capacity of the client's pub/sub buffer, in messages; default 262144.
+    /// Notifications of a pipeline's keys queued while values are read back (memory is taken
+    /// only as the queue fills); beyond it they are counted as lost and a rescan follows.
+    /// Default 262144.
     pub subscriber_buffer: Option<usize>,
     /// Most keys read back in one pipelined round trip; default 1024.
     pub read_batch: Option<usize>,
@@ -411,7 +413,7 @@ impl BatchSection {
         let max_rows = positive("batch.max_rows", self.max_rows.unwrap_or(100_000))?;
         let channel_capacity = positive(
             "batch.channel_capacity",
-            self.channel_capacity.unwrap_or(200_000),
+            self.channel_capacity.unwrap_or(50_000),
         )?;
         let max_delay_ms = positive(
             "batch.max_delay_ms",

@@ -30,6 +30,8 @@ pub const DEAD_LETTERS: &str = "spillway_dead_letters_total";
 pub const ROWS_WRITTEN: &str = "spillway_rows_written_total";
 /// INSERT statements, by table and outcome.
 pub const INSERT_BATCHES: &str = "spillway_insert_batches_total";
+/// Batches flushed, by what ended them (`rows`, `bytes`, `delay`, `drain`).
+pub const FLUSHES: &str = "spillway_flushes_total";
 /// Failed batch commits that were retried.
 pub const INSERT_RETRIES: &str = "spillway_insert_retries_total";
 /// INSERT latency, by table and outcome.

@@ -18,32 +18,100 @@ pub use clickhouse::{Batch, Sink, SinkError};
 /// Most records taken from the channel in one call.
 const RECV_CHUNK: usize = 4096;
 
-/// Runs until the channel is closed and drained: every record received is committed.
-pub async fn run_writer(mut rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettings) {
-    let mut buf = Vec::with_capacity(RECV_CHUNK);
-    loop {
-        if rx.recv_many(&mut buf, RECV_CHUNK).await == 0 {
-            break;
+/// What ended a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// `max_rows` reached.
+    Rows,
+    /// `max_bytes` reached.
+    Bytes,
+    /// `max_delay` passed since the first row.
+    Delay,
+    /// The channel closed (shutdown): the last batch.
+    Closed,
+}
+
+impl Cut {
+    fn label(self) -> &'static str {
+        match self {
+            Cut::Rows => "rows",
+            Cut::Bytes => "bytes",
+            Cut::Delay => "delay",
+            Cut::Closed => "drain",
         }
+    }
+}
+
+/// Cuts the stream of records from the channel into batches.
+pub struct Batcher {
+    rx: mpsc::Receiver<Record>,
+    cfg: BatchSettings,
+    /// Records taken from the channel but not yet in a batch (beyond the last cut).
+    carry: std::collections::VecDeque<Record>,
+    buf: Vec<Record>,
+}
+
+impl Batcher {
+    /// A batcher over `rx`.
+    pub fn new(rx: mpsc::Receiver<Record>, cfg: BatchSettings) -> Self {
+        Batcher {
+            rx,
+            cfg,
+            carry: Default::default(),
+            buf: Vec::with_capacity(RECV_CHUNK),
+        }
+    }
+
+    /// Rows waiting in the channel.
+    pub fn depth(&self) -> usize {
+        self.rx.len() + self.carry.len()
+    }
+
+    /// Waits for the first record, then collects until max rows, max bytes or max delay. None
+    /// when the channel is closed and everything was handed out.
+    pub async fn next(&mut self) -> Option<(Batch, Cut)> {
         let mut batch = Batch::default();
-        buf.drain(..).for_each(|r| batch.push(r));
-        let deadline = Instant::now() + cfg.max_delay;
-        let mut closed = false;
-        while batch.rows() < cfg.max_rows.get() && batch.bytes() < cfg.max_bytes.get() {
-            let room = (cfg.max_rows.get() - batch.rows()).min(RECV_CHUNK);
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, room)).await {
-                Ok(0) => {
-                    closed = true;
-                    break;
+        if self.carry.is_empty() && !self.fill(RECV_CHUNK).await {
+            return None;
+        }
+        let deadline = Instant::now() + self.cfg.max_delay;
+        loop {
+            while let Some(r) = self.carry.pop_front() {
+                batch.push(r);
+                if batch.rows() >= self.cfg.max_rows.get() {
+                    return Some((batch, Cut::Rows));
                 }
-                Ok(_) => buf.drain(..).for_each(|r| batch.push(r)),
-                Err(_) => break,
+                if batch.bytes() >= self.cfg.max_bytes.get() {
+                    return Some((batch, Cut::Bytes));
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.fill(RECV_CHUNK)).await {
+                Ok(true) => {}
+                Ok(false) => return Some((batch, Cut::Closed)),
+                Err(_) => return Some((batch, Cut::Delay)),
             }
         }
-        metrics::gauge!(m::CHANNEL_DEPTH).set(rx.len() as f64);
+    }
+
+    /// Moves up to `n` records from the channel into `carry`; false when it is closed and empty.
+    async fn fill(&mut self, n: usize) -> bool {
+        if self.rx.recv_many(&mut self.buf, n).await == 0 {
+            return false;
+        }
+        self.carry.extend(self.buf.drain(..));
+        true
+    }
+}
+
+/// Runs until the channel is closed and drained: every record received is committed.
+pub async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettings) {
+    let mut batcher = Batcher::new(rx, cfg);
+    while let Some((batch, cut)) = batcher.next().await {
+        metrics::gauge!(m::CHANNEL_DEPTH).set(batcher.depth() as f64);
+        metrics::counter!(m::FLUSHES, "trigger" => cut.label()).increment(1);
         commit(&sink, &batch).await;
-        metrics::gauge!(m::CHANNEL_DEPTH).set(rx.len() as f64);
-        if closed {
+        metrics::gauge!(m::CHANNEL_DEPTH).set(batcher.depth() as f64);
+        if cut == Cut::Closed {
             break;
         }
     }
@@ -75,5 +143,80 @@ async fn commit(sink: &Sink, batch: &Batch) {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::{AlertEventRow, Record};
+    use std::num::NonZeroUsize;
+
+    fn cfg(rows: usize, bytes: usize, delay_ms: u64) -> BatchSettings {
+        let nz = |v| NonZeroUsize::new(v).unwrap();
+        BatchSettings {
+            channel_capacity: nz(1000),
+            max_rows: nz(rows),
+            max_bytes: nz(bytes),
+            max_delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    fn event(key: &str) -> Record {
+        Record::AlertEvent(AlertEventRow {
+            key: key.into(),
+            alert_id: key.into(),
+            event: "written",
+            event_ms: 1,
+            content_hash: 0,
+            ttl_ms: -1,
+        })
+    }
+
+    async fn batcher(
+        rows: usize,
+        bytes: usize,
+        delay_ms: u64,
+        n: usize,
+    ) -> (mpsc::Sender<Record>, Batcher) {
+        let (tx, rx) = mpsc::channel(1000);
+        for i in 0..n {
+            tx.send(event(&format!("k{i:02}"))).await.unwrap();
+        }
+        (tx, Batcher::new(rx, cfg(rows, bytes, delay_ms)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cuts_on_rows() {
+        let (_tx, mut b) = batcher(10, 1 << 20, 1000, 25).await;
+        let sizes: Vec<_> = [b.next().await, b.next().await]
+            .into_iter()
+            .map(|x| x.map(|(b, c)| (b.rows(), c)))
+            .collect();
+        assert_eq!(sizes, [Some((10, Cut::Rows)), Some((10, Cut::Rows))]);
+        assert_eq!(b.depth(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cuts_on_bytes_exactly() {
+        // An event row is estimated at 48 bytes plus its key and id (3 + 3): 54 bytes.
+        let (_tx, mut b) = batcher(100, 200, 1000, 15).await;
+        let (batch, cut) = b.next().await.unwrap();
+        assert_eq!((batch.rows(), batch.bytes(), cut), (4, 216, Cut::Bytes));
+        assert_eq!(b.depth(), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cuts_on_delay_then_drains_on_close() {
+        let (tx, mut b) = batcher(100, 1 << 20, 250, 11).await;
+        let started = Instant::now();
+        let (batch, cut) = b.next().await.unwrap();
+        assert_eq!((batch.rows(), cut), (11, Cut::Delay));
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
+        tx.send(event("last")).await.unwrap();
+        drop(tx);
+        let (batch, cut) = b.next().await.unwrap();
+        assert_eq!((batch.rows(), cut), (1, Cut::Closed));
+        assert!(b.next().await.is_none());
     }
 }

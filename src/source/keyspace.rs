@@ -7,6 +7,7 @@
 //! overflows the oldest are dropped and counted in `spillway_events_lost_total`; the values they
 //! announced are recovered by the next rescan while their keys live.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,11 @@ use crate::metrics as m;
 use crate::pipeline::{KeyspaceSource, LIFECYCLE};
 use crate::rows::{now_ms, Record};
 
+/// Capacity of fred's broadcast ring of notifications. fred preallocates it for each of its
+/// several notification channels, so it stays small; a task empties it at once into the
+/// pipeline's own queue (`keyspace.subscriber_buffer`).
+const FRED_BUFFER: usize = 16_384;
+
 /// Batches read but not yet turned into rows: one being captured while the next is read.
 const JOB_QUEUE: usize = 2;
 
@@ -35,7 +41,8 @@ pub struct Keyspace {
     endpoint: Endpoint,
     reader: Client,
     subscriber: SubscriberClient,
-    events: broadcast::Receiver<KeyspaceEvent>,
+    notifications: Option<broadcast::Receiver<KeyspaceEvent>>,
+    buffer: usize,
     read_batch: usize,
     script: Script,
     read_duration: metrics::Histogram,
@@ -56,7 +63,7 @@ impl Keyspace {
         let reader = endpoint.client(def.db).await?;
         check_notifications(&reader, &endpoint, &def, settings.configure_notifications).await?;
         let subscriber = endpoint
-            .builder(def.db, settings.subscriber_buffer.get())?
+            .builder(def.db, FRED_BUFFER)?
             .build_subscriber_client()
             .map_err(endpoint.err("building the subscriber"))?;
         subscriber
@@ -85,7 +92,8 @@ impl Keyspace {
             endpoint,
             reader,
             subscriber,
-            events,
+            notifications: Some(events),
+            buffer: settings.subscriber_buffer.get(),
             read_batch: settings.read_batch.get(),
             script: Script::from_lua(READ_SCRIPT),
         })
@@ -102,6 +110,15 @@ impl Keyspace {
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let capture = tokio::spawn(self.capturer.clone().run(queue));
         self.jobs = Some(jobs);
+        let (forwarded, mut events) = mpsc::channel(self.buffer);
+        let lost = Arc::new(AtomicU64::new(0));
+        let forwarder = tokio::spawn(forward(
+            self.notifications.take().expect("run once"),
+            forwarded,
+            self.def.clone(),
+            lost.clone(),
+            cancel.clone(),
+        ));
         // A gap is a stretch of time in which notifications may have been missed: before the
         // subscription (at start), a buffer overrun, or simply a while (`rescan_interval_secs`).
         // It is closed by a rescan as soon as the backlog of notifications is small.
@@ -112,7 +129,11 @@ impl Keyspace {
         let periodic = self.def.rescan_interval_secs > 0;
         let mut batch = Vec::with_capacity(self.read_batch);
         loop {
-            if gap && self.events.len() < self.read_batch {
+            match lost.swap(0, Ordering::Relaxed) {
+                0 => {}
+                n => gap = self.lost(n, gap),
+            }
+            if gap && events.len() < self.read_batch {
                 gap = false;
                 match self.rescan(&cancel).await {
                     Ok(_) if cancel.is_cancelled() || self.jobs_closed() => break,
@@ -129,20 +150,13 @@ impl Keyspace {
                     gap = true;
                     continue;
                 }
-                ev = self.events.recv() => ev,
+                ev = events.recv() => ev,
             };
-            match first {
-                Ok(ev) => batch.push(ev),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    gap |= self.lost(n);
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            }
+            let Some(first) = first else { break };
+            batch.push(first);
             while batch.len() < self.read_batch {
-                match self.events.try_recv() {
+                match events.try_recv() {
                     Ok(ev) => batch.push(ev),
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => gap |= self.lost(n),
                     Err(_) => break,
                 }
             }
@@ -150,6 +164,7 @@ impl Keyspace {
                 break;
             }
         }
+        forwarder.abort();
         self.jobs = None;
         let _ = capture.await;
         let _ = self.subscriber.quit().await;
@@ -169,9 +184,11 @@ impl Keyspace {
         }
     }
 
-    /// Counts lost notifications; returns true (a gap to close).
-    fn lost(&self, n: u64) -> bool {
-        tracing::warn!(pipeline = %self.name, lost = n, "subscriber buffer overrun: notifications lost; a rescan follows once the backlog is small");
+    /// Counts lost notifications (logged once per gap); returns true, a gap to close.
+    fn lost(&self, n: u64, known_gap: bool) -> bool {
+        if !known_gap {
+            tracing::warn!(pipeline = %self.name, lost = n, "notification buffer overrun: notifications lost; a rescan follows once the backlog is small");
+        }
         metrics::counter!(m::EVENTS_LOST, "pipeline" => self.name.clone(), "reason" => "buffer_overrun").increment(n);
         true
     }
@@ -183,10 +200,8 @@ impl Keyspace {
         let now = now_ms();
         let mut records = Vec::new();
         let mut written: Vec<Key> = Vec::new();
+        // Only the pipeline's keys are here: the forwarder filtered them.
         for ev in batch.drain(..) {
-            if !self.def.matches(ev.key.as_bytes()) {
-                continue;
-            }
             capturer.count_event(&ev.operation);
             if self.def.write_events.contains(&ev.operation) {
                 written.push(ev.key);
@@ -328,6 +343,39 @@ for i, key in ipairs(KEYS) do
 end
 return out
 "#;
+/// Moves notifications of the pipeline's keys from fred's broadcast (a small ring, preallocated)
+/// into the pipeline's own bounded queue (allocated as it fills), at once; counts in `lost` what
+/// neither could hold.
+async fn forward(
+    mut rx: broadcast::Receiver<KeyspaceEvent>,
+    tx: mpsc::Sender<KeyspaceEvent>,
+    def: KeyspaceSource,
+    lost: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let ev = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            ev = rx.recv() => ev,
+        };
+        match ev {
+            Ok(ev) if def.matches(ev.key.as_bytes()) => match tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    lost.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            },
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                lost.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Checks `notify-keyspace-events` and, when allowed, adds what is missing.
 async fn check_notifications(
     client: &Client,
