@@ -96,6 +96,10 @@ fn describe() {
         "INSERT statements sent to ClickHouse, by table and outcome."
     );
     describe_counter!(
+        FLUSHES,
+        "Batches flushed to ClickHouse, by what ended them (rows, bytes, delay, drain)."
+    );
+    describe_counter!(
         INSERT_RETRIES,
         "Batch commits that failed and were retried."
     );
