@@ -15,6 +15,7 @@ use crate::metrics::{self as m, Check};
 use crate::pipeline::Source;
 use crate::sink::{run_writer, Sink};
 use crate::source::keyspace::Keyspace;
+use crate::source::stream::Stream;
 use crate::source::Endpoint;
 
 /// Runs until SIGTERM or Ctrl-C, then drains within `shutdown_timeout`. A second signal exits at once.
@@ -39,6 +40,31 @@ pub async fn run_until_signal(settings: Settings) -> anyhow::Result<()> {
             anyhow::bail!("graceful shutdown did not finish within {timeout:?}; rows not yet committed are recovered by the next rescan")
         }
     }
+}
+
+/// The endpoint of a configured instance.
+fn endpoint(settings: &Settings, instance: &str) -> anyhow::Result<Endpoint> {
+    let url = settings
+        .redis
+        .iter()
+        .find(|(n, _)| n == instance)
+        .map(|(_, u)| u.clone())
+        .with_context(|| format!("no URL for Redis instance {instance}"))?;
+    Ok(Endpoint {
+        instance: instance.to_string(),
+        url,
+    })
+}
+
+/// A readiness check that PINGs through `client`.
+fn ping(name: String, client: fred::prelude::Client) -> (String, Check) {
+    (
+        name,
+        Arc::new(move || {
+            let c = client.clone();
+            Box::pin(async move { c.ping::<String>(None).await.is_ok() })
+        }),
+    )
 }
 
 async fn wait_signal() {
@@ -66,38 +92,49 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     metrics::gauge!(m::CHANNEL_CAPACITY).set(capacity as f64);
     let (tx, rx) = mpsc::channel(capacity);
 
-    let mut sources = Vec::new();
+    let mut keyspaces = Vec::new();
+    let mut streams = Vec::new();
     let mut checks: Vec<(String, Check)> = Vec::new();
     for p in &settings.pipelines {
-        let Source::Keyspace(def) = &p.source;
-        let url = settings
-            .redis
-            .iter()
-            .find(|(n, _)| n == &def.instance)
-            .map(|(_, u)| u.clone())
-            .context("pipeline instance without URL")?;
-        let endpoint = Endpoint {
-            instance: def.instance.clone(),
-            url,
-        };
-        let source = Keyspace::connect(
-            &p.name,
-            def.clone(),
-            endpoint,
-            &settings.keyspace,
-            tx.clone(),
-        )
-        .await
-        .with_context(|| format!("starting pipeline {}", p.name))?;
-        let reader = source.reader();
-        checks.push((
-            format!("redis {} ({})", def.instance, p.name),
-            Arc::new(move || {
-                let r = reader.clone();
-                Box::pin(async move { r.ping::<String>(None).await.is_ok() })
-            }),
-        ));
-        sources.push(source);
+        let starting = || format!("starting pipeline {}", p.name);
+        match &p.source {
+            Source::Keyspace(def) => {
+                let endpoint = endpoint(&settings, &def.instance)?;
+                let source = Keyspace::connect(
+                    &p.name,
+                    def.clone(),
+                    endpoint,
+                    &settings.keyspace,
+                    tx.clone(),
+                )
+                .await
+                .with_context(starting)?;
+                checks.push(ping(
+                    format!("redis {} ({})", def.instance, p.name),
+                    source.reader(),
+                ));
+                keyspaces.push(source);
+            }
+            Source::Stream(def) => {
+                let (on, logs) = (
+                    endpoint(&settings, &def.instance)?,
+                    endpoint(&settings, &def.log_instance)?,
+                );
+                let source = Stream::connect(&p.name, def.clone(), on, logs, tx.clone())
+                    .await
+                    .with_context(starting)?;
+                let [stream_client, log_client] = source.clients();
+                checks.push(ping(
+                    format!("redis {} ({})", def.instance, p.name),
+                    stream_client,
+                ));
+                checks.push(ping(
+                    format!("redis {} ({})", def.log_instance, p.name),
+                    log_client,
+                ));
+                streams.push(source);
+            }
+        }
     }
     drop(tx);
     let ping_sink = sink.clone();
@@ -115,8 +152,13 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     let http = tokio::spawn(m::serve(listener, handle, checks, http_stop.clone()));
 
     let readers = TaskTracker::new();
-    for s in sources {
+    let ackers = TaskTracker::new();
+    for s in keyspaces {
         readers.spawn(s.run(cancel.clone()));
+    }
+    for s in streams {
+        let (cancel, ackers) = (cancel.clone(), ackers.clone());
+        readers.spawn(async move { s.run(cancel, &ackers).await });
     }
     readers.close();
     let writer = tokio::spawn(run_writer(rx, sink, settings.batch));
@@ -125,6 +167,8 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     readers.wait().await;
     tracing::info!("readers stopped; flushing what was read");
     writer.await.context("writer task")?;
+    ackers.close();
+    ackers.wait().await;
     http_stop.cancel();
     let _ = http.await;
     tracing::info!("drained; bye");

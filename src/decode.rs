@@ -97,6 +97,30 @@ pub fn decode_msgpack_map(bytes: &[u8]) -> Result<Map<String, Value>> {
     }
 }
 
+/// Decodes bytes that must be exactly one MessagePack array of maps (a STRING execution log).
+pub fn decode_msgpack_array_of_maps(bytes: &[u8]) -> Result<Vec<Map<String, Value>>> {
+    let not = |detail: &str| DecodeError {
+        reason: "msgpack_not_map",
+        detail: detail.into(),
+    };
+    match decode_msgpack(bytes) {
+        Ok(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::Object(m) => Ok(m),
+                _ => Err(not("MessagePack array holds a value that is not a map")),
+            })
+            .collect(),
+        Ok(_) => Err(not(
+            "MessagePack value is neither a map nor an array of maps",
+        )),
+        Err(detail) => Err(DecodeError {
+            reason: "invalid_msgpack",
+            detail,
+        }),
+    }
+}
+
 /// Decodes exactly one MessagePack value covering all of `bytes`, straight into JSON.
 fn decode_msgpack(bytes: &[u8]) -> std::result::Result<Value, String> {
     let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));

@@ -14,3 +14,4 @@ pub mod pipeline;
 pub mod rows;
 pub mod sink;
 pub mod source;
+pub mod trade;

@@ -44,6 +44,26 @@ pub const CHANNEL_CAPACITY: &str = "spillway_channel_capacity";
 pub const LAST_FLUSH: &str = "spillway_last_flush_timestamp_seconds";
 /// Round trips reading values back, by pipeline.
 pub const READ_DURATION: &str = "spillway_redis_read_duration_seconds";
+/// Stream entries read, by pipeline and event.
+pub const STREAM_ENTRIES: &str = "spillway_stream_entries_total";
+/// Stream entries acknowledged (XACK) after commit, by pipeline.
+pub const STREAM_ACKED: &str = "spillway_stream_acked_total";
+/// Stream entries claimed from other consumers (XAUTOCLAIM), by pipeline.
+pub const STREAM_CLAIMED: &str = "spillway_stream_claimed_total";
+/// Consumer-group lag (entries not yet delivered), by pipeline.
+pub const STREAM_LAG: &str = "spillway_stream_lag_entries";
+/// Entries delivered but not acknowledged, by pipeline.
+pub const STREAM_PENDING: &str = "spillway_stream_pending_entries";
+/// Idle time of the oldest pending entry, by pipeline.
+pub const STREAM_OLDEST_PENDING: &str = "spillway_stream_oldest_pending_seconds";
+/// Execution logs moved to ClickHouse, by pipeline.
+pub const LOGS_MOVED: &str = "spillway_logs_moved_total";
+/// Closes whose execution log was not in Redis, by pipeline.
+pub const LOGS_MISSING: &str = "spillway_logs_missing_total";
+/// Log keys removed (or given their grace expiry) after commit, by pipeline.
+pub const LOG_KEYS_REMOVED: &str = "spillway_log_keys_removed_total";
+/// Logs that grew between reading and removal (the new entries are kept in Redis), by pipeline.
+pub const LOGS_CHANGED: &str = "spillway_logs_changed_total";
 /// Build information.
 pub const BUILD_INFO: &str = "spillway_build_info";
 
@@ -126,6 +146,44 @@ fn describe() {
         Unit::Seconds,
         "Unix time of the last batch committed to ClickHouse."
     );
+    describe_counter!(
+        STREAM_ENTRIES,
+        "Stream entries read, by pipeline and event."
+    );
+    describe_counter!(
+        STREAM_ACKED,
+        "Stream entries acknowledged (XACK) after ClickHouse committed their rows."
+    );
+    describe_counter!(
+        STREAM_CLAIMED,
+        "Stream entries claimed from consumers that stopped (XAUTOCLAIM)."
+    );
+    describe_gauge!(
+        STREAM_LAG,
+        "Consumer-group lag: entries of the stream not yet delivered to the group."
+    );
+    describe_gauge!(
+        STREAM_PENDING,
+        "Stream entries delivered to the group but not acknowledged."
+    );
+    describe_gauge!(
+        STREAM_OLDEST_PENDING,
+        Unit::Seconds,
+        "Idle time of the oldest pending stream entry."
+    );
+    describe_counter!(LOGS_MOVED, "Execution logs moved from Redis to ClickHouse.");
+    describe_counter!(
+        LOGS_MISSING,
+        "Trade closes whose execution log was not in Redis."
+    );
+    describe_counter!(
+        LOG_KEYS_REMOVED,
+        "Execution log keys removed (or expired) after commit."
+    );
+    describe_counter!(
+        LOGS_CHANGED,
+        "Execution logs that grew after they were read; the new entries stay in Redis."
+    );
     describe_gauge!(BUILD_INFO, "Spillway build information; the value is 1.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -171,12 +229,13 @@ async fn render(
     State(s): State<AppState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     s.handle.run_upkeep();
+    let body = s.handle.render();
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.handle.render(),
+        body,
     )
 }
 

@@ -87,8 +87,8 @@ pub struct DeadLetterRow {
     pub received_at_ms: i64,
 }
 
-/// One row on its way to ClickHouse.
-#[derive(Debug, Clone)]
+/// One row on its way to ClickHouse, or an acknowledgement to run once every row before it
+/// is committed.
 pub enum Record {
     /// Into `alerts`.
     Alert(AlertRow),
@@ -96,6 +96,28 @@ pub enum Record {
     AlertEvent(AlertEventRow),
     /// Into `dead_letters`.
     DeadLetter(DeadLetterRow),
+    /// Into `trades`.
+    Trade(crate::trade::TradeRow),
+    /// Into `trade_executions`.
+    TradeExecution(crate::trade::TradeExecutionRow),
+    /// Runs after the batch holding it (and so every row sent before it) is committed.
+    Ack(AckFn),
+}
+
+/// An acknowledgement: called once, after commit.
+pub type AckFn = Box<dyn FnOnce() + Send + Sync>;
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Record::Alert(r) => r.fmt(f),
+            Record::AlertEvent(r) => r.fmt(f),
+            Record::DeadLetter(r) => r.fmt(f),
+            Record::Trade(r) => r.fmt(f),
+            Record::TradeExecution(r) => r.fmt(f),
+            Record::Ack(_) => f.write_str("Ack"),
+        }
+    }
 }
 
 impl Record {
@@ -118,6 +140,11 @@ impl Record {
             Record::DeadLetter(r) => {
                 64 + r.pipeline.len() + r.key.len() + r.raw.len() + r.error.len()
             }
+            Record::Trade(r) => 160 + r.trade_id.len() + r.account_id.len() + r.extra.len(),
+            Record::TradeExecution(r) => {
+                180 + 2 * r.trade_id.len() + r.step.len() + r.comment.len() + r.extra.len()
+            }
+            Record::Ack(_) => 0,
         }
     }
 }

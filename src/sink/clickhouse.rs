@@ -8,7 +8,8 @@ use clickhouse::{Client, Row, RowOwned, RowWrite};
 use super::schema::{Generation, TABLES};
 use crate::config::{redact_url, ClickHouseSettings};
 use crate::metrics as m;
-use crate::rows::{AlertEventRow, AlertRow, DeadLetterRow, Record};
+use crate::rows::{AckFn, AlertEventRow, AlertRow, DeadLetterRow, Record};
+use crate::trade::{TradeExecutionRow, TradeRow};
 
 /// Errors of the ClickHouse side.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,9 @@ pub struct Batch {
     alerts: Vec<AlertRow>,
     alert_events: Vec<AlertEventRow>,
     dead_letters: Vec<DeadLetterRow>,
+    trades: Vec<TradeRow>,
+    trade_executions: Vec<TradeExecutionRow>,
+    acks: Vec<AckFn>,
     rows: usize,
     bytes: usize,
 }
@@ -66,12 +70,25 @@ pub struct Batch {
 impl Batch {
     /// Adds a record.
     pub fn push(&mut self, r: Record) {
-        self.rows += 1;
         self.bytes += r.approx_bytes();
+        self.rows += 1;
         match r {
             Record::Alert(a) => self.alerts.push(a),
             Record::AlertEvent(e) => self.alert_events.push(e),
             Record::DeadLetter(d) => self.dead_letters.push(d),
+            Record::Trade(t) => self.trades.push(t),
+            Record::TradeExecution(e) => self.trade_executions.push(e),
+            Record::Ack(a) => {
+                self.rows -= 1;
+                self.acks.push(a);
+            }
+        }
+    }
+
+    /// Runs the acknowledgements of a committed batch, in order.
+    pub fn acknowledge(&mut self) {
+        for ack in self.acks.drain(..) {
+            ack();
         }
     }
 
@@ -85,9 +102,9 @@ impl Batch {
         self.bytes
     }
 
-    /// Whether nothing is buffered.
+    /// Whether nothing is buffered (neither rows nor acknowledgements).
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.rows == 0 && self.acks.is_empty()
     }
 }
 
@@ -165,6 +182,9 @@ impl Sink {
         self.insert("dead_letters", &batch.dead_letters).await?;
         self.insert("alerts", &batch.alerts).await?;
         self.insert("alert_events", &batch.alert_events).await?;
+        self.insert("trade_executions", &batch.trade_executions)
+            .await?;
+        self.insert("trades", &batch.trades).await?;
         Ok(())
     }
 

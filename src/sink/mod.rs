@@ -106,10 +106,11 @@ impl Batcher {
 /// Runs until the channel is closed and drained: every record received is committed.
 pub async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettings) {
     let mut batcher = Batcher::new(rx, cfg);
-    while let Some((batch, cut)) = batcher.next().await {
+    while let Some((mut batch, cut)) = batcher.next().await {
         metrics::gauge!(m::CHANNEL_DEPTH).set(batcher.depth() as f64);
         metrics::counter!(m::FLUSHES, "trigger" => cut.label()).increment(1);
         commit(&sink, &batch).await;
+        batch.acknowledge();
         metrics::gauge!(m::CHANNEL_DEPTH).set(batcher.depth() as f64);
         if cut == Cut::Closed {
             break;

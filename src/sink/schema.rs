@@ -15,6 +15,14 @@ pub enum Col {
     I64,
     /// Epoch milliseconds: `DateTime64(3)` on current servers, `Int64` on old ones.
     TimeMs,
+    /// Nullable epoch milliseconds.
+    TimeMsOpt,
+    /// `Nullable(Float64)`.
+    F64Opt,
+    /// `Nullable(Int64)`.
+    I64Opt,
+    /// `UInt32`.
+    U32,
 }
 
 /// Which ClickHouse the tables are made for.
@@ -50,6 +58,11 @@ impl Generation {
             (_, Col::I64) => "Int64",
             (Generation::Legacy, Col::TimeMs) => "Int64",
             (Generation::Current, Col::TimeMs) => "DateTime64(3)",
+            (Generation::Legacy, Col::TimeMsOpt) => "Nullable(Int64)",
+            (Generation::Current, Col::TimeMsOpt) => "Nullable(DateTime64(3))",
+            (_, Col::F64Opt) => "Nullable(Float64)",
+            (_, Col::I64Opt) => "Nullable(Int64)",
+            (_, Col::U32) => "UInt32",
         }
     }
 }
@@ -67,11 +80,12 @@ pub struct Table {
     pub partition_time: Option<&'static str>,
 }
 
-/// The tables of the alerts pipeline and the dead letters.
+/// The tables of the alerts and trades pipelines and the dead letters.
 ///
-/// `alerts` and `dead_letters` are not partitioned: their identity (key and content) carries no
+/// `alerts`, `dead_letters`, `trades` and `trade_executions` are not partitioned: their identity (key and content) carries no
 /// time, and a value captured again months later must still fall in the same partition to be
-/// deduplicated. `alert_events` is identified by its event time, so it is partitioned by month.
+/// deduplicated (a trade's rows are written again when a close is redelivered). `alert_events`
+/// is identified by its event time, so it is partitioned by month.
 pub const TABLES: &[Table] = &[
     Table {
         name: "alerts",
@@ -123,6 +137,60 @@ pub const TABLES: &[Table] = &[
             ("received_at_ms", Col::TimeMs),
         ],
         order_by: "pipeline, key, stream_id, content_hash",
+        partition_time: None,
+    },
+    Table {
+        name: "trades",
+        columns: &[
+            ("trade_id", Col::Str),
+            ("event", Col::Label),
+            ("account_id", Col::Str),
+            ("instance_id", Col::Label),
+            ("symbol", Col::Label),
+            ("side", Col::Label),
+            ("volume", Col::F64Opt),
+            ("open_price", Col::F64Opt),
+            ("close_price", Col::F64Opt),
+            ("profit", Col::F64Opt),
+            ("commission", Col::F64Opt),
+            ("swap", Col::F64Opt),
+            ("opened_at_ms", Col::TimeMsOpt),
+            ("closed_at_ms", Col::TimeMsOpt),
+            ("extra", Col::Str),
+            ("stream_id", Col::Str),
+            ("log_entries", Col::U32),
+            ("log_state", Col::Label),
+            ("received_at_ms", Col::TimeMs),
+        ],
+        order_by: "trade_id",
+        partition_time: None,
+    },
+    Table {
+        name: "trade_executions",
+        columns: &[
+            ("trade_id", Col::Str),
+            ("seq", Col::I64),
+            ("ts_ms", Col::TimeMs),
+            ("step", Col::Label),
+            ("instance_id", Col::Label),
+            ("account_id", Col::Str),
+            ("symbol", Col::Label),
+            ("side", Col::Label),
+            ("volume", Col::F64Opt),
+            ("price", Col::F64Opt),
+            ("sl", Col::F64Opt),
+            ("tp", Col::F64Opt),
+            ("order_ticket", Col::I64Opt),
+            ("deal_ticket", Col::I64Opt),
+            ("retcode", Col::I64Opt),
+            ("latency_us", Col::I64Opt),
+            ("comment", Col::Str),
+            ("extra", Col::Str),
+            ("position", Col::U32),
+            ("source_key", Col::Str),
+            ("archived_at_ms", Col::TimeMs),
+        ],
+        order_by: "trade_id, seq",
         partition_time: None,
     },
 ];
@@ -189,6 +257,11 @@ mod tests {
             ("alerts", crate::rows::AlertRow::COLUMN_NAMES),
             ("alert_events", crate::rows::AlertEventRow::COLUMN_NAMES),
             ("dead_letters", crate::rows::DeadLetterRow::COLUMN_NAMES),
+            ("trades", crate::trade::TradeRow::COLUMN_NAMES),
+            (
+                "trade_executions",
+                crate::trade::TradeExecutionRow::COLUMN_NAMES,
+            ),
         ] {
             let table = TABLES.iter().find(|x| x.name == t).unwrap();
             assert_eq!(table.column_names(), cols, "{t}");

@@ -2,8 +2,10 @@
 //! into the bounded channel.
 
 pub mod capture;
+pub mod entries;
 pub mod keyspace;
 pub mod notify;
+pub mod stream;
 
 use fred::prelude::*;
 

@@ -1,0 +1,343 @@
+//! Stream entries and execution logs as Redis returns them, and the rows they become (pure
+//! functions, tested without a server).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use fred::prelude::Value;
+
+use crate::decode::DecodeError;
+use crate::metrics as m;
+use crate::pipeline::StreamSource;
+use crate::rows::{content_hash, DeadLetterRow, Record};
+use crate::trade::{execution_row, string_log_rows, trade_row};
+
+/// One stream entry.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// Entry id.
+    pub id: String,
+    /// Field/value pairs, in order.
+    pub fields: Vec<(String, Bytes)>,
+    /// The entry was deleted from the stream while pending (XDEL, trimming).
+    pub deleted: bool,
+}
+
+impl Entry {
+    fn field(&self, name: &str) -> Option<&Bytes> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        let v = String::from_utf8_lossy(self.field(name)?)
+            .trim()
+            .to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// The log key to move, for a trade whose event moves its log.
+    pub fn log_key(&self, def: &StreamSource) -> Option<String> {
+        let event = self.text("event")?;
+        let id = self.text("trade_id")?;
+        def.move_log_on
+            .contains(&event)
+            .then(|| format!("{}{id}", def.log_key_prefix))
+    }
+
+    /// The whole entry as one MessagePack map of byte strings: the raw bytes of a dead letter.
+    fn raw(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = rmp::encode::write_map_len(&mut buf, self.fields.len() as u32);
+        for (k, v) in &self.fields {
+            let _ = rmp::encode::write_str(&mut buf, k);
+            let _ = rmp::encode::write_bin(&mut buf, v);
+        }
+        buf
+    }
+}
+
+/// What a log key held.
+#[derive(Debug, Clone)]
+pub enum LogRead {
+    /// A LIST of entries.
+    List(Vec<Bytes>),
+    /// A STRING (one map or an array of maps).
+    Str(Bytes),
+    /// No such key.
+    Missing,
+    /// Some other type.
+    Other(String),
+}
+
+fn bytes(v: Value) -> Option<Bytes> {
+    match v {
+        Value::Bytes(b) => Some(b),
+        Value::String(s) => Some(s.into_inner()),
+        Value::Integer(i) => Some(Bytes::from(i.to_string())),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> String {
+    v.as_string().unwrap_or_default()
+}
+
+/// Entries of an XREADGROUP (or XAUTOCLAIM, wrapped alike) reply.
+pub fn parse_entries(v: Value) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let streams = match v {
+        Value::Array(s) => s,
+        Value::Map(m) => m
+            .inner()
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![Value::from(k), v]))
+            .collect(),
+        _ => return out,
+    };
+    for stream in streams {
+        let Value::Array(mut parts) = stream else {
+            continue;
+        };
+        if parts.len() < 2 {
+            continue;
+        }
+        let Value::Array(entries) = parts.swap_remove(1) else {
+            continue;
+        };
+        for e in entries {
+            let Value::Array(mut pair) = e else { continue };
+            if pair.is_empty() {
+                continue;
+            }
+            let fields = if pair.len() > 1 {
+                pair.swap_remove(1)
+            } else {
+                Value::Null
+            };
+            let id = text(&pair[0]);
+            let (fields, deleted) = match fields {
+                Value::Array(kv) => {
+                    let mut it = kv.into_iter();
+                    let mut f = Vec::new();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        f.push((text(&k), bytes(v).unwrap_or_default()));
+                    }
+                    (f, false)
+                }
+                _ => (Vec::new(), true),
+            };
+            out.push(Entry {
+                id,
+                fields,
+                deleted,
+            });
+        }
+    }
+    out
+}
+
+/// The reply of the log-reading script, one per key.
+pub fn parse_logs(v: Value, n: usize) -> Vec<LogRead> {
+    let Value::Array(items) = v else {
+        return vec![LogRead::Missing; n];
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let Value::Array(mut parts) = item else {
+                return LogRead::Missing;
+            };
+            let kind = parts.first().map(text).unwrap_or_default();
+            match (kind.as_str(), parts.len()) {
+                ("list", 2) => match parts.swap_remove(1) {
+                    Value::Array(entries) => {
+                        LogRead::List(entries.into_iter().filter_map(bytes).collect())
+                    }
+                    _ => LogRead::List(Vec::new()),
+                },
+                ("string", 2) => LogRead::Str(bytes(parts.swap_remove(1)).unwrap_or_default()),
+                ("none", _) => LogRead::Missing,
+                (other, _) => LogRead::Other(other.to_string()),
+            }
+        })
+        .collect()
+}
+
+/// The rows of a batch of entries, the ids to acknowledge and the logs to remove after commit.
+pub struct Work {
+    /// Rows, in order.
+    pub records: Vec<Record>,
+    /// Entry ids to XACK.
+    pub ids: Vec<String>,
+    /// Log keys archived: (key, kind, entries or bytes).
+    pub logs: Vec<(String, &'static str, usize)>,
+}
+
+/// Turns entries (and the logs read for `keys`) into rows.
+pub fn rows(
+    name: &str,
+    def: &StreamSource,
+    instance: &str,
+    entries: Vec<Entry>,
+    keys: &[String],
+    logs: Vec<LogRead>,
+    now: i64,
+) -> Work {
+    let logs: HashMap<&str, LogRead> = keys.iter().map(String::as_str).zip(logs).collect();
+    let mut w = Work {
+        records: Vec::new(),
+        ids: Vec::with_capacity(entries.len()),
+        logs: Vec::new(),
+    };
+    let dead = |key: &str, id: &str, raw: Vec<u8>, e: DecodeError, inst: &str| {
+        metrics::counter!(m::DEAD_LETTERS, "pipeline" => name.to_string(), "reason" => e.reason)
+            .increment(1);
+        Record::DeadLetter(DeadLetterRow {
+            pipeline: name.to_string(),
+            instance: inst.to_string(),
+            key: key.to_string(),
+            stream_id: id.to_string(),
+            content_hash: content_hash(&raw),
+            raw,
+            reason: e.reason,
+            error: e.detail,
+            received_at_ms: now,
+        })
+    };
+    for e in entries {
+        w.ids.push(e.id.clone());
+        if e.deleted {
+            continue;
+        }
+        let event = e.text("event").unwrap_or_default();
+        metrics::counter!(m::STREAM_ENTRIES, "pipeline" => name.to_string(), "event" => event_label(&event, def)).increment(1);
+        let Some(trade_id) = e.text("trade_id") else {
+            let err = DecodeError {
+                reason: "missing_trade_id",
+                detail: "stream entry has no trade_id field".into(),
+            };
+            w.records.push(dead("", &e.id, e.raw(), err, instance));
+            continue;
+        };
+        if !def.archive_events.contains(&event) {
+            continue;
+        }
+        let payload = e.field("payload").map(|b| b.as_ref());
+        let mut state = "kept";
+        let mut moved = 0u32;
+        if let Some(key) = e.log_key(def) {
+            let log_instance = def.log_instance.as_str();
+            match logs.get(key.as_str()) {
+                Some(LogRead::List(items)) => {
+                    for (pos, item) in items.iter().enumerate() {
+                        match execution_row(&trade_id, &key, pos as u32, item, now) {
+                            Ok(r) => w.records.push(Record::TradeExecution(r)),
+                            Err(err) => {
+                                w.records
+                                    .push(dead(&key, &e.id, item.to_vec(), err, log_instance))
+                            }
+                        }
+                    }
+                    moved = items.len() as u32;
+                    state = "moved";
+                    remember(&mut w.logs, &key, "list", items.len());
+                }
+                Some(LogRead::Str(v)) => {
+                    match string_log_rows(&trade_id, &key, v, now) {
+                        Ok(rs) => {
+                            moved = rs.len() as u32;
+                            w.records.extend(rs.into_iter().map(Record::TradeExecution));
+                        }
+                        Err(err) => {
+                            w.records
+                                .push(dead(&key, &e.id, v.to_vec(), err, log_instance))
+                        }
+                    }
+                    state = "moved";
+                    remember(&mut w.logs, &key, "string", v.len());
+                }
+                Some(LogRead::Other(t)) => {
+                    let err = DecodeError {
+                        reason: "log_wrong_type",
+                        detail: format!("execution log is a {t}, not a list or string"),
+                    };
+                    w.records
+                        .push(dead(&key, &e.id, Vec::new(), err, log_instance));
+                    state = "missing";
+                }
+                Some(LogRead::Missing) | None => {
+                    metrics::counter!(m::LOGS_MISSING, "pipeline" => name.to_string()).increment(1);
+                    state = "missing";
+                }
+            }
+            if state == "moved" {
+                metrics::counter!(m::LOGS_MOVED, "pipeline" => name.to_string()).increment(1);
+            }
+        }
+        match trade_row(&trade_id, &event, payload, &e.id, now) {
+            Ok(mut t) => {
+                t.log_entries = moved;
+                t.log_state = state;
+                w.records.push(Record::Trade(t));
+            }
+            Err(err) => w.records.push(dead(
+                "",
+                &e.id,
+                payload.unwrap_or_default().to_vec(),
+                err,
+                instance,
+            )),
+        }
+    }
+    w
+}
+
+fn remember(
+    logs: &mut Vec<(String, &'static str, usize)>,
+    key: &str,
+    kind: &'static str,
+    n: usize,
+) {
+    if !logs.iter().any(|(k, _, _)| k == key) {
+        logs.push((key.to_string(), kind, n));
+    }
+}
+
+/// A bounded label for an event: archived events by name, everything else `other`.
+fn event_label(event: &str, def: &StreamSource) -> String {
+    if def.archive_events.iter().any(|e| e == event) || event == "opened" {
+        event.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+/// (lag, pending) of `group` in an XINFO GROUPS reply.
+pub fn group_figures(v: &Value, group: &str) -> Option<(u64, u64)> {
+    let Value::Array(groups) = v else { return None };
+    for g in groups {
+        let pairs: Vec<(String, &Value)> = match g {
+            Value::Array(kv) => kv
+                .chunks(2)
+                .filter(|c| c.len() == 2)
+                .map(|c| (text(&c[0]), &c[1]))
+                .collect(),
+            _ => continue,
+        };
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        if get("name").map(text).as_deref() == Some(group) {
+            let num = |k| get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            return Some((num("lag"), num("pending")));
+        }
+    }
+    None
+}
+
+/// The idle time of the first entry of an extended XPENDING reply.
+pub fn oldest_idle_ms(v: &Value) -> Option<u64> {
+    let Value::Array(rows) = v else { return None };
+    match rows.first()? {
+        Value::Array(fields) => fields.get(2)?.as_u64(),
+        _ => None,
+    }
+}

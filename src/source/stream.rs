@@ -1,0 +1,440 @@
+//! The stream source (trade close): reads `trade_results` with a consumer group, turns closed and
+//! rejected trades into rows, moves their execution logs from RLS, and acknowledges only after
+//! ClickHouse committed: the acknowledgement travels through the channel behind the rows
+//! ([`Record::Ack`]) and the writer runs it after the commit. Then the log key is removed from
+//! RLS and the entry XACKed. A crash anywhere before that leaves the entry pending, and it is
+//! read again at the next start (rows are idempotent: no duplicate under `FINAL`).
+//!
+//! Backpressure: the next XREADGROUP is issued only after the previous entries' rows entered the
+//! bounded channel, so when ClickHouse is slow the entries wait in Redis.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::entries::{parse_entries, Entry, LogRead};
+use super::{Endpoint, Result};
+use crate::metrics as m;
+use crate::pipeline::StreamSource;
+use crate::rows::{now_ms, Record};
+
+/// What to do once a batch of entries is committed.
+pub struct AckWork {
+    ids: Vec<String>,
+    /// Log keys with what was archived of them: `("list", entries)` or `("string", bytes)`.
+    logs: Vec<(String, &'static str, usize)>,
+}
+
+/// A connected stream pipeline.
+pub struct Stream {
+    name: String,
+    def: StreamSource,
+    endpoint: Endpoint,
+    reader: Client,
+    ctl: Client,
+    logs: Client,
+    tx: mpsc::Sender<Record>,
+    inflight: Arc<Mutex<HashSet<String>>>,
+    read_logs: Script,
+}
+
+impl Stream {
+    /// Connects to the stream's and the logs' instances and creates the group when missing.
+    pub async fn connect(
+        name: &str,
+        def: StreamSource,
+        endpoint: Endpoint,
+        log_endpoint: Endpoint,
+        tx: mpsc::Sender<Record>,
+    ) -> Result<Stream> {
+        let reader = endpoint.client(def.db).await?;
+        let ctl = endpoint.client(def.db).await?;
+        let logs = log_endpoint.client(def.log_db).await?;
+        let created: std::result::Result<(), Error> = ctl
+            .xgroup_create(
+                def.stream.as_str(),
+                def.group.as_str(),
+                def.start_id.as_str(),
+                true,
+            )
+            .await;
+        match created {
+            Ok(()) => {
+                tracing::info!(pipeline = name, stream = %def.stream, group = %def.group, "consumer group created")
+            }
+            Err(e) if e.details().contains("BUSYGROUP") => {}
+            Err(e) => {
+                return Err(endpoint.err("creating the consumer group (XGROUP CREATE)")(
+                    e,
+                ))
+            }
+        }
+        tracing::info!(pipeline = name, endpoint = ?endpoint, stream = %def.stream, consumer = %def.consumer, "stream source ready");
+        Ok(Stream {
+            name: name.to_string(),
+            def,
+            endpoint,
+            reader,
+            ctl,
+            logs,
+            tx,
+            inflight: Default::default(),
+            read_logs: Script::from_lua(READ_LOGS),
+        })
+    }
+
+    /// Clients for readiness checks.
+    pub fn clients(&self) -> [Client; 2] {
+        [self.ctl.clone(), self.logs.clone()]
+    }
+
+    /// Runs until `cancel`: first the entries this consumer left pending, then those idle at
+    /// dead consumers, then new ones. The acknowledger task goes to `ackers`, which the caller
+    /// awaits after the writer drained.
+    pub async fn run(self, cancel: CancellationToken, ackers: &TaskTracker) {
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        ackers.spawn(acknowledge(
+            ack_rx,
+            self.ctl.clone(),
+            self.logs.clone(),
+            self.def.clone(),
+            self.inflight.clone(),
+            self.name.clone(),
+        ));
+        let lag = tokio::spawn(watch_group(
+            self.ctl.clone(),
+            self.def.clone(),
+            self.name.clone(),
+            cancel.clone(),
+        ));
+        let mut own = Some("0".to_string());
+        let claim_every = Duration::from_secs(self.def.claim_idle_secs.max(1));
+        let mut next_claim = tokio::time::Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let read = if let Some(from) = own.take() {
+                // This consumer's own pending list, paged by the last id seen.
+                let entries = self.xreadgroup(&from, None, &cancel).await;
+                if let Some(last) = entries.last() {
+                    own = Some(last.id.clone());
+                }
+                entries
+            } else if tokio::time::Instant::now() >= next_claim {
+                next_claim = tokio::time::Instant::now() + claim_every;
+                self.claim(&cancel).await
+            } else {
+                self.xreadgroup(">", Some(self.def.block_ms), &cancel).await
+            };
+            if read.is_empty() {
+                continue;
+            }
+            if !self.handle(read, &ack_tx).await {
+                break;
+            }
+        }
+        lag.abort();
+        tracing::info!(pipeline = %self.name, "stream source stopped");
+    }
+
+    /// One XREADGROUP; entries already in flight here are left out. Errors are logged and
+    /// retried after a pause (the entries stay in Redis).
+    async fn xreadgroup(
+        &self,
+        id: &str,
+        block: Option<u64>,
+        cancel: &CancellationToken,
+    ) -> Vec<Entry> {
+        let d = &self.def;
+        let call = self.reader.xreadgroup::<Value, _, _, _, _>(
+            d.group.as_str(),
+            d.consumer.as_str(),
+            Some(d.count),
+            block,
+            false,
+            d.stream.as_str(),
+            id,
+        );
+        let reply = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Vec::new(),
+            r = call => r,
+        };
+        match reply {
+            Ok(v) => self.fresh(parse_entries(v)),
+            Err(e) => {
+                tracing::warn!(pipeline = %self.name, error = %e, "XREADGROUP failed; retrying");
+                pause(cancel, Duration::from_millis(500)).await;
+                Vec::new()
+            }
+        }
+    }
+
+    /// XAUTOCLAIM of entries idle longer than `claim_idle_secs` (consumers that died).
+    async fn claim(&self, cancel: &CancellationToken) -> Vec<Entry> {
+        let d = &self.def;
+        let mut out = Vec::new();
+        let mut cursor = "0-0".to_string();
+        loop {
+            let reply: std::result::Result<Value, Error> = self
+                .ctl
+                .xautoclaim(
+                    d.stream.as_str(),
+                    d.group.as_str(),
+                    d.consumer.as_str(),
+                    d.claim_idle_secs * 1000,
+                    cursor.as_str(),
+                    Some(d.count),
+                    false,
+                )
+                .await;
+            let Ok(Value::Array(mut parts)) = reply else {
+                if let Err(e) = reply {
+                    tracing::warn!(pipeline = %self.name, error = %e, "XAUTOCLAIM failed");
+                }
+                break;
+            };
+            if parts.len() < 2 {
+                break;
+            }
+            let entries = parts.swap_remove(1);
+            cursor = parts[0].as_string().unwrap_or_else(|| "0-0".into());
+            let claimed = parse_entries(Value::Array(vec![Value::Array(vec![
+                Value::from(d.stream.as_str()),
+                entries,
+            ])]));
+            if !claimed.is_empty() {
+                metrics::counter!(m::STREAM_CLAIMED, "pipeline" => self.name.clone())
+                    .increment(claimed.len() as u64);
+            }
+            out.extend(self.fresh(claimed));
+            if cursor == "0-0" || out.len() as u64 >= d.count || cancel.is_cancelled() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Leaves out entries already sent and not yet acknowledged.
+    fn fresh(&self, entries: Vec<Entry>) -> Vec<Entry> {
+        let inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .into_iter()
+            .filter(|e| !inflight.contains(&e.id))
+            .collect()
+    }
+
+    /// Rows of a batch of entries, then their acknowledgement, into the channel.
+    async fn handle(&self, entries: Vec<Entry>, ack_tx: &mpsc::UnboundedSender<AckWork>) -> bool {
+        let now = now_ms();
+        let keys: Vec<String> = {
+            let mut k: Vec<String> = entries
+                .iter()
+                .filter_map(|e| e.log_key(&self.def))
+                .collect();
+            k.sort();
+            k.dedup();
+            k
+        };
+        let logs = match self.read_logs(&keys).await {
+            Some(l) => l,
+            None => return true,
+        };
+        let work = super::entries::rows(
+            &self.name,
+            &self.def,
+            &self.endpoint.instance,
+            entries,
+            &keys,
+            logs,
+            now,
+        );
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            inflight.extend(work.ids.iter().cloned());
+        }
+        for r in work.records {
+            if self.tx.send(r).await.is_err() {
+                return false;
+            }
+        }
+        let ack = AckWork {
+            ids: work.ids,
+            logs: work.logs,
+        };
+        let to = ack_tx.clone();
+        self.tx
+            .send(Record::Ack(Box::new(move || {
+                let _ = to.send(ack);
+            })))
+            .await
+            .is_ok()
+    }
+
+    /// Reads the logs (LIST or STRING) of `keys` in one round trip; None after an error (the
+    /// entries stay pending and are read again).
+    async fn read_logs(&self, keys: &[String]) -> Option<Vec<LogRead>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        match self
+            .read_logs
+            .evalsha_with_reload::<Value, _, _>(&self.logs, keys.to_vec(), ())
+            .await
+        {
+            Ok(v) => Some(super::entries::parse_logs(v, keys.len())),
+            Err(e) => {
+                tracing::warn!(pipeline = %self.name, error = %e, "reading execution logs failed; the entries stay pending");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                None
+            }
+        }
+    }
+}
+
+async fn pause(cancel: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+/// Type and content of each key: `{'list', {entries}}`, `{'string', value}` or `{type}`.
+const READ_LOGS: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local t = redis.call('TYPE', key).ok
+  if t == 'list' then
+    out[i] = { 'list', redis.call('LRANGE', key, 0, -1) }
+  elseif t == 'string' then
+    out[i] = { 'string', redis.call('GET', key) }
+  else
+    out[i] = { t }
+  end
+end
+return out
+"#;
+
+/// Removes archived logs: a list loses exactly the archived entries (it is deleted when nothing
+/// was appended since); a string is deleted if its length is unchanged. Returns {removed, changed}.
+const REMOVE_LOGS: &str = r#"
+local removed, changed = 0, 0
+local grace = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local kind, n = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+  local now = -1
+  if kind == 'list' then now = redis.call('LLEN', key) else now = redis.call('STRLEN', key) end
+  if now == n then
+    if grace > 0 then redis.call('EXPIRE', key, grace) else redis.call('DEL', key) end
+    removed = removed + 1
+  elseif now > 0 then
+    if kind == 'list' and n > 0 then redis.call('LTRIM', key, n, -1) end
+    changed = changed + 1
+  end
+end
+return { removed, changed }
+"#;
+
+/// Runs acknowledgements in order: remove the logs from RLS, then XACK. Retries until done;
+/// ends when every sender (the source and the pending acknowledgements) is gone.
+async fn acknowledge(
+    mut rx: mpsc::UnboundedReceiver<AckWork>,
+    ctl: Client,
+    logs: Client,
+    def: StreamSource,
+    inflight: Arc<Mutex<HashSet<String>>>,
+    name: String,
+) {
+    let remove = Script::from_lua(REMOVE_LOGS);
+    let grace = if def.after_commit == "expire" {
+        def.expire_grace_secs.max(1)
+    } else {
+        0
+    };
+    while let Some(work) = rx.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match ack_once(&work, &ctl, &logs, &def, &remove, grace).await {
+                Ok((removed, changed)) => {
+                    metrics::counter!(m::LOG_KEYS_REMOVED, "pipeline" => name.clone())
+                        .increment(removed);
+                    metrics::counter!(m::LOGS_CHANGED, "pipeline" => name.clone())
+                        .increment(changed);
+                    metrics::counter!(m::STREAM_ACKED, "pipeline" => name.clone())
+                        .increment(work.ids.len() as u64);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %name, error = %e, retry_in = ?backoff, "acknowledging failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let mut set = inflight.lock().unwrap_or_else(|e| e.into_inner());
+        for id in &work.ids {
+            set.remove(id);
+        }
+    }
+}
+
+async fn ack_once(
+    work: &AckWork,
+    ctl: &Client,
+    logs: &Client,
+    def: &StreamSource,
+    remove: &Script,
+    grace: u64,
+) -> std::result::Result<(u64, u64), Error> {
+    let mut counts = (0, 0);
+    if !work.logs.is_empty() {
+        let keys: Vec<String> = work.logs.iter().map(|(k, _, _)| k.clone()).collect();
+        let mut args: Vec<String> = vec![grace.to_string()];
+        for (_, kind, n) in &work.logs {
+            args.push(kind.to_string());
+            args.push(n.to_string());
+        }
+        let (removed, changed): (u64, u64) = remove.evalsha_with_reload(logs, keys, args).await?;
+        counts = (removed, changed);
+    }
+    if !work.ids.is_empty() {
+        let _: u64 = ctl
+            .xack(def.stream.as_str(), def.group.as_str(), work.ids.clone())
+            .await?;
+    }
+    Ok(counts)
+}
+
+/// Every 5 s: the group's lag and pending entries (XINFO GROUPS) and the oldest pending entry's
+/// idle time (XPENDING), as gauges.
+async fn watch_group(ctl: Client, def: StreamSource, name: String, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Ok(v) = ctl.xinfo_groups::<Value, _>(def.stream.as_str()).await {
+            if let Some((lag, pending)) = super::entries::group_figures(&v, &def.group) {
+                metrics::gauge!(m::STREAM_LAG, "pipeline" => name.clone()).set(lag as f64);
+                metrics::gauge!(m::STREAM_PENDING, "pipeline" => name.clone()).set(pending as f64);
+            }
+        }
+        let oldest: std::result::Result<Value, Error> = ctl
+            .xpending(def.stream.as_str(), def.group.as_str(), ("-", "+", 1))
+            .await;
+        let idle_ms = oldest
+            .ok()
+            .and_then(|v| super::entries::oldest_idle_ms(&v))
+            .unwrap_or(0);
+        metrics::gauge!(m::STREAM_OLDEST_PENDING, "pipeline" => name.clone())
+            .set(idle_ms as f64 / 1000.0);
+    }
+}

@@ -1,0 +1,281 @@
+//! Trades and their execution logs: the rows of `trades` and `trade_executions`, and the pure
+//! functions that make them from a `trade_results` stream entry and a `trade_execution:{id}` log.
+
+use serde::Serialize;
+
+use crate::decode::{decode_msgpack_map, DecodeError, Fields};
+
+/// A closed (or rejected) trade (`trades`), identified by `trade_id`.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct TradeRow {
+    /// The trade.
+    pub trade_id: String,
+    /// The stream event that archived it (`closed`, `rejected`, ...).
+    pub event: String,
+    /// Payload fields.
+    pub account_id: String,
+    /// Payload fields.
+    pub instance_id: String,
+    /// Payload fields.
+    pub symbol: String,
+    /// Payload fields.
+    pub side: String,
+    /// Lots.
+    pub volume: Option<f64>,
+    /// Payload fields.
+    pub open_price: Option<f64>,
+    /// Payload fields.
+    pub close_price: Option<f64>,
+    /// Payload fields.
+    pub profit: Option<f64>,
+    /// Payload fields.
+    pub commission: Option<f64>,
+    /// Payload fields.
+    pub swap: Option<f64>,
+    /// Epoch ms.
+    pub opened_at_ms: Option<i64>,
+    /// Epoch ms.
+    pub closed_at_ms: Option<i64>,
+    /// Other payload fields, as a JSON object text.
+    pub extra: String,
+    /// The stream entry id (empty when the close came over pub/sub).
+    pub stream_id: String,
+    /// Entries of the execution log archived with it.
+    pub log_entries: u32,
+    /// `moved`, `missing` (no log in RLS), `kept` (events that do not move the log).
+    pub log_state: &'static str,
+    /// When Spillway read the entry (epoch ms).
+    pub received_at_ms: i64,
+}
+
+/// One entry of a trade's execution log (`trade_executions`), identified by `trade_id, seq`.
+#[derive(Debug, Clone, clickhouse::Row, Serialize)]
+pub struct TradeExecutionRow {
+    /// The trade (the entry's field, or the key's).
+    pub trade_id: String,
+    /// The entry's `seq`, or its position in the log.
+    pub seq: i64,
+    /// The entry's `ts_ms`, or 0.
+    pub ts_ms: i64,
+    /// Entry fields.
+    pub step: String,
+    /// Entry fields.
+    pub instance_id: String,
+    /// Entry fields.
+    pub account_id: String,
+    /// Entry fields.
+    pub symbol: String,
+    /// Entry fields.
+    pub side: String,
+    /// Lots.
+    pub volume: Option<f64>,
+    /// Entry fields.
+    pub price: Option<f64>,
+    /// Entry fields.
+    pub sl: Option<f64>,
+    /// Entry fields.
+    pub tp: Option<f64>,
+    /// Entry fields.
+    pub order_ticket: Option<i64>,
+    /// Entry fields.
+    pub deal_ticket: Option<i64>,
+    /// Entry fields.
+    pub retcode: Option<i64>,
+    /// Entry fields.
+    pub latency_us: Option<i64>,
+    /// Entry fields.
+    pub comment: String,
+    /// Other fields, as a JSON object text.
+    pub extra: String,
+    /// Position of the entry in the log (0-based).
+    pub position: u32,
+    /// The Redis key it was moved from.
+    pub source_key: String,
+    /// When Spillway archived it (epoch ms).
+    pub archived_at_ms: i64,
+}
+
+/// The fields of a `trade_results` entry.
+#[derive(Debug, Clone, Default)]
+pub struct StreamEntry {
+    /// Entry id.
+    pub id: String,
+    /// `trade_id` field.
+    pub trade_id: Option<String>,
+    /// `event` field.
+    pub event: Option<String>,
+    /// `payload` field (MessagePack map).
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Makes the `trades` row of an entry. An undecodable payload is an error (the entry goes to
+/// dead letters); an absent one gives a row with the trade id and event only.
+pub fn trade_row(
+    trade_id: &str,
+    event: &str,
+    payload: Option<&[u8]>,
+    stream_id: &str,
+    now: i64,
+) -> Result<TradeRow, DecodeError> {
+    let map = match payload {
+        Some(p) if !p.is_empty() => decode_msgpack_map(p)?,
+        _ => Default::default(),
+    };
+    let mut f = Fields(map);
+    f.0.remove("trade_id");
+    Ok(TradeRow {
+        trade_id: trade_id.to_string(),
+        event: event.to_string(),
+        account_id: f.text("account_id"),
+        instance_id: f.text("instance_id"),
+        symbol: f.text("symbol"),
+        side: f.text("side"),
+        volume: f.float("volume"),
+        open_price: f.float("open_price"),
+        close_price: f.float("close_price"),
+        profit: f.float("profit"),
+        commission: f.float("commission"),
+        swap: f.float("swap"),
+        opened_at_ms: f.int("opened_at_ms"),
+        closed_at_ms: f.int("closed_at_ms"),
+        extra: f.rest(),
+        stream_id: stream_id.to_string(),
+        log_entries: 0,
+        log_state: "kept",
+        received_at_ms: now,
+    })
+}
+
+/// Makes the `trade_executions` row of one log entry at `position`.
+pub fn execution_row(
+    trade_id: &str,
+    key: &str,
+    position: u32,
+    entry: &[u8],
+    now: i64,
+) -> Result<TradeExecutionRow, DecodeError> {
+    let map = decode_msgpack_map(entry)?;
+    Ok(execution_from_fields(
+        trade_id,
+        key,
+        position,
+        Fields(map),
+        now,
+    ))
+}
+
+fn execution_from_fields(
+    trade_id: &str,
+    key: &str,
+    position: u32,
+    mut f: Fields,
+    now: i64,
+) -> TradeExecutionRow {
+    let own_id = f.text("trade_id");
+    TradeExecutionRow {
+        trade_id: if own_id.is_empty() {
+            trade_id.to_string()
+        } else {
+            own_id
+        },
+        seq: f.int("seq").unwrap_or(position as i64),
+        ts_ms: f.int("ts_ms").unwrap_or(0),
+        step: f.text("step"),
+        instance_id: f.text("instance_id"),
+        account_id: f.text("account_id"),
+        symbol: f.text("symbol"),
+        side: f.text("side"),
+        volume: f.float("volume"),
+        price: f.float("price"),
+        sl: f.float("sl"),
+        tp: f.float("tp"),
+        order_ticket: f.int("order_ticket"),
+        deal_ticket: f.int("deal_ticket"),
+        retcode: f.int("retcode"),
+        latency_us: f.int("latency_us"),
+        comment: f.text("comment"),
+        extra: f.rest(),
+        position,
+        source_key: key.to_string(),
+        archived_at_ms: now,
+    }
+}
+
+/// Splits a STRING log (one MessagePack map, or an array of maps) into its entries' rows.
+/// Returns the rows and, per undecodable entry, its position and error.
+pub fn string_log_rows(
+    trade_id: &str,
+    key: &str,
+    value: &[u8],
+    now: i64,
+) -> Result<Vec<TradeExecutionRow>, DecodeError> {
+    match decode_msgpack_map(value) {
+        Ok(map) => Ok(vec![execution_from_fields(
+            trade_id,
+            key,
+            0,
+            Fields(map),
+            now,
+        )]),
+        Err(_) => {
+            let items = crate::decode::decode_msgpack_array_of_maps(value)?;
+            Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| execution_from_fields(trade_id, key, i as u32, Fields(m), now))
+                .collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mp(v: serde_json::Value) -> Vec<u8> {
+        rmp_serde::to_vec_named(&v).unwrap()
+    }
+
+    #[test]
+    fn trade_from_payload() {
+        let p = mp(
+            json!({"account_id": "a1", "profit": 12.5, "closed_at_ms": 7, "venue": "x", "volume": 1}),
+        );
+        let t = trade_row("T1", "closed", Some(&p), "1-0", 99).unwrap();
+        assert_eq!(
+            (t.trade_id.as_str(), t.profit, t.closed_at_ms),
+            ("T1", Some(12.5), Some(7))
+        );
+        assert_eq!(t.volume, Some(1.0));
+        assert_eq!(t.open_price, None);
+        assert_eq!(t.extra, r#"{"venue":"x"}"#);
+        assert!(trade_row("T1", "closed", Some(b"\x85\x01"), "1-0", 99).is_err());
+        assert_eq!(
+            trade_row("T1", "rejected", None, "1-0", 99).unwrap().event,
+            "rejected"
+        );
+    }
+
+    #[test]
+    fn executions_from_entries_and_strings() {
+        let e = mp(json!({"seq": 3, "step": "filled", "price": 1.1, "order_ticket": 55, "x": 1}));
+        let r = execution_row("T1", "trade_execution:T1", 0, &e, 5).unwrap();
+        assert_eq!(
+            (r.seq, r.step.as_str(), r.price, r.order_ticket),
+            (3, "filled", Some(1.1), Some(55))
+        );
+        assert_eq!(
+            (r.trade_id.as_str(), r.extra.as_str()),
+            ("T1", r#"{"x":1}"#)
+        );
+        let no_seq = execution_row("T1", "k", 4, &mp(json!({"step": "modified"})), 5).unwrap();
+        assert_eq!(no_seq.seq, 4);
+        let arr = mp(json!([{"seq": 1}, {"seq": 2, "step": "closed"}]));
+        let rows = string_log_rows("T1", "k", &arr, 5).unwrap();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(string_log_rows("T1", "k", &e, 5).unwrap().len(), 1);
+        assert!(string_log_rows("T1", "k", b"not msgpack", 5).is_err());
+        assert!(string_log_rows("T1", "k", &mp(json!([{"seq": 1}, 2])), 5).is_err());
+    }
+}
