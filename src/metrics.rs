@@ -64,6 +64,10 @@ pub const LOGS_MISSING: &str = "spillway_logs_missing_total";
 pub const LOG_KEYS_REMOVED: &str = "spillway_log_keys_removed_total";
 /// Logs that grew between reading and removal (the new entries are kept in Redis), by pipeline.
 pub const LOGS_CHANGED: &str = "spillway_logs_changed_total";
+/// Close messages received on the pub/sub channel, by pipeline.
+pub const PUBSUB_CLOSES: &str = "spillway_pubsub_closes_total";
+/// Close messages dropped (subscriber lagging or queue full), by pipeline.
+pub const PUBSUB_CLOSES_DROPPED: &str = "spillway_pubsub_closes_dropped_total";
 /// Build information.
 pub const BUILD_INFO: &str = "spillway_build_info";
 
@@ -183,6 +187,14 @@ fn describe() {
     describe_counter!(
         LOGS_CHANGED,
         "Execution logs that grew after they were read; the new entries stay in Redis."
+    );
+    describe_counter!(
+        PUBSUB_CLOSES,
+        "Trade close messages received on the pub/sub channel."
+    );
+    describe_counter!(
+        PUBSUB_CLOSES_DROPPED,
+        "Trade close messages dropped (at-most-once channel): the stream still moves those logs."
     );
     describe_gauge!(BUILD_INFO, "Spillway build information; the value is 1.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);

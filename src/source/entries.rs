@@ -56,6 +56,28 @@ impl Entry {
     }
 }
 
+/// A pub/sub close message (a MessagePack map with `trade_id`) as an entry without stream id.
+pub fn close_message(raw: Bytes) -> Entry {
+    let trade_id =
+        crate::decode::decode_msgpack_map(&raw)
+            .ok()
+            .and_then(|m| match m.get("trade_id") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            });
+    let mut fields = vec![("event".to_string(), Bytes::from_static(b"closed"))];
+    if let Some(id) = trade_id {
+        fields.push(("trade_id".to_string(), Bytes::from(id)));
+    }
+    fields.push(("payload".to_string(), raw));
+    Entry {
+        id: String::new(),
+        fields,
+        deleted: false,
+    }
+}
+
 /// What a log key held.
 #[derive(Debug, Clone)]
 pub enum LogRead {
@@ -205,7 +227,9 @@ pub fn rows(
         })
     };
     for e in entries {
-        w.ids.push(e.id.clone());
+        if !e.id.is_empty() {
+            w.ids.push(e.id.clone());
+        }
         if e.deleted {
             continue;
         }

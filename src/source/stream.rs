@@ -113,6 +113,13 @@ impl Stream {
             self.name.clone(),
             cancel.clone(),
         ));
+        let mut closes = match self.subscribe_closes(&cancel).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::warn!(pipeline = %self.name, error = %e, "pub/sub close channel not subscribed; the stream alone moves logs");
+                mpsc::channel(1).1
+            }
+        };
         let mut own = Some("0".to_string());
         let claim_every = Duration::from_secs(self.def.claim_idle_secs.max(1));
         let mut next_claim = tokio::time::Instant::now();
@@ -120,19 +127,35 @@ impl Stream {
             if cancel.is_cancelled() {
                 break;
             }
-            let read = if let Some(from) = own.take() {
-                // This consumer's own pending list, paged by the last id seen.
-                let entries = self.xreadgroup(&from, None, &cancel).await;
-                if let Some(last) = entries.last() {
-                    own = Some(last.id.clone());
+            let mut read = Vec::new();
+            while read.len() < self.def.count as usize {
+                match closes.try_recv() {
+                    Ok(e) => read.push(e),
+                    Err(_) => break,
                 }
-                entries
-            } else if tokio::time::Instant::now() >= next_claim {
-                next_claim = tokio::time::Instant::now() + claim_every;
-                self.claim(&cancel).await
-            } else {
-                self.xreadgroup(">", Some(self.def.block_ms), &cancel).await
-            };
+            }
+            if read.is_empty() {
+                read = if let Some(from) = own.take() {
+                    // This consumer's own pending list, paged by the last id seen.
+                    match self.xreadgroup(&from, None, &cancel).await {
+                        Some(entries) => {
+                            own = entries.last().map(|e| e.id.clone());
+                            entries
+                        }
+                        None => {
+                            own = Some(from);
+                            Vec::new()
+                        }
+                    }
+                } else if tokio::time::Instant::now() >= next_claim {
+                    next_claim = tokio::time::Instant::now() + claim_every;
+                    self.claim(&cancel).await
+                } else {
+                    self.xreadgroup(">", Some(self.def.block_ms), &cancel)
+                        .await
+                        .unwrap_or_default()
+                };
+            }
             if read.is_empty() {
                 continue;
             }
@@ -144,14 +167,14 @@ impl Stream {
         tracing::info!(pipeline = %self.name, "stream source stopped");
     }
 
-    /// One XREADGROUP; entries already in flight here are left out. Errors are logged and
-    /// retried after a pause (the entries stay in Redis).
+    /// One XREADGROUP; entries already in flight here are left out. None after an error
+    /// (logged, with a pause; the entries stay in Redis) or on cancel.
     async fn xreadgroup(
         &self,
         id: &str,
         block: Option<u64>,
         cancel: &CancellationToken,
-    ) -> Vec<Entry> {
+    ) -> Option<Vec<Entry>> {
         let d = &self.def;
         let call = self.reader.xreadgroup::<Value, _, _, _, _>(
             d.group.as_str(),
@@ -164,15 +187,15 @@ impl Stream {
         );
         let reply = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return Vec::new(),
+            _ = cancel.cancelled() => return None,
             r = call => r,
         };
         match reply {
-            Ok(v) => self.fresh(parse_entries(v)),
+            Ok(v) => Some(self.fresh(parse_entries(v))),
             Err(e) => {
                 tracing::warn!(pipeline = %self.name, error = %e, "XREADGROUP failed; retrying");
                 pause(cancel, Duration::from_millis(500)).await;
-                Vec::new()
+                None
             }
         }
     }
@@ -220,6 +243,61 @@ impl Stream {
             }
         }
         out
+    }
+
+    /// Subscribes to the pub/sub close channel (when configured): each message becomes a
+    /// `closed` entry without a stream id, queued (at most `count` * 20; beyond, dropped and
+    /// counted: pub/sub is at-most-once, the stream is the reliable path).
+    async fn subscribe_closes(
+        &self,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<mpsc::Receiver<Entry>, super::SourceError> {
+        let (tx, rx) = mpsc::channel((self.def.count as usize * 20).max(1));
+        if self.def.pubsub_channel.is_empty() {
+            return Ok(rx);
+        }
+        let sub = self
+            .endpoint
+            .builder(self.def.db, 4096)?
+            .build_subscriber_client()
+            .map_err(self.endpoint.err("building the close subscriber"))?;
+        sub.init()
+            .await
+            .map_err(self.endpoint.err("connecting the close subscriber"))?;
+        sub.subscribe(self.def.pubsub_channel.as_str())
+            .await
+            .map_err(self.endpoint.err("subscribing to the close channel"))?;
+        let _resubscribe = sub.manage_subscriptions();
+        let mut messages = sub.message_rx();
+        let (name, cancel) = (self.name.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    m = messages.recv() => m,
+                };
+                let raw = match msg {
+                    Ok(m) => match m.value {
+                        Value::Bytes(b) => b,
+                        Value::String(s) => s.into_inner(),
+                        _ => continue,
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        metrics::counter!(m::PUBSUB_CLOSES_DROPPED, "pipeline" => name.clone())
+                            .increment(n);
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                metrics::counter!(m::PUBSUB_CLOSES, "pipeline" => name.clone()).increment(1);
+                if tx.try_send(super::entries::close_message(raw)).is_err() {
+                    metrics::counter!(m::PUBSUB_CLOSES_DROPPED, "pipeline" => name.clone())
+                        .increment(1);
+                }
+            }
+            let _ = sub.quit().await;
+        });
+        Ok(rx)
     }
 
     /// Leaves out entries already sent and not yet acknowledged.
