@@ -365,3 +365,172 @@ pub fn oldest_idle_ms(v: &Value) -> Option<u64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{parse, Source};
+    use serde_json::json;
+
+    fn def() -> StreamSource {
+        let text = include_str!("../../pipelines/trades.toml");
+        match parse(std::path::Path::new("trades.toml"), text)
+            .unwrap()
+            .source
+        {
+            Source::Stream(s) => s,
+            _ => panic!("not a stream pipeline"),
+        }
+    }
+
+    fn s(v: &str) -> Value {
+        Value::from(v)
+    }
+
+    fn b(v: &[u8]) -> Value {
+        Value::Bytes(Bytes::copy_from_slice(v))
+    }
+
+    fn mp(v: serde_json::Value) -> Vec<u8> {
+        rmp_serde::to_vec_named(&v).unwrap()
+    }
+
+    fn entry(id: &str, kv: &[(&str, Value)]) -> Value {
+        let fields = kv.iter().flat_map(|(k, v)| [s(k), v.clone()]).collect();
+        Value::Array(vec![s(id), Value::Array(fields)])
+    }
+
+    fn reply(entries: Vec<Value>) -> Value {
+        Value::Array(vec![Value::Array(vec![
+            s("trade_results"),
+            Value::Array(entries),
+        ])])
+    }
+
+    #[test]
+    fn parses_xreadgroup_replies_with_deleted_entries() {
+        let v = reply(vec![
+            entry(
+                "1-0",
+                &[
+                    ("trade_id", s("T1")),
+                    ("event", s("closed")),
+                    ("payload", b(b"\x80")),
+                ],
+            ),
+            Value::Array(vec![s("2-0"), Value::Null]),
+        ]);
+        let e = parse_entries(v);
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[0].id.as_str(), e[0].deleted), ("1-0", false));
+        assert_eq!(e[0].log_key(&def()).as_deref(), Some("trade_execution:T1"));
+        assert!(e[1].deleted);
+        assert!(parse_entries(Value::Null).is_empty());
+    }
+
+    #[test]
+    fn rows_of_a_batch() {
+        let d = def();
+        let payload = mp(json!({"account_id": "a", "profit": 2.5}));
+        let v = reply(vec![
+            entry(
+                "1-0",
+                &[
+                    ("trade_id", s("T1")),
+                    ("event", s("closed")),
+                    ("payload", b(&payload)),
+                ],
+            ),
+            entry("2-0", &[("event", s("closed")), ("payload", b(&payload))]),
+            entry(
+                "3-0",
+                &[
+                    ("trade_id", s("T2")),
+                    ("event", s("closed")),
+                    ("payload", b(b"\x85\x01")),
+                ],
+            ),
+            entry("4-0", &[("trade_id", s("T3")), ("event", s("opened"))]),
+            entry("5-0", &[("trade_id", s("T4")), ("event", s("closed"))]),
+        ]);
+        let entries = parse_entries(v);
+        let keys: Vec<String> = [
+            "trade_execution:T1",
+            "trade_execution:T2",
+            "trade_execution:T4",
+        ]
+        .map(String::from)
+        .to_vec();
+        let good = Bytes::from(mp(json!({"seq": 1, "step": "filled"})));
+        let string_log = Bytes::from(mp(json!([{"seq": 1}, {"seq": 2}])));
+        let logs = vec![
+            LogRead::List(vec![good.clone(), Bytes::from_static(b"\xc1")]),
+            LogRead::Str(string_log.clone()),
+            LogRead::Missing,
+        ];
+        let w = rows("trades", &d, "rtrs", entries, &keys, logs, 9);
+        assert_eq!(w.ids, ["1-0", "2-0", "3-0", "4-0", "5-0"]);
+        let kinds: Vec<String> = w
+            .records
+            .iter()
+            .map(|r| match r {
+                Record::Trade(t) => {
+                    format!("trade {} {} {}", t.trade_id, t.log_state, t.log_entries)
+                }
+                Record::TradeExecution(e) => format!("exec {} {}", e.trade_id, e.seq),
+                Record::DeadLetter(d) => format!("dead {} {} {}", d.reason, d.key, d.stream_id),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "exec T1 1",
+                "dead invalid_msgpack trade_execution:T1 1-0",
+                "trade T1 moved 2",
+                "dead missing_trade_id  2-0",
+                "exec T2 1",
+                "exec T2 2",
+                "dead invalid_msgpack  3-0",
+                "trade T4 missing 0",
+            ]
+        );
+        assert_eq!(
+            w.logs,
+            [
+                ("trade_execution:T1".to_string(), "list", 2),
+                ("trade_execution:T2".to_string(), "string", string_log.len()),
+            ]
+        );
+    }
+
+    #[test]
+    fn pubsub_close_message() {
+        let e = close_message(Bytes::from(mp(json!({"trade_id": "P1", "profit": 1.0}))));
+        assert_eq!(e.id, "");
+        assert_eq!(e.log_key(&def()).as_deref(), Some("trade_execution:P1"));
+        let bad = close_message(Bytes::from_static(b"junk"));
+        assert!(bad.log_key(&def()).is_none());
+    }
+
+    #[test]
+    fn group_and_pending_figures() {
+        let groups = Value::Array(vec![Value::Array(vec![
+            s("name"),
+            s("spillway"),
+            s("pending"),
+            Value::Integer(3),
+            s("lag"),
+            Value::Integer(7),
+        ])]);
+        assert_eq!(group_figures(&groups, "spillway"), Some((7, 3)));
+        assert_eq!(group_figures(&groups, "other"), None);
+        let pending = Value::Array(vec![Value::Array(vec![
+            s("1-0"),
+            s("c"),
+            Value::Integer(1500),
+            Value::Integer(1),
+        ])]);
+        assert_eq!(oldest_idle_ms(&pending), Some(1500));
+    }
+}

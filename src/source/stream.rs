@@ -159,7 +159,7 @@ impl Stream {
             if read.is_empty() {
                 continue;
             }
-            if !self.handle(read, &ack_tx).await {
+            if !self.handle(read, &ack_tx, &cancel).await {
                 break;
             }
         }
@@ -310,7 +310,12 @@ impl Stream {
     }
 
     /// Rows of a batch of entries, then their acknowledgement, into the channel.
-    async fn handle(&self, entries: Vec<Entry>, ack_tx: &mpsc::UnboundedSender<AckWork>) -> bool {
+    async fn handle(
+        &self,
+        entries: Vec<Entry>,
+        ack_tx: &mpsc::UnboundedSender<AckWork>,
+        cancel: &CancellationToken,
+    ) -> bool {
         let now = now_ms();
         let keys: Vec<String> = {
             let mut k: Vec<String> = entries
@@ -321,9 +326,8 @@ impl Stream {
             k.dedup();
             k
         };
-        let logs = match self.read_logs(&keys).await {
-            Some(l) => l,
-            None => return true,
+        let Some(logs) = self.read_logs(&keys, cancel).await else {
+            return false;
         };
         let work = super::entries::rows(
             &self.name,
@@ -356,22 +360,28 @@ impl Stream {
             .is_ok()
     }
 
-    /// Reads the logs (LIST or STRING) of `keys` in one round trip; None after an error (the
-    /// entries stay pending and are read again).
-    async fn read_logs(&self, keys: &[String]) -> Option<Vec<LogRead>> {
+    /// Reads the logs (LIST or STRING) of `keys` in one round trip, retrying with capped
+    /// backoff; None on cancel (the entries stay pending and are read again at the next start).
+    async fn read_logs(&self, keys: &[String], cancel: &CancellationToken) -> Option<Vec<LogRead>> {
         if keys.is_empty() {
             return Some(Vec::new());
         }
-        match self
-            .read_logs
-            .evalsha_with_reload::<Value, _, _>(&self.logs, keys.to_vec(), ())
-            .await
-        {
-            Ok(v) => Some(super::entries::parse_logs(v, keys.len())),
-            Err(e) => {
-                tracing::warn!(pipeline = %self.name, error = %e, "reading execution logs failed; the entries stay pending");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                None
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self
+                .read_logs
+                .evalsha_with_reload::<Value, _, _>(&self.logs, keys.to_vec(), ())
+                .await
+            {
+                Ok(v) => return Some(super::entries::parse_logs(v, keys.len())),
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.name, error = %e, retry_in = ?backoff, "reading execution logs failed; retrying");
+                    pause(cancel, backoff).await;
+                    if cancel.is_cancelled() {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
             }
         }
     }
