@@ -9,6 +9,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decode;
+#[cfg(test)]
+mod fuzz;
 pub mod metrics;
 pub mod pipeline;
 pub mod rows;

@@ -68,6 +68,8 @@ pub const LOGS_CHANGED: &str = "spillway_logs_changed_total";
 pub const PUBSUB_CLOSES: &str = "spillway_pubsub_closes_total";
 /// Close messages dropped (subscriber lagging or queue full), by pipeline.
 pub const PUBSUB_CLOSES_DROPPED: &str = "spillway_pubsub_closes_dropped_total";
+/// Reconnections of a keyspace subscriber (each a gap closed by a rescan), by pipeline.
+pub const SUBSCRIBER_RECONNECTS: &str = "spillway_subscriber_reconnects_total";
 /// Build information.
 pub const BUILD_INFO: &str = "spillway_build_info";
 
@@ -196,6 +198,7 @@ fn describe() {
         PUBSUB_CLOSES_DROPPED,
         "Trade close messages dropped (at-most-once channel): the stream still moves those logs."
     );
+    describe_counter!(SUBSCRIBER_RECONNECTS, "Reconnections of a keyspace subscriber; the notifications of the disconnected time are recovered by a rescan.");
     describe_gauge!(BUILD_INFO, "Spillway build information; the value is 1.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

@@ -119,8 +119,17 @@ impl Keyspace {
             lost.clone(),
             cancel.clone(),
         ));
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(count_reconnects(
+            self.subscriber.reconnect_rx(),
+            reconnects.clone(),
+            wake.clone(),
+        ));
         // A gap is a stretch of time in which notifications may have been missed: before the
-        // subscription (at start), a buffer overrun, or simply a while (`rescan_interval_secs`).
+        // subscription (at start), while the subscriber was disconnected (Redis restarted, or cut
+        // it off at its pub/sub output-buffer limit), a buffer overrun, or simply a while
+        // (`rescan_interval_secs`).
         // It is closed by a rescan as soon as the backlog of notifications is small.
         let mut gap = self.def.rescan_on_start;
         let period = Duration::from_secs(self.def.rescan_interval_secs.max(1));
@@ -132,6 +141,12 @@ impl Keyspace {
             match lost.swap(0, Ordering::Relaxed) {
                 0 => {}
                 n => gap = self.lost(n, gap),
+            }
+            if reconnects.swap(0, Ordering::Relaxed) > 0 {
+                tracing::warn!(pipeline = %self.name, "subscriber reconnected: notifications of the disconnected time are lost; a rescan follows");
+                metrics::counter!(m::SUBSCRIBER_RECONNECTS, "pipeline" => self.name.clone())
+                    .increment(1);
+                gap = true;
             }
             if gap && events.len() < self.read_batch {
                 gap = false;
@@ -150,6 +165,7 @@ impl Keyspace {
                     gap = true;
                     continue;
                 }
+                _ = wake.notified() => continue,
                 ev = events.recv() => ev,
             };
             let Some(first) = first else { break };
@@ -165,6 +181,7 @@ impl Keyspace {
             }
         }
         forwarder.abort();
+        watcher.abort();
         self.jobs = None;
         let _ = capture.await;
         let _ = self.subscriber.quit().await;
@@ -370,6 +387,23 @@ async fn forward(
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 lost.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Counts the subscriber's reconnections (fred resubscribes by itself).
+async fn count_reconnects(
+    mut rx: broadcast::Receiver<fred::types::config::Server>,
+    n: Arc<AtomicU64>,
+    wake: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                n.fetch_add(1, Ordering::Relaxed);
+                wake.notify_one();
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

@@ -1,0 +1,81 @@
+//! Property tests of every decoder: arbitrary bytes never panic, and well-formed values round-trip.
+
+use proptest::prelude::*;
+use serde_json::{Map, Value};
+
+use crate::decode::{
+    decode_msgpack_array_of_maps, decode_msgpack_map, decode_value, Format, Payload,
+};
+
+fn json_leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-1e12f64..1e12).prop_map(Value::from),
+        ".{0,20}".prop_map(Value::String),
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    json_leaf().prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(".{0,8}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn json_map() -> impl Strategy<Value = Map<String, Value>> {
+    prop::collection::btree_map(".{0,12}", json_value(), 0..10)
+        .prop_map(|m| m.into_iter().collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode_value(&bytes);
+        let _ = decode_msgpack_map(&bytes);
+        let _ = decode_msgpack_array_of_maps(&bytes);
+        let _ = crate::trade::trade_row("t", "closed", Some(&bytes), "1-0", 0);
+        let _ = crate::trade::execution_row("t", "k", 0, &bytes, 0);
+        let _ = crate::trade::string_log_rows("t", "k", &bytes, 0);
+        let _ = crate::source::entries::close_message(bytes::Bytes::from(bytes.clone()));
+    }
+
+    #[test]
+    fn msgpack_prefixes_never_panic(map in json_map(), cut in any::<prop::sample::Index>()) {
+        let bytes = rmp_serde::to_vec_named(&map).unwrap();
+        let end = cut.index(bytes.len() + 1);
+        let _ = decode_value(&bytes[..end]);
+        let _ = decode_msgpack_map(&bytes[..end]);
+    }
+
+    #[test]
+    fn msgpack_maps_round_trip(map in json_map()) {
+        let bytes = rmp_serde::to_vec_named(&map).unwrap();
+        prop_assert_eq!(decode_value(&bytes).unwrap(), Payload::Object(Format::MsgPack, map.clone()));
+        prop_assert_eq!(decode_msgpack_map(&bytes).unwrap(), map);
+    }
+
+    #[test]
+    fn text_is_kept_whole(text in ".{0,64}") {
+        match decode_value(text.as_bytes()) {
+            Ok(Payload::Text(t)) => prop_assert_eq!(t, text),
+            Ok(Payload::Object(Format::Json, _)) => {
+                let object_text = text.trim_start().starts_with('{');
+                prop_assert!(object_text, "JSON object from text that is not one: {:?}", text);
+            }
+            Ok(Payload::Object(_, _)) => {
+                // Text that is also a complete MessagePack map: a map of zero entries is 0x80,
+                // which is not valid UTF-8, so this cannot happen.
+                prop_assert!(false, "text decoded as a MessagePack map: {:?}", text);
+            }
+            Err(e) => prop_assert!(false, "valid UTF-8 text rejected: {}", e),
+        }
+    }
+}
