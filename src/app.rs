@@ -162,6 +162,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     }
     readers.close();
     let writer = tokio::spawn(run_writer(rx, sink, settings.batch));
+    crate::observe::spawn(&settings, cancel.clone());
     tracing::info!(pipelines = settings.pipelines.len(), "spillway running");
 
     readers.wait().await;

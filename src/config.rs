@@ -72,6 +72,8 @@ pub struct FileConfig {
     pub batch: BatchSection,
     /// How keyspace pipelines listen and read.
     pub keyspace: KeyspaceSection,
+    /// How Spillway observes the Redis instances (memory, evictions).
+    pub observe: ObserveSection,
     /// Directory of pipeline definitions (`*.toml`); default `pipelines` next to the working dir,
     /// or the built-in definitions when that directory does not exist.
     pub pipelines_dir: Option<PathBuf>,
@@ -171,6 +173,8 @@ pub struct Settings {
     pub batch: BatchSettings,
     /// Keyspace reading.
     pub keyspace: KeyspaceSettings,
+    /// Redis observation.
+    pub observe: ObserveSettings,
     /// The pipelines to run.
     pub pipelines: Vec<Pipeline>,
     /// Deadline of a graceful shutdown.
@@ -281,6 +285,7 @@ impl FileConfig {
         let metrics_addr = self.metrics.validate()?;
         let batch = self.batch.validate()?;
         let keyspace = self.keyspace.validate()?;
+        let observe = self.observe.validate()?;
         let pipelines = match &self.pipelines_dir {
             Some(dir) => pipeline::load_dir(&base.join(dir))?,
             None if Path::new("pipelines").is_dir() => pipeline::load_dir(Path::new("pipelines"))?,
@@ -305,6 +310,7 @@ impl FileConfig {
             metrics_addr,
             batch,
             keyspace,
+            observe,
             pipelines,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
         })
@@ -447,6 +453,33 @@ impl KeyspaceSection {
     }
 }
 
+/// The `[observe]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObserveSection {
+    /// Seconds between two `INFO` polls of every Redis instance; default 5.
+    pub interval_secs: Option<u64>,
+}
+
+/// Redis observation settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ObserveSettings {
+    /// Time between two `INFO` polls of every instance.
+    pub interval: Duration,
+}
+
+impl ObserveSection {
+    fn validate(self) -> Result<ObserveSettings> {
+        let secs = positive(
+            "observe.interval_secs",
+            self.interval_secs.unwrap_or(5) as usize,
+        )?;
+        Ok(ObserveSettings {
+            interval: Duration::from_secs(secs as u64),
+        })
+    }
+}
+
 fn positive(field: &str, v: usize) -> Result<usize> {
     if v == 0 {
         Err(invalid(
@@ -535,6 +568,7 @@ mod tests {
     fn bad_values_name_field_and_fix() {
         for (text, field) in [
             ("[batch]\nmax_rows = 0\n", "batch.max_rows"),
+            ("[observe]\ninterval_secs = 0\n", "observe.interval_secs"),
             ("[metrics]\naddr = \"nowhere\"\n", "metrics.addr"),
             ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),
             ("[clickhouse]\ndatabase = \"a;b\"\n", "clickhouse.database"),

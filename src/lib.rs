@@ -12,6 +12,7 @@ pub mod decode;
 #[cfg(test)]
 mod fuzz;
 pub mod metrics;
+pub mod observe;
 pub mod pipeline;
 pub mod rows;
 pub mod sink;

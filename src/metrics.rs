@@ -244,7 +244,8 @@ async fn render(
     State(s): State<AppState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     s.handle.run_upkeep();
-    let body = s.handle.render();
+    let mut body = s.handle.render();
+    crate::observe::render_process(&mut body);
     (
         [(
             axum::http::header::CONTENT_TYPE,
