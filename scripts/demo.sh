@@ -8,14 +8,17 @@
 # It installs redis-server and clickhouse-server with apt-get when they are missing, builds
 # Spillway (cargo build --release), then starts in a work directory of its own:
 #   - a redis-server playing RLS on 127.0.0.1:6384, keyspace notifications on ("Ex$eg"),
+#   - a redis-server playing RTRS on 127.0.0.1:6382 (the trade_results stream),
 #   - a clickhouse-server (HTTP 127.0.0.1:8123, TCP 127.0.0.1:9000), data in the work directory,
 #   - spillway itself, /metrics on 127.0.0.1:9464,
 # writes a few sample alerts (text, JSON, MessagePack, one undecodable value, one that expires)
-# and prints what landed in ClickHouse. Ctrl-C stops exactly the processes it started: spillway
+# and three trades (execution logs in RLS, closed through the stream) and prints what landed in
+# ClickHouse. Ctrl-C stops exactly the processes it started: spillway
 # first (SIGTERM: it flushes and exits 0), then redis-server and clickhouse-server.
 #
 # Environment:
 #   DEMO_RLS_PORT      Redis (RLS) port                       default 6384
+#   DEMO_RTRS_PORT     Redis (RTRS) port                      default 6382
 #   DEMO_CH_HTTP_PORT  ClickHouse HTTP port                   default 8123
 #   DEMO_CH_TCP_PORT   ClickHouse native TCP port             default 9000
 #   DEMO_METRICS_PORT  Spillway /metrics, /healthz, /readyz   default 9464
@@ -43,6 +46,7 @@ for arg in "$@"; do
 done
 
 RLS_PORT=${DEMO_RLS_PORT:-6384}
+RTRS_PORT=${DEMO_RTRS_PORT:-6382}
 CH_HTTP_PORT=${DEMO_CH_HTTP_PORT:-8123}
 CH_TCP_PORT=${DEMO_CH_TCP_PORT:-9000}
 METRICS_PORT=${DEMO_METRICS_PORT:-9464}
@@ -90,10 +94,11 @@ cleanup() {
     set +e
     trap '' PIPE
     if [ -n "$OWN_POLICY_RC" ]; then as_root rm -f "$OWN_POLICY_RC"; fi
-    if [ -n "$SPILLWAY_PID$REDIS_PID$CH_PID" ]; then
+    if [ -n "$SPILLWAY_PID$REDIS_PID$RTRS_PID$CH_PID" ]; then
         step "Stopping the demo (spillway first, then redis-server and clickhouse-server)"
         stop spillway "$SPILLWAY_PID" 40
         stop redis-server "$REDIS_PID" 15
+        stop "redis-server (RTRS)" "$RTRS_PID" 15
         stop clickhouse-server "$CH_PID" 30
         echo "logs and data stay in $WORK"
     fi
@@ -160,7 +165,7 @@ command -v cargo >/dev/null 2>&1 ||
     die "cargo not found: install the Rust toolchain with rustup (https://rustup.rs), then make sure ~/.cargo/bin is on PATH"
 echo "ok: redis-server, clickhouse-server, curl, python3, cargo"
 
-for entry in "$RLS_PORT:DEMO_RLS_PORT:Redis (RLS)" "$CH_HTTP_PORT:DEMO_CH_HTTP_PORT:ClickHouse HTTP" \
+for entry in "$RLS_PORT:DEMO_RLS_PORT:Redis (RLS)" "$RTRS_PORT:DEMO_RTRS_PORT:Redis (RTRS)" "$CH_HTTP_PORT:DEMO_CH_HTTP_PORT:ClickHouse HTTP" \
     "$CH_TCP_PORT:DEMO_CH_TCP_PORT:ClickHouse TCP" "$METRICS_PORT:DEMO_METRICS_PORT:Spillway metrics"; do
     IFS=: read -r port var what <<<"$entry"
     if port_busy "$port"; then
@@ -183,8 +188,8 @@ if [ -d "$WORK" ] && [ ! -e "$WORK/.spillway-demo" ] && [ -n "$(ls -A "$WORK")" 
 fi
 mkdir -p "$WORK"
 touch "$WORK/.spillway-demo"
-rm -rf "$WORK/clickhouse" "$WORK/redis" "$WORK"/*.log "$WORK/spillway.toml"
-mkdir -p "$WORK/clickhouse" "$WORK/redis"
+rm -rf "$WORK/clickhouse" "$WORK/redis" "$WORK/redis-rtrs" "$WORK"/*.log "$WORK/spillway.toml" "$WORK/pack.py"
+mkdir -p "$WORK/clickhouse" "$WORK/redis" "$WORK/redis-rtrs"
 echo "fresh data directories; logs: $WORK/*.log, $WORK/clickhouse/*.log"
 
 step "Starting redis-server (RLS) on 127.0.0.1:$RLS_PORT"
@@ -194,6 +199,12 @@ start_bg "$WORK/redis.log" redis-server --bind 127.0.0.1 --port "$RLS_PORT" --di
     --maxmemory 2gb --maxmemory-policy volatile-lru
 REDIS_PID=$STARTED_PID
 RCLI=(redis-cli -h 127.0.0.1 -p "$RLS_PORT")
+
+step "Starting redis-server (RTRS) on 127.0.0.1:$RTRS_PORT"
+start_bg "$WORK/redis-rtrs.log" redis-server --bind 127.0.0.1 --port "$RTRS_PORT" --dir "$WORK/redis-rtrs" \
+    --save "" --appendonly no --maxmemory 1gb --maxmemory-policy volatile-lru
+RTRS_PID=$STARTED_PID
+TCLI=(redis-cli -h 127.0.0.1 -p "$RTRS_PORT")
 
 step "Starting clickhouse-server on 127.0.0.1 (HTTP $CH_HTTP_PORT, TCP $CH_TCP_PORT)"
 CHD="$WORK/clickhouse"
@@ -252,7 +263,9 @@ ch_ready() { [ "$(curl -sS "$CH_URL/ping" 2>/dev/null)" = "Ok." ]; }
 spillway_ready() { curl -fsS -o /dev/null "$METRICS_URL/readyz"; }
 ch() { curl -sS --fail-with-body "$CH_URL/" --data-binary "$1"; }
 
+rtrs_ready() { [ "$("${TCLI[@]}" ping 2>/dev/null)" = PONG ]; }
 wait_until redis-server "$REDIS_PID" 20 "$WORK/redis.log" redis_ready
+wait_until "redis-server (RTRS)" "$RTRS_PID" 20 "$WORK/redis-rtrs.log" rtrs_ready
 echo "redis-server ready (pid $REDIS_PID); notify-keyspace-events = $("${RCLI[@]}" config get notify-keyspace-events | tail -n1)"
 wait_until clickhouse-server "$CH_PID" 60 "$CHD/error.log" ch_ready
 echo "clickhouse-server ready (pid $CH_PID), version $(ch 'SELECT version()')"
@@ -266,6 +279,9 @@ pipelines_dir = '$ROOT/pipelines'
 
 [redis.rls]
 url = "redis://127.0.0.1:$RLS_PORT"
+
+[redis.rtrs]
+url = "redis://127.0.0.1:$RTRS_PORT"
 
 [clickhouse]
 url = "$CH_URL"
@@ -308,7 +324,7 @@ run_cli SET alert:heartbeat_missed "Heartbeat missed on mt5-11 (expires in 2 s)"
 
 echo "MessagePack values, and one value that decodes as nothing (bytes 85 01), sent as RESP"
 echo "commands (SET key value EX 3600) through redis-cli --pipe:"
-python3 - <<'PY' | "${RCLI[@]}" --pipe
+cat >"$WORK/pack.py" <<'PY'
 import struct
 import sys
 import time
@@ -359,7 +375,13 @@ def resp(*args):
         a = a if isinstance(a, bytes) else str(a).encode()
         out += b"$%d\r\n%s\r\n" % (len(a), a)
     return out
+PY
+export PYTHONPATH="$WORK"
+python3 - <<'PY' | "${RCLI[@]}" --pipe
+import sys
+import time
 
+from pack import pack, resp
 
 now = int(time.time() * 1000)
 values = {
@@ -376,11 +398,39 @@ for key, value in values.items():
     sys.stdout.buffer.write(resp("SET", key, value, "EX", 3600))
 PY
 
+step "Writing three trades: execution logs into RLS, then closes into the trade_results stream (RTRS)"
+python3 - logs <<'PY' | "${RCLI[@]}" --pipe
+import sys
+
+from pack import pack, resp
+
+for t in range(1, 4):
+    steps = ["order_sent", "filled", "modified", "closed"][: t + 1]
+    for seq, step in enumerate(steps):
+        entry = pack({"trade_id": "T-%d" % t, "seq": seq, "step": step, "symbol": "EURUSD", "side": "buy",
+                      "volume": 0.1 * t, "price": 1.08 + seq / 1000, "instance_id": "mt5-0%d" % t})
+        sys.stdout.buffer.write(resp("RPUSH", "trade_execution:T-%d" % t, entry))
+    sys.stderr.write("  RPUSH trade_execution:T-%d <%d MessagePack entries>\n" % (t, len(steps)))
+PY
+python3 - <<'PY' | "${TCLI[@]}" --pipe
+import sys
+
+from pack import pack, resp
+
+for t in range(1, 4):
+    payload = pack({"account_id": "ACC-1001", "symbol": "EURUSD", "side": "buy", "volume": 0.1 * t,
+                    "open_price": 1.08, "close_price": 1.081 + t / 1000, "profit": 10.0 * t})
+    sys.stdout.buffer.write(resp("XADD", "trade_results", "*", "trade_id", "T-%d" % t, "event", "closed", "payload", payload))
+    sys.stderr.write("  XADD trade_results * trade_id T-%d event closed payload <MessagePack map>\n" % t)
+PY
+
 step "Waiting for the rows (and for alert:heartbeat_missed to expire)"
 landed() {
     [ "$(ch 'SELECT count() FROM spillway.alerts FINAL' 2>/dev/null)" -ge 6 ] &&
         [ "$(ch "SELECT count() FROM spillway.alert_events WHERE event = 'expired'" 2>/dev/null)" -ge 1 ] &&
-        [ "$(ch 'SELECT count() FROM spillway.dead_letters' 2>/dev/null)" -ge 1 ]
+        [ "$(ch 'SELECT count() FROM spillway.dead_letters' 2>/dev/null)" -ge 1 ] &&
+        [ "$(ch 'SELECT count() FROM spillway.trades FINAL' 2>/dev/null)" -ge 3 ] &&
+        [ -z "$("${RCLI[@]}" --scan --pattern 'trade_execution:*')" ]
 }
 for ((i = 0; i < 100; i++)); do
     if landed; then break; fi
@@ -406,9 +456,16 @@ step "spillway.dead_letters"
 echo "SELECT key, reason, hex(raw), error FROM spillway.dead_letters FINAL ORDER BY key"
 ch "SELECT key, reason, hex(raw) AS raw_hex, error FROM spillway.dead_letters FINAL ORDER BY key FORMAT PrettyCompactNoEscapes"
 
+step "spillway.trades and spillway.trade_executions"
+echo "SELECT trade_id, event, profit, log_state, log_entries FROM spillway.trades FINAL ORDER BY trade_id"
+ch "SELECT trade_id, event, profit, log_state, log_entries FROM spillway.trades FINAL ORDER BY trade_id FORMAT PrettyCompactNoEscapes"
+echo "SELECT trade_id, seq, step, price FROM spillway.trade_executions FINAL ORDER BY trade_id, seq"
+ch "SELECT trade_id, seq, step, price FROM spillway.trade_executions FINAL ORDER BY trade_id, seq FORMAT PrettyCompactNoEscapes"
+echo "execution log keys left in RLS: $("${RCLI[@]}" --scan --pattern 'trade_execution:*' | wc -l)"
+
 step "A few lines of $METRICS_URL/metrics"
 curl -fsS "$METRICS_URL/metrics" |
-    grep -E '^(spillway_rows_written_total|spillway_events_received_total|spillway_dead_letters_total)' ||
+    grep -E '^(spillway_rows_written_total|spillway_events_received_total|spillway_dead_letters_total|spillway_stream_acked_total|spillway_logs_moved_total)' ||
     echo "(no such metrics yet)"
 
 # --- 7. keep running, or stop -----------------------------------------------------------------
@@ -421,6 +478,8 @@ step "Spillway is running; metrics at $METRICS_URL/metrics; press Ctrl-C to stop
 cat <<EOF
 Try, in another terminal:
   redis-cli -p $RLS_PORT SET alert:my_test "hello from the demo" EX 3600
+  redis-cli -p $RLS_PORT RPUSH trade_execution:T-9 "not MessagePack"   # a log entry for a dead letter
+  redis-cli -p $RTRS_PORT XADD trade_results '*' trade_id T-9 event closed
   curl -s $CH_URL/ --data-binary "SELECT key, message FROM spillway.alerts FINAL ORDER BY key FORMAT PrettyCompact"
   tail -f $WORK/spillway.log
 EOF
