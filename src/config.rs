@@ -77,6 +77,8 @@ pub struct FileConfig {
     /// Directory of pipeline definitions (`*.toml`); default `pipelines` next to the working dir,
     /// or the built-in definitions when that directory does not exist.
     pub pipelines_dir: Option<PathBuf>,
+    /// Names of the pipelines to run; default all of them.
+    pub pipelines: Option<Vec<String>>,
     /// How long a graceful shutdown may take before Spillway exits anyway, in seconds.
     pub shutdown_timeout_secs: Option<u64>,
 }
@@ -286,11 +288,22 @@ impl FileConfig {
         let batch = self.batch.validate()?;
         let keyspace = self.keyspace.validate()?;
         let observe = self.observe.validate()?;
-        let pipelines = match &self.pipelines_dir {
+        let mut pipelines = match &self.pipelines_dir {
             Some(dir) => pipeline::load_dir(&base.join(dir))?,
             None if Path::new("pipelines").is_dir() => pipeline::load_dir(Path::new("pipelines"))?,
             None => pipeline::builtin()?,
         };
+        if let Some(names) = &self.pipelines {
+            if let Some(unknown) = names.iter().find(|n| !pipelines.iter().any(|p| &p.name == *n)) {
+                let known: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
+                return Err(invalid(
+                    "pipelines",
+                    format!("no pipeline is named {unknown:?}"),
+                    format!("use some of {known:?}, or remove the line to run them all"),
+                ));
+            }
+            pipelines.retain(|p| names.contains(&p.name));
+        }
         for p in &pipelines {
             if !redis.iter().any(|(name, _)| name == p.instance()) {
                 return Err(invalid(
@@ -554,6 +567,14 @@ mod tests {
         );
         assert_eq!(s.clickhouse.database, "archive");
         assert_eq!(s.metrics_addr.port(), 1234);
+    }
+
+    #[test]
+    fn pipelines_can_be_chosen() {
+        let s = FileConfig::from_toml("pipelines = [\"alerts\"]\n").unwrap().validate(&base()).unwrap();
+        assert_eq!(s.pipelines.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["alerts"]);
+        let e = FileConfig::from_toml("pipelines = [\"alertz\"]\n").unwrap().validate(&base()).unwrap_err();
+        assert!(e.to_string().contains("alertz") && e.to_string().contains("fix:"), "{e}");
     }
 
     #[test]

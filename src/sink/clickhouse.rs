@@ -178,14 +178,46 @@ impl Sink {
 
     /// Inserts every table's rows of the batch; each table is one INSERT. On error the whole
     /// batch may be written again: rows are idempotent.
+    ///
+    /// Rows that ClickHouse refuses as bad data (a retry cannot help) are isolated by halving
+    /// the insert and go to `dead_letters` as JSON, so one bad row never blocks the pipeline.
     pub async fn write(&self, batch: &Batch) -> Result<()> {
+        let mut rejected = Vec::new();
         self.insert("dead_letters", &batch.dead_letters).await?;
-        self.insert("alerts", &batch.alerts).await?;
-        self.insert("alert_events", &batch.alert_events).await?;
-        self.insert("trade_executions", &batch.trade_executions)
+        self.isolate("alerts", &batch.alerts, &mut rejected).await?;
+        self.isolate("alert_events", &batch.alert_events, &mut rejected)
             .await?;
-        self.insert("trades", &batch.trades).await?;
-        Ok(())
+        self.isolate("trade_executions", &batch.trade_executions, &mut rejected)
+            .await?;
+        self.isolate("trades", &batch.trades, &mut rejected).await?;
+        self.insert("dead_letters", &rejected).await
+    }
+
+    /// Inserts `rows`; on a bad-data refusal, each half again, down to single rows, which
+    /// become dead letters.
+    fn isolate<'a, T>(
+        &'a self,
+        table: &'static str,
+        rows: &'a [T],
+        rejected: &'a mut Vec<DeadLetterRow>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>
+    where
+        T: Row + RowOwned + RowWrite + serde::Serialize + Sync,
+    {
+        Box::pin(async move {
+            match self.insert(table, rows).await {
+                Err(SinkError::Client { source, .. }) if is_bad_data(&source) => {
+                    if let [row] = rows {
+                        rejected.push(refused(table, row, &source));
+                        return Ok(());
+                    }
+                    let (a, b) = rows.split_at(rows.len() / 2);
+                    self.isolate(table, a, rejected).await?;
+                    self.isolate(table, b, rejected).await
+                }
+                other => other,
+            }
+        })
     }
 
     async fn insert<T>(&self, table: &'static str, rows: &[T]) -> Result<()>
@@ -224,5 +256,65 @@ impl Sink {
             insert.write(row).await?;
         }
         insert.end().await
+    }
+}
+
+/// ClickHouse error codes that mean "this data is wrong": retrying the same rows cannot succeed.
+const BAD_DATA: &[u32] = &[6, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131];
+
+/// Whether ClickHouse refused the data itself (not the connection, the load or the schema).
+pub fn is_bad_data(e: &clickhouse::error::Error) -> bool {
+    let clickhouse::error::Error::BadResponse(msg) = e else {
+        return false;
+    };
+    error_code(msg).is_some_and(|c| BAD_DATA.contains(&c))
+}
+
+/// The `Code: N` of a ClickHouse error message.
+fn error_code(msg: &str) -> Option<u32> {
+    let rest = &msg[msg.find("Code: ")? + 6..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// A row ClickHouse refused, as a dead letter holding the row as JSON.
+fn refused<T: serde::Serialize>(
+    table: &str,
+    row: &T,
+    e: &clickhouse::error::Error,
+) -> DeadLetterRow {
+    let raw = serde_json::to_vec(row).unwrap_or_default();
+    metrics::counter!(m::DEAD_LETTERS, "pipeline" => "clickhouse", "reason" => "rejected_by_clickhouse")
+        .increment(1);
+    let mut error = e.to_string();
+    error.truncate(2000);
+    DeadLetterRow {
+        pipeline: "clickhouse".into(),
+        instance: "clickhouse".into(),
+        key: table.to_string(),
+        stream_id: String::new(),
+        content_hash: crate::rows::content_hash(&raw),
+        raw,
+        reason: "rejected_by_clickhouse",
+        error,
+        received_at_ms: crate::rows::now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_data_is_told_from_faults() {
+        let bad = |m: &str| is_bad_data(&clickhouse::error::Error::BadResponse(m.into()));
+        assert!(bad(
+            "Code: 33, e.displayText() = DB::Exception: Cannot read all data"
+        ));
+        assert!(bad("Code: 117. DB::Exception: Incorrect data"));
+        assert!(!bad("Code: 241. DB::Exception: Memory limit exceeded"));
+        assert!(!bad("Code: 252. DB::Exception: Too many parts"));
+        assert!(!bad("no code here"));
+        assert!(!is_bad_data(&clickhouse::error::Error::TimedOut));
     }
 }

@@ -139,12 +139,22 @@ async fn commit(sink: &Sink, batch: &Batch) {
             Err(e) => {
                 failures += 1;
                 metrics::counter!(m::INSERT_RETRIES).increment(1);
-                tracing::warn!(error = %e, rows = batch.rows(), retry_in = ?backoff, "insert failed; retrying");
-                tokio::time::sleep(backoff).await;
+                let wait = jitter(backoff);
+                tracing::warn!(error = %e, rows = batch.rows(), retry_in = ?wait, "insert failed; retrying");
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
+}
+
+/// `d` plus up to a quarter of it, so that restarted sidecars do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
 #[cfg(test)]

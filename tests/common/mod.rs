@@ -526,7 +526,7 @@ where
     }
 }
 
-/// Minimal Spillway TOML config pointing at the given servers (adjust as the schema settles).
+/// Minimal Spillway TOML config running the alerts pipeline against the given servers.
 pub fn config_toml(
     redis: &RedisServer,
     ch: &ClickHouseServer,
@@ -534,7 +534,7 @@ pub fn config_toml(
     metrics_port: u16,
 ) -> String {
     format!(
-        "[redis.rls]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n\n\
+        "pipelines = [\"alerts\"]\n\n[redis.rls]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n\n\
          [metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n",
         redis.url(),
         ch.url()
