@@ -294,7 +294,10 @@ impl FileConfig {
             None => pipeline::builtin()?,
         };
         if let Some(names) = &self.pipelines {
-            if let Some(unknown) = names.iter().find(|n| !pipelines.iter().any(|p| &p.name == *n)) {
+            if let Some(unknown) = names
+                .iter()
+                .find(|n| !pipelines.iter().any(|p| &p.name == *n))
+            {
                 let known: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
                 return Err(invalid(
                     "pipelines",
@@ -571,10 +574,25 @@ mod tests {
 
     #[test]
     fn pipelines_can_be_chosen() {
-        let s = FileConfig::from_toml("pipelines = [\"alerts\"]\n").unwrap().validate(&base()).unwrap();
-        assert_eq!(s.pipelines.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["alerts"]);
-        let e = FileConfig::from_toml("pipelines = [\"alertz\"]\n").unwrap().validate(&base()).unwrap_err();
-        assert!(e.to_string().contains("alertz") && e.to_string().contains("fix:"), "{e}");
+        let s = FileConfig::from_toml("pipelines = [\"alerts\"]\n")
+            .unwrap()
+            .validate(&base())
+            .unwrap();
+        assert_eq!(
+            s.pipelines
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["alerts"]
+        );
+        let e = FileConfig::from_toml("pipelines = [\"alertz\"]\n")
+            .unwrap()
+            .validate(&base())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("alertz") && e.to_string().contains("fix:"),
+            "{e}"
+        );
     }
 
     #[test]

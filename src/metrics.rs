@@ -70,6 +70,10 @@ pub const PUBSUB_CLOSES: &str = "spillway_pubsub_closes_total";
 pub const PUBSUB_CLOSES_DROPPED: &str = "spillway_pubsub_closes_dropped_total";
 /// Reconnections of a keyspace subscriber (each a gap closed by a rescan), by pipeline.
 pub const SUBSCRIBER_RECONNECTS: &str = "spillway_subscriber_reconnects_total";
+/// Time from a Redis event (as Spillway received it) to the commit of its row, by table.
+pub const EVENT_TO_COMMIT: &str = "spillway_event_to_commit_seconds";
+/// Smallest remaining TTL among alert values read but not yet committed (+Inf: none).
+pub const EXPIRY_RISK: &str = "spillway_uncommitted_min_ttl_seconds";
 /// Build information.
 pub const BUILD_INFO: &str = "spillway_build_info";
 
@@ -199,6 +203,16 @@ fn describe() {
         "Trade close messages dropped (at-most-once channel): the stream still moves those logs."
     );
     describe_counter!(SUBSCRIBER_RECONNECTS, "Reconnections of a keyspace subscriber; the notifications of the disconnected time are recovered by a rescan.");
+    describe_histogram!(
+        EVENT_TO_COMMIT,
+        Unit::Seconds,
+        "Time from a Redis event, as Spillway received it, to the ClickHouse commit of its row, by table."
+    );
+    describe_gauge!(
+        EXPIRY_RISK,
+        Unit::Seconds,
+        "Smallest remaining TTL among alert values read but not yet committed; +Inf when none is waiting."
+    );
     describe_gauge!(BUILD_INFO, "Spillway build information; the value is 1.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

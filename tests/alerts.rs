@@ -273,12 +273,36 @@ async fn metrics_pass_promtool() {
     load::set_all(&redis.url(), load::alerts("m", 50), 3600, 50, 1).await;
     redis.cli(&["SET", "alert:bad", "\u{1}"]);
     wait_count(&ch, "SELECT count() FROM tprom.alerts FINAL", 51).await;
+    // Every committed row has its event-to-commit time observed (just after its commit).
+    let sample = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("none")
+            .to_string()
+    };
+    eventually(
+        WAIT,
+        "event-to-commit observed for every alert row",
+        || async {
+            let text = sp.metrics().await;
+            sample(
+                &text,
+                "spillway_event_to_commit_seconds_count{table=\"alerts\"}",
+            ) == "51"
+                && sample(&text, "spillway_rows_written_total{table=\"alerts\"}") == "51"
+        },
+    )
+    .await;
     let text = sp.metrics().await;
     for name in [
         "spillway_events_received_total",
         "spillway_rows_written_total",
         "spillway_insert_batches_total",
         "spillway_insert_duration_seconds_bucket",
+        "spillway_event_to_commit_seconds_bucket{table=\"alerts\"",
+        "spillway_event_to_commit_seconds_bucket{table=\"alert_events\"",
+        "spillway_uncommitted_min_ttl_seconds",
         "spillway_channel_depth",
         "spillway_channel_capacity",
         "spillway_build_info",

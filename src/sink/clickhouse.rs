@@ -85,6 +85,38 @@ impl Batch {
         }
     }
 
+    /// Records, for every committed row, the time from its Redis event (as Spillway received
+    /// it) to `now_ms`, its commit.
+    pub fn observe_commit(&self, now_ms: i64) {
+        let lag = |table: &'static str, times: &mut dyn Iterator<Item = i64>| {
+            let h = metrics::histogram!(m::EVENT_TO_COMMIT, "table" => table);
+            for t in times {
+                h.record((now_ms - t).max(0) as f64 / 1000.0);
+            }
+        };
+        lag("alerts", &mut self.alerts.iter().map(|r| r.captured_at_ms));
+        lag(
+            "alert_events",
+            &mut self.alert_events.iter().map(|r| r.event_ms),
+        );
+        lag("trades", &mut self.trades.iter().map(|r| r.received_at_ms));
+        lag(
+            "trade_executions",
+            &mut self.trade_executions.iter().map(|r| r.archived_at_ms),
+        );
+    }
+
+    /// The smallest remaining TTL at `now_ms` among the alert values of the batch, in ms: how
+    /// close a value read but not yet committed is to expiring in Redis (after which a crash
+    /// could not recover it by a rescan).
+    pub fn min_remaining_ttl_ms(&self, now_ms: i64) -> Option<i64> {
+        self.alerts
+            .iter()
+            .filter(|a| a.ttl_ms > 0)
+            .map(|a| a.captured_at_ms + a.ttl_ms - now_ms)
+            .min()
+    }
+
     /// Runs the acknowledgements of a committed batch, in order.
     pub fn acknowledge(&mut self) {
         for ack in self.acks.drain(..) {

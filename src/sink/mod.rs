@@ -109,8 +109,16 @@ pub async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettin
     while let Some((mut batch, cut)) = batcher.next().await {
         metrics::gauge!(m::CHANNEL_DEPTH).set(batcher.depth() as f64);
         metrics::counter!(m::FLUSHES, "trigger" => cut.label()).increment(1);
+        if let Some(ttl) = batch.min_remaining_ttl_ms(crate::rows::now_ms()) {
+            metrics::gauge!(m::EXPIRY_RISK).set(ttl as f64 / 1000.0);
+        }
         commit(&sink, &batch).await;
+        batch.observe_commit(crate::rows::now_ms());
         batch.acknowledge();
+        if batcher.depth() == 0 {
+            // Nothing read is waiting for a commit: no value is at risk.
+            metrics::gauge!(m::EXPIRY_RISK).set(f64::INFINITY);
+        }
         metrics::gauge!(m::CHANNEL_DEPTH).set(batcher.depth() as f64);
         if cut == Cut::Closed {
             break;
