@@ -254,23 +254,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline> {
             def.name
         )));
     }
+    // The source's own fields, parsed into `T` and checked.
+    fn fields<T: serde::de::DeserializeOwned>(
+        rest: toml::Table,
+        check: fn(&T) -> std::result::Result<(), String>,
+    ) -> std::result::Result<T, String> {
+        let t: T = rest
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        check(&t)?;
+        Ok(t)
+    }
     let source = match def.source.as_str() {
-        "keyspace" => {
-            let k: KeyspaceSource = def
-                .rest
-                .try_into()
-                .map_err(|e: toml::de::Error| bad(e.to_string()))?;
-            k.check().map_err(bad)?;
-            Source::Keyspace(k)
-        }
-        "stream" => {
-            let st: StreamSource = def
-                .rest
-                .try_into()
-                .map_err(|e: toml::de::Error| bad(e.to_string()))?;
-            st.check().map_err(bad)?;
-            Source::Stream(st)
-        }
+        "keyspace" => Source::Keyspace(fields(def.rest, KeyspaceSource::check).map_err(bad)?),
+        "stream" => Source::Stream(fields(def.rest, StreamSource::check).map_err(bad)?),
         other => {
             return Err(bad(format!(
                 "`source` = {other:?} is not known; fix: use \"keyspace\" or \"stream\""
