@@ -61,7 +61,7 @@ impl Keyspace {
         tx: mpsc::Sender<Record>,
     ) -> Result<Keyspace> {
         let reader = endpoint.client(def.db).await?;
-        check_notifications(&reader, &endpoint, &def, settings.configure_notifications).await?;
+        notify::check(&reader, &endpoint, &def, settings.configure_notifications).await?;
         let subscriber = endpoint
             .builder(def.db, FRED_BUFFER)?
             .build_subscriber_client()
@@ -408,52 +408,4 @@ async fn count_reconnects(
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
-}
-
-/// Checks `notify-keyspace-events` and, when allowed, adds what is missing.
-async fn check_notifications(
-    client: &Client,
-    endpoint: &Endpoint,
-    def: &KeyspaceSource,
-    configure: bool,
-) -> Result<()> {
-    let (_, current): (String, String) = client
-        .config_get("notify-keyspace-events")
-        .await
-        .map_err(endpoint.err("reading notify-keyspace-events (CONFIG GET)"))?;
-    let needed = notify::required(def);
-    let missing = notify::missing(&current, &needed);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let fixed = notify::fixed(&current, &missing);
-    if configure {
-        let () = client
-            .config_set("notify-keyspace-events", fixed.as_str())
-            .await
-            .map_err(endpoint.err("setting notify-keyspace-events (CONFIG SET)"))?;
-        tracing::warn!(endpoint = ?endpoint, from = %current, to = %fixed, "set notify-keyspace-events");
-        return Ok(());
-    }
-    let url = url::Url::parse(&endpoint.url).ok();
-    let host = url
-        .as_ref()
-        .and_then(|u| u.host_str().map(String::from))
-        .unwrap_or_default();
-    let port = url.as_ref().and_then(|u| u.port()).unwrap_or(6379);
-    Err(Box::new(notify::NotifyError {
-        instance: endpoint.instance.clone(),
-        addr: format!("{host}:{port}"),
-        host,
-        port,
-        current,
-        needed: needed.iter().collect(),
-        missing: missing
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-        fixed,
-    })
-    .into())
 }

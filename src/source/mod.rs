@@ -1,6 +1,7 @@
 //! Sources: the readers that turn Redis data into [`Record`](crate::rows::Record)s and push them
 //! into the bounded channel.
 
+pub mod ack;
 pub mod capture;
 pub mod entries;
 pub mod keyspace;

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeSet;
 
+use fred::prelude::*;
+
+use super::Endpoint;
 use crate::pipeline::KeyspaceSource;
 
 /// Keyspace notifications are not enabled as the pipelines need.
@@ -67,6 +70,54 @@ pub fn fixed(value: &str, missing: &[char]) -> String {
     let mut s = value.to_string();
     s.extend(missing);
     s
+}
+
+/// Checks `notify-keyspace-events` and, when allowed, adds what is missing.
+pub async fn check(
+    client: &Client,
+    endpoint: &Endpoint,
+    def: &KeyspaceSource,
+    configure: bool,
+) -> super::Result<()> {
+    let (_, current): (String, String) = client
+        .config_get("notify-keyspace-events")
+        .await
+        .map_err(endpoint.err("reading notify-keyspace-events (CONFIG GET)"))?;
+    let needed = required(def);
+    let missing = missing(&current, &needed);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let fixed = fixed(&current, &missing);
+    if configure {
+        let () = client
+            .config_set("notify-keyspace-events", fixed.as_str())
+            .await
+            .map_err(endpoint.err("setting notify-keyspace-events (CONFIG SET)"))?;
+        tracing::warn!(endpoint = ?endpoint, from = %current, to = %fixed, "set notify-keyspace-events");
+        return Ok(());
+    }
+    let url = url::Url::parse(&endpoint.url).ok();
+    let host = url
+        .as_ref()
+        .and_then(|u| u.host_str().map(String::from))
+        .unwrap_or_default();
+    let port = url.as_ref().and_then(|u| u.port()).unwrap_or(6379);
+    Err(Box::new(NotifyError {
+        instance: endpoint.instance.clone(),
+        addr: format!("{host}:{port}"),
+        host,
+        port,
+        current,
+        needed: needed.iter().collect(),
+        missing: missing
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        fixed,
+    })
+    .into())
 }
 
 #[cfg(test)]
