@@ -21,6 +21,7 @@ use tempfile::TempDir;
 
 pub mod load;
 pub mod observe;
+pub mod trades;
 
 /// Returns a port that was free on 127.0.0.1 a moment ago (bind to port 0, read it, drop).
 pub fn free_port() -> u16 {

@@ -1,0 +1,183 @@
+//! End-to-end trade-close benchmark: the execution logs of N trades are written into a real RLS
+//! redis-server first (RPUSH per step, ~23 entries per trade), then all N trades are closed on
+//! the `trade_results` stream of a real RTRS redis-server. The clock runs from the first close
+//! until every execution row and every trade row is committed in a real clickhouse-server
+//! (`count() FINAL`, none missing, every log `moved`); acknowledgement (log keys removed, XACK)
+//! is timed too.
+//!
+//! Run: `cargo bench --bench trades` (env BENCH_TRADES=N, default 20000).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/common/procstat.rs"]
+mod procstat;
+
+use std::time::{Duration, Instant};
+
+use common::trades::{self, GROUP, STREAM};
+use common::{free_port, ClickHouseServer, RedisServer, Spillway};
+use procstat::{
+    cpu_seconds, load_average, machine, machine_cpu_seconds, metric_sum, peak_rss_kb, pid_listening,
+};
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("trades benchmark: run it with `cargo bench --bench trades`");
+        return;
+    }
+    let n: u64 = std::env::var("BENCH_TRADES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(n));
+}
+
+async fn run(n: u64) {
+    let rls = RedisServer::start();
+    let rtrs = RedisServer::start_with(&["--notify-keyspace-events", ""]);
+    let ch = ClickHouseServer::start();
+    let toml = format!(
+        "[redis.rls]\nurl = \"{}\"\n\n[redis.rtrs]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\n\
+         database = \"bench\"\n\n[metrics]\naddr = \"127.0.0.1:{}\"\n\n[batch]\nmax_delay_ms = 500\n",
+        rls.url(),
+        rtrs.url(),
+        ch.url(),
+        free_port()
+    );
+    let sp = Spillway::start(&toml);
+    sp.wait_ready(Duration::from_secs(60)).await;
+    let pid = sp.pid().expect("spillway pid");
+
+    let plan = trades::plan("b", n);
+    let total = trades::total_entries(&plan);
+    let t = Instant::now();
+    trades::write_logs(&rls.url(), &plan, 1000, 4).await;
+    let logs_in = t.elapsed();
+
+    // Who spends the two cores: spillway, the two Redis, ClickHouse, this producer, all.
+    let pids = [
+        ("Spillway", pid),
+        (
+            "RLS redis-server",
+            pid_listening(rls.port).expect("RLS pid"),
+        ),
+        (
+            "RTRS redis-server",
+            pid_listening(rtrs.port).expect("RTRS pid"),
+        ),
+        (
+            "clickhouse-server",
+            pid_listening(ch.http_port).expect("ClickHouse pid"),
+        ),
+        ("producer and checks (this bench)", std::process::id()),
+    ];
+    let load = load_average();
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let all0 = machine_cpu_seconds();
+    let t = Instant::now();
+    trades::close_all(&rtrs.url(), &plan, 1000, 2).await;
+    let closed_in = t.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // Cheap polling on spillway's own counters (committed rows), then exact checks below.
+    let rows = |m: &str, table: &str| {
+        metric_sum(
+            m,
+            &format!("spillway_rows_written_total{{table=\"{table}\"}}"),
+        ) as u64
+    };
+    let committed_in = loop {
+        let m = sp.metrics().await;
+        if rows(&m, "trade_executions") >= total && rows(&m, "trades") >= n {
+            break t.elapsed();
+        }
+        assert!(Instant::now() < deadline, "not committed in 600 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let acked = format!("spillway_stream_acked_total{{pipeline=\"trades\"}} {n}");
+    while !sp.metrics().await.contains(&acked) {
+        assert!(Instant::now() < deadline, "not acknowledged in 600 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let acked_in = t.elapsed();
+    let cpu: Vec<f64> = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|((_, p), c0)| cpu_seconds(*p) - c0)
+        .collect();
+    let all = machine_cpu_seconds() - all0;
+    let peak_rss_mb = peak_rss_kb(pid) as f64 / 1024.0;
+
+    let count = |sql: &'static str| ch.count(sql);
+    let final_rows = count("SELECT count() FROM bench.trade_executions FINAL").await;
+    let uniq = count("SELECT uniqExact(trade_id, seq) FROM bench.trade_executions").await;
+    let moved = count("SELECT count() FROM bench.trades FINAL WHERE log_state = 'moved'").await;
+    let dead = count("SELECT count() FROM bench.dead_letters").await;
+    assert_eq!((final_rows, uniq), (total, total), "execution rows");
+    assert_eq!(moved, n, "trades committed with their logs moved");
+    assert_eq!(dead, 0, "dead letters");
+    assert_eq!(rls.cli(&["DBSIZE"]), "0", "log keys left in RLS");
+    let pending = rtrs.cli(&["XPENDING", STREAM, GROUP]);
+    assert_eq!(pending.lines().next(), Some("0"), "pending entries");
+
+    let m = sp.metrics().await;
+    let secs = committed_in.as_secs_f64();
+    println!();
+    println!(
+        "machine: {} (1-min load average at start: {load:.2})",
+        machine()
+    );
+    println!(
+        "trades: {n} trades, {total} execution entries ({:.1} per trade; 80% LIST, 10% STRING \
+         array, 10% STRING map), logs written first, then the closes",
+        total as f64 / n as f64
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    let rate = |x: u64, d: Duration| x as f64 / d.as_secs_f64();
+    println!(
+        "| producer: log entries written into RLS, /s | {:.0} |",
+        rate(total, logs_in)
+    );
+    println!(
+        "| producer: closes added (XADD), /s | {:.0} |",
+        rate(n, closed_in)
+    );
+    println!(
+        "| **end to end, trades/s** (first close until committed) | **{:.0}** |",
+        n as f64 / secs
+    );
+    println!(
+        "| **end to end, execution rows/s** | **{:.0}** |",
+        total as f64 / secs
+    );
+    println!(
+        "| end to end incl. acknowledgement (keys removed, XACK), trades/s | {:.0} |",
+        rate(n, acked_in)
+    );
+    let span = acked_in.as_secs_f64();
+    for ((who, _), c) in pids.iter().zip(&cpu) {
+        println!(
+            "| {who} CPU, cores (average until acknowledged) | {:.2} |",
+            c / span
+        );
+    }
+    println!(
+        "| whole machine CPU, cores busy (of 2) | {:.2} |",
+        all / span
+    );
+    println!("| Spillway peak resident memory, MB | {peak_rss_mb:.0} |");
+    let inserts = metric_sum(&m, "spillway_insert_duration_seconds_count");
+    let insert_s = metric_sum(&m, "spillway_insert_duration_seconds_sum");
+    println!("| ClickHouse inserts: count, busy s | {inserts} {insert_s:.2} |");
+    println!(
+        "| time to close / commit / acknowledge, s | {:.2} / {:.2} / {:.2} |",
+        closed_in.as_secs_f64(),
+        secs,
+        acked_in.as_secs_f64()
+    );
+}
