@@ -1,0 +1,270 @@
+//! The sections of the config file (`[redis.*]`, `[clickhouse]`, `[metrics]`, `[batch]`,
+//! `[keyspace]`, `[observe]`) and how each is validated into typed settings.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    invalid, redact_url, BatchSettings, ClickHouseSettings, KeyspaceSettings, Result, INSTANCES,
+};
+
+/// One Redis instance.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RedisInstance {
+    /// `redis://` or `rediss://` URL, credentials allowed.
+    pub url: String,
+}
+
+/// The `[redis.*]` tables.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// Redis-Trade-State.
+    pub rts: Option<RedisInstance>,
+    /// Redis-Instance-State.
+    pub ris: Option<RedisInstance>,
+    /// Redis-Signal-Stream.
+    pub rtss: Option<RedisInstance>,
+    /// Redis-Result-Stream (trade_results).
+    pub rtrs: Option<RedisInstance>,
+    /// Redis-Session-State.
+    pub rss: Option<RedisInstance>,
+    /// Redis-Logging-State (alerts, trade execution logs).
+    pub rls: Option<RedisInstance>,
+}
+
+/// The `[clickhouse]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseSection {
+    /// HTTP URL of ClickHouse, default `http://127.0.0.1:8123`.
+    pub url: Option<String>,
+    /// User, default `default`.
+    pub user: Option<String>,
+    /// Password, default empty.
+    pub password: Option<String>,
+    /// Database, default `spillway`; created when missing.
+    pub database: Option<String>,
+    /// Seconds to wait for one INSERT before it counts as failed, default 60.
+    pub insert_timeout_secs: Option<u64>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// host:port to listen on, default `127.0.0.1:9464`.
+    pub addr: Option<String>,
+}
+
+/// The `[batch]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSection {
+    /// Capacity of the channel between readers and the writer, in rows; default 50000.
+    pub channel_capacity: Option<usize>,
+    /// Flush when this many rows are buffered; default 100000.
+    pub max_rows: Option<usize>,
+    /// Flush when the buffered rows reach this many bytes (RowBinary estimate); default 32 MiB.
+    pub max_bytes: Option<usize>,
+    /// Flush at the latest this many milliseconds after the first buffered row; default 1000.
+    pub max_delay_ms: Option<u64>,
+}
+
+/// The `[keyspace]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyspaceSection {
+    /// Let Spillway add the missing `notify-keyspace-events` flags itself with `CONFIG SET`;
+    /// default false (Spillway then fails at start and prints the line to run).
+    pub configure_notifications: Option<bool>,
+    /// Notifications of a pipeline's keys queued while values are read back (memory is taken
+    /// only as the queue fills); beyond it they are counted as lost and a rescan follows.
+    /// Default 262144.
+    pub subscriber_buffer: Option<usize>,
+    /// Most keys read back in one pipelined round trip; default 1024.
+    pub read_batch: Option<usize>,
+}
+
+impl RedisSection {
+    pub(super) fn slot(&mut self, name: &str) -> &mut Option<RedisInstance> {
+        match name {
+            "rts" => &mut self.rts,
+            "ris" => &mut self.ris,
+            "rtss" => &mut self.rtss,
+            "rtrs" => &mut self.rtrs,
+            "rss" => &mut self.rss,
+            _ => &mut self.rls,
+        }
+    }
+
+    /// The URL of every instance: configured, or the contract's default port on 127.0.0.1.
+    pub(super) fn urls(mut self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for (name, port) in INSTANCES {
+            let url = match self.slot(name).take() {
+                Some(i) => i.url,
+                None => format!("redis://127.0.0.1:{port}"),
+            };
+            check_redis_url(&format!("redis.{name}.url"), &url)?;
+            out.push((name.to_string(), url));
+        }
+        Ok(out)
+    }
+}
+
+fn check_redis_url(field: &str, url: &str) -> Result<()> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() => Ok(()),
+        Ok(u) => Err(invalid(
+            field,
+            format!(
+                "`{}` is not a redis:// or rediss:// URL with a host",
+                redact_url(u.as_str())
+            ),
+            "write it as redis://[user:password@]host:port[/db]",
+        )),
+        Err(e) => Err(invalid(
+            field,
+            format!("not a URL ({e})"),
+            "write it as redis://[user:password@]host:port[/db]",
+        )),
+    }
+}
+
+impl ClickHouseSection {
+    pub(super) fn validate(self) -> Result<ClickHouseSettings> {
+        let url = self.url.unwrap_or_else(|| "http://127.0.0.1:8123".into());
+        match url::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(invalid(
+                    "clickhouse.url",
+                    format!("`{}` is not an http:// or https:// URL", redact_url(&url)),
+                    "give the HTTP interface, e.g. http://127.0.0.1:8123",
+                ))
+            }
+        }
+        let database = self.database.unwrap_or_else(|| "spillway".into());
+        if database.is_empty()
+            || !database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(invalid(
+                "clickhouse.database",
+                format!("`{database}` is not a plain identifier"),
+                "use letters, digits and underscores only",
+            ));
+        }
+        Ok(ClickHouseSettings {
+            url,
+            user: self.user.unwrap_or_else(|| "default".into()),
+            password: self.password.unwrap_or_default(),
+            database,
+            insert_timeout: Duration::from_secs(positive(
+                "clickhouse.insert_timeout_secs",
+                self.insert_timeout_secs.unwrap_or(60) as usize,
+            )? as u64),
+        })
+    }
+}
+
+impl MetricsSection {
+    pub(super) fn validate(self) -> Result<SocketAddr> {
+        let addr = self.addr.unwrap_or_else(|| "127.0.0.1:9464".into());
+        addr.parse().map_err(|_| {
+            invalid(
+                "metrics.addr",
+                format!("`{addr}` is not host:port"),
+                "write an IP and a port, e.g. 0.0.0.0:9464",
+            )
+        })
+    }
+}
+
+impl BatchSection {
+    pub(super) fn validate(self) -> Result<BatchSettings> {
+        let max_rows = positive("batch.max_rows", self.max_rows.unwrap_or(100_000))?;
+        let channel_capacity = positive(
+            "batch.channel_capacity",
+            self.channel_capacity.unwrap_or(50_000),
+        )?;
+        let max_delay_ms = positive(
+            "batch.max_delay_ms",
+            self.max_delay_ms.unwrap_or(1000) as usize,
+        )?;
+        Ok(BatchSettings {
+            channel_capacity: nz(channel_capacity),
+            max_rows: nz(max_rows),
+            max_bytes: nz(positive(
+                "batch.max_bytes",
+                self.max_bytes.unwrap_or(32 << 20),
+            )?),
+            max_delay: Duration::from_millis(max_delay_ms as u64),
+        })
+    }
+}
+
+impl KeyspaceSection {
+    pub(super) fn validate(self) -> Result<KeyspaceSettings> {
+        Ok(KeyspaceSettings {
+            configure_notifications: self.configure_notifications.unwrap_or(false),
+            subscriber_buffer: nz(positive(
+                "keyspace.subscriber_buffer",
+                self.subscriber_buffer.unwrap_or(1 << 18),
+            )?),
+            read_batch: nz(positive(
+                "keyspace.read_batch",
+                self.read_batch.unwrap_or(1024),
+            )?),
+        })
+    }
+}
+
+/// The `[observe]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObserveSection {
+    /// Seconds between two `INFO` polls of every Redis instance; default 5.
+    pub interval_secs: Option<u64>,
+}
+
+/// Redis observation settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ObserveSettings {
+    /// Time between two `INFO` polls of every instance.
+    pub interval: Duration,
+}
+
+impl ObserveSection {
+    pub(super) fn validate(self) -> Result<ObserveSettings> {
+        let secs = positive(
+            "observe.interval_secs",
+            self.interval_secs.unwrap_or(5) as usize,
+        )?;
+        Ok(ObserveSettings {
+            interval: Duration::from_secs(secs as u64),
+        })
+    }
+}
+
+fn positive(field: &str, v: usize) -> Result<usize> {
+    if v == 0 {
+        Err(invalid(
+            field,
+            "must be greater than 0".into(),
+            "set a positive number or remove the line for the default",
+        ))
+    } else {
+        Ok(v)
+    }
+}
+
+fn nz(v: usize) -> NonZeroUsize {
+    NonZeroUsize::new(v).unwrap_or(NonZeroUsize::MIN)
+}
