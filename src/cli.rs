@@ -32,6 +32,8 @@ pub enum Command {
         #[arg(long, default_value = "spillway")]
         database: String,
     },
+    /// Play the trading platform: write alerts and trades into RLS and RTRS at a given rate.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// Where the configuration comes from.
@@ -85,6 +87,7 @@ pub fn main() -> ExitCode {
             let _ = std::io::stdout().write_all(out.as_bytes());
             Ok(())
         }
+        Command::Simulate(args) => crate::simulate::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

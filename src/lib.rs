@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod observe;
 pub mod pipeline;
 pub mod rows;
+pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod trade;
