@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod faults;
 pub mod load;
 pub mod observe;
 pub mod trades;
