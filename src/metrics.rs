@@ -60,6 +60,8 @@ pub const STREAM_OLDEST_PENDING: &str = "spillway_stream_oldest_pending_seconds"
 pub const LOGS_MOVED: &str = "spillway_logs_moved_total";
 /// Closes whose execution log was not in Redis, by pipeline.
 pub const LOGS_MISSING: &str = "spillway_logs_missing_total";
+/// Closes whose log this process had moved already (pub/sub before stream), by pipeline.
+pub const LOGS_ALREADY_MOVED: &str = "spillway_logs_already_moved_total";
 /// Log keys removed (or given their grace expiry) after commit, by pipeline.
 pub const LOG_KEYS_REMOVED: &str = "spillway_log_keys_removed_total";
 /// Logs that grew between reading and removal (the new entries are kept in Redis), by pipeline.
@@ -182,6 +184,10 @@ fn describe() {
         "Idle time of the oldest pending stream entry."
     );
     describe_counter!(LOGS_MOVED, "Execution logs moved from Redis to ClickHouse.");
+    describe_counter!(
+        LOGS_ALREADY_MOVED,
+        "Trade closes whose execution log this process had moved already (a pub/sub close before the stream's); not a missing log."
+    );
     describe_counter!(
         LOGS_MISSING,
         "Trade closes whose execution log was not in Redis."

@@ -46,6 +46,24 @@ pub struct TradeRow {
     pub log_state: &'static str,
     /// When Spillway read the entry (epoch ms).
     pub received_at_ms: i64,
+    /// Which row of a trade `FINAL` keeps (`ReplacingMergeTree(version)`): one whose log was
+    /// moved beats one whose log was kept or missing (a redelivered close, or the stream's close
+    /// after the pub/sub one, finds the log already gone), and more entries beat fewer.
+    pub version: u64,
+}
+
+impl TradeRow {
+    /// Sets the log's fate and the row's version from it.
+    pub fn set_log(&mut self, state: &'static str, entries: u32) {
+        let rank: u64 = match state {
+            "moved" => 2,
+            "kept" => 1,
+            _ => 0,
+        };
+        self.log_state = state;
+        self.log_entries = entries;
+        self.version = rank << 32 | u64::from(entries);
+    }
 }
 
 /// One entry of a trade's execution log (`trade_executions`), identified by `trade_id, seq`.
@@ -143,6 +161,7 @@ pub fn trade_row(
         log_entries: 0,
         log_state: "kept",
         received_at_ms: now,
+        version: 1 << 32,
     })
 }
 

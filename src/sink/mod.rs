@@ -112,7 +112,7 @@ pub async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettin
         if let Some(ttl) = batch.min_remaining_ttl_ms(crate::rows::now_ms()) {
             metrics::gauge!(m::EXPIRY_RISK).set(ttl as f64 / 1000.0);
         }
-        commit(&sink, &batch).await;
+        commit(&sink, &batch, || batcher.depth()).await;
         batch.observe_commit(crate::rows::now_ms());
         batch.acknowledge();
         if batcher.depth() == 0 {
@@ -128,11 +128,14 @@ pub async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettin
 }
 
 /// Commits a batch, retrying until ClickHouse accepts it.
-async fn commit(sink: &Sink, batch: &Batch) {
+/// While it waits for ClickHouse (however long an outage lasts), the channel depth gauge keeps
+/// being updated from `depth` every second.
+async fn commit(sink: &Sink, batch: &Batch, depth: impl Fn() -> usize) {
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        match sink.write(batch).await {
+        match reporting_depth(sink.write(batch), &mut tick, &depth).await {
             Ok(()) => {
                 metrics::gauge!(m::LAST_FLUSH).set(crate::rows::now_ms() as f64 / 1000.0);
                 if failures > 0 {
@@ -149,9 +152,24 @@ async fn commit(sink: &Sink, batch: &Batch) {
                 metrics::counter!(m::INSERT_RETRIES).increment(1);
                 let wait = jitter(backoff);
                 tracing::warn!(error = %e, rows = batch.rows(), retry_in = ?wait, "insert failed; retrying");
-                tokio::time::sleep(wait).await;
+                reporting_depth(tokio::time::sleep(wait), &mut tick, &depth).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
+        }
+    }
+}
+
+/// Awaits `fut`, setting the channel depth gauge at every tick meanwhile.
+async fn reporting_depth<T>(
+    fut: impl std::future::Future<Output = T>,
+    tick: &mut tokio::time::Interval,
+    depth: &impl Fn() -> usize,
+) -> T {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tick.tick() => metrics::gauge!(m::CHANNEL_DEPTH).set(depth() as f64),
         }
     }
 }

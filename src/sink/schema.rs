@@ -78,6 +78,9 @@ pub struct Table {
     pub order_by: &'static str,
     /// A time column to partition by month, when partitioning cannot split an identity.
     pub partition_time: Option<&'static str>,
+    /// The version column of `ReplacingMergeTree(version)`: the row `FINAL` keeps is the one
+    /// with the highest version (without one, the last inserted).
+    pub version: Option<&'static str>,
 }
 
 /// The tables of the alerts and trades pipelines and the dead letters.
@@ -109,6 +112,7 @@ pub const TABLES: &[Table] = &[
         ],
         order_by: "key, content_hash",
         partition_time: None,
+        version: None,
     },
     Table {
         name: "alert_events",
@@ -122,6 +126,7 @@ pub const TABLES: &[Table] = &[
         ],
         order_by: "key, event, event_ms, content_hash",
         partition_time: Some("event_ms"),
+        version: None,
     },
     Table {
         name: "dead_letters",
@@ -138,6 +143,7 @@ pub const TABLES: &[Table] = &[
         ],
         order_by: "pipeline, key, stream_id, content_hash",
         partition_time: None,
+        version: None,
     },
     Table {
         name: "trades",
@@ -161,9 +167,11 @@ pub const TABLES: &[Table] = &[
             ("log_entries", Col::U32),
             ("log_state", Col::Label),
             ("received_at_ms", Col::TimeMs),
+            ("version", Col::U64),
         ],
         order_by: "trade_id",
         partition_time: None,
+        version: Some("version"),
     },
     Table {
         name: "trade_executions",
@@ -192,6 +200,7 @@ pub const TABLES: &[Table] = &[
         ],
         order_by: "trade_id, seq",
         partition_time: None,
+        version: None,
     },
 ];
 
@@ -211,8 +220,9 @@ impl Table {
             (Some(c), Generation::Current) => format!("PARTITION BY toYYYYMM({c})\n"),
         };
         format!(
-            "CREATE TABLE IF NOT EXISTS {database}.{name} (\n{cols}\n) ENGINE = ReplacingMergeTree()\n{partition}ORDER BY ({order})",
+            "CREATE TABLE IF NOT EXISTS {database}.{name} (\n{cols}\n) ENGINE = ReplacingMergeTree({version})\n{partition}ORDER BY ({order})",
             name = self.name,
+            version = self.version.unwrap_or(""),
             cols = cols.join(",\n"),
             order = self.order_by,
         )

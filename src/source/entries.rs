@@ -185,6 +185,37 @@ pub fn parse_logs(v: Value, n: usize) -> Vec<LogRead> {
         .collect()
 }
 
+/// Trades whose logs this process moved lately (bounded): a later close of the same trade finds
+/// its log gone, which is not a missing log (pub/sub before stream, or a redelivery).
+#[derive(Debug)]
+pub struct RecentMoves {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+    cap: usize,
+}
+
+impl RecentMoves {
+    /// Remembers up to `cap` trades.
+    pub fn new(cap: usize) -> Self {
+        RecentMoves {
+            set: Default::default(),
+            order: Default::default(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn insert(&mut self, trade_id: &str) {
+        if self.set.insert(trade_id.to_string()) {
+            self.order.push_back(trade_id.to_string());
+            if self.order.len() > self.cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
 /// The rows of a batch of entries, the ids to acknowledge and the logs to remove after commit.
 pub struct Work {
     /// Rows, in order.
@@ -203,6 +234,7 @@ pub fn rows(
     entries: Vec<Entry>,
     keys: &[String],
     logs: Vec<LogRead>,
+    recent: &mut RecentMoves,
     now: i64,
 ) -> Work {
     let logs: HashMap<&str, LogRead> = keys.iter().map(String::as_str).zip(logs).collect();
@@ -289,6 +321,11 @@ pub fn rows(
                         .push(dead(&key, &e.id, Vec::new(), err, log_instance));
                     state = "missing";
                 }
+                Some(LogRead::Missing) | None if recent.set.contains(&trade_id) => {
+                    metrics::counter!(m::LOGS_ALREADY_MOVED, "pipeline" => name.to_string())
+                        .increment(1);
+                    state = "missing";
+                }
                 Some(LogRead::Missing) | None => {
                     metrics::counter!(m::LOGS_MISSING, "pipeline" => name.to_string()).increment(1);
                     state = "missing";
@@ -296,12 +333,12 @@ pub fn rows(
             }
             if state == "moved" {
                 metrics::counter!(m::LOGS_MOVED, "pipeline" => name.to_string()).increment(1);
+                recent.insert(&trade_id);
             }
         }
         match trade_row(&trade_id, &event, payload, &e.id, now) {
             Ok(mut t) => {
-                t.log_entries = moved;
-                t.log_state = state;
+                t.set_log(state, moved);
                 w.records.push(Record::Trade(t));
             }
             Err(err) => w.records.push(dead(
@@ -468,7 +505,17 @@ mod tests {
             LogRead::Str(string_log.clone()),
             LogRead::Missing,
         ];
-        let w = rows("trades", &d, "rtrs", entries, &keys, logs, 9);
+        let mut recent = RecentMoves::new(10);
+        let w = rows(
+            "trades",
+            &d,
+            "rtrs",
+            entries.clone(),
+            &keys,
+            logs.clone(),
+            &mut recent,
+            9,
+        );
         assert_eq!(w.ids, ["1-0", "2-0", "3-0", "4-0", "5-0"]);
         let kinds: Vec<String> = w
             .records
@@ -501,6 +548,33 @@ mod tests {
                 ("trade_execution:T1".to_string(), "list", 2),
                 ("trade_execution:T2".to_string(), "string", string_log.len()),
             ]
+        );
+        // The same closes again, their logs gone: the trades moved before keep their rows
+        // (a lower version) and are not counted as missing logs.
+        let gone = vec![LogRead::Missing; 3];
+        let again = rows("trades", &d, "rtrs", entries, &keys, gone, &mut recent, 10);
+        let versions: Vec<(String, u64)> = again
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Trade(t) => Some((t.trade_id.clone(), t.version)),
+                _ => None,
+            })
+            .collect();
+        let first: Vec<(String, u64)> = w
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Trade(t) => Some((t.trade_id.clone(), t.version)),
+                _ => None,
+            })
+            .collect();
+        assert!(versions
+            .iter()
+            .zip(&first)
+            .all(|(a, b)| a.0 == b.0 && a.1 <= b.1));
+        assert!(
+            recent.set.contains("T1") && recent.set.contains("T2") && !recent.set.contains("T4")
         );
     }
 

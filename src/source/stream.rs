@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ack::{acknowledge, watch_group, AckWork};
-use super::entries::{parse_entries, Entry, LogRead};
+use super::entries::{parse_entries, Entry, LogRead, RecentMoves};
 use super::{Endpoint, Result};
 use crate::metrics as m;
 use crate::pipeline::StreamSource;
@@ -35,6 +35,7 @@ pub struct Stream {
     logs: Client,
     tx: mpsc::Sender<Record>,
     inflight: Arc<Mutex<HashSet<String>>>,
+    recent: Mutex<RecentMoves>,
     read_logs: Script,
 }
 
@@ -79,6 +80,7 @@ impl Stream {
             logs,
             tx,
             inflight: Default::default(),
+            recent: Mutex::new(RecentMoves::new(100_000)),
             read_logs: Script::from_lua(READ_LOGS),
         })
     }
@@ -323,15 +325,19 @@ impl Stream {
         let Some(logs) = self.read_logs(&keys, cancel).await else {
             return false;
         };
-        let work = super::entries::rows(
-            &self.name,
-            &self.def,
-            &self.endpoint.instance,
-            entries,
-            &keys,
-            logs,
-            now,
-        );
+        let work = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            super::entries::rows(
+                &self.name,
+                &self.def,
+                &self.endpoint.instance,
+                entries,
+                &keys,
+                logs,
+                &mut recent,
+                now,
+            )
+        };
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             inflight.extend(work.ids.iter().cloned());
