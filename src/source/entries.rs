@@ -226,18 +226,16 @@ pub struct Work {
     pub logs: Vec<(String, &'static str, usize)>,
 }
 
-/// Turns entries (and the logs read for `keys`) into rows.
+/// Turns entries (and the logs read for them, by key) into rows.
 pub fn rows(
     name: &str,
     def: &StreamSource,
     instance: &str,
     entries: Vec<Entry>,
-    keys: &[String],
-    logs: Vec<LogRead>,
+    logs: &HashMap<String, LogRead>,
     recent: &mut RecentMoves,
     now: i64,
 ) -> Work {
-    let logs: HashMap<&str, LogRead> = keys.iter().map(String::as_str).zip(logs).collect();
     let mut w = Work {
         records: Vec::new(),
         ids: Vec::with_capacity(entries.len()),
@@ -432,6 +430,10 @@ mod tests {
         rmp_serde::to_vec_named(&v).unwrap()
     }
 
+    fn by_key(keys: &[String], logs: Vec<LogRead>) -> HashMap<String, LogRead> {
+        keys.iter().cloned().zip(logs).collect()
+    }
+
     fn entry(id: &str, kv: &[(&str, Value)]) -> Value {
         let fields = kv.iter().flat_map(|(k, v)| [s(k), v.clone()]).collect();
         Value::Array(vec![s(id), Value::Array(fields)])
@@ -511,8 +513,7 @@ mod tests {
             &d,
             "rtrs",
             entries.clone(),
-            &keys,
-            logs.clone(),
+            &by_key(&keys, logs),
             &mut recent,
             9,
         );
@@ -552,7 +553,15 @@ mod tests {
         // The same closes again, their logs gone: the trades moved before keep their rows
         // (a lower version) and are not counted as missing logs.
         let gone = vec![LogRead::Missing; 3];
-        let again = rows("trades", &d, "rtrs", entries, &keys, gone, &mut recent, 10);
+        let again = rows(
+            "trades",
+            &d,
+            "rtrs",
+            entries,
+            &by_key(&keys, gone),
+            &mut recent,
+            10,
+        );
         let versions: Vec<(String, u64)> = again
             .records
             .iter()

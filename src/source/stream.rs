@@ -332,8 +332,7 @@ impl Stream {
                 &self.def,
                 &self.endpoint.instance,
                 entries,
-                &keys,
-                logs,
+                &keys.into_iter().zip(logs).collect(),
                 &mut recent,
                 now,
             )
