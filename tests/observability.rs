@@ -145,7 +145,7 @@ async fn redis_memory_agrees_with_info_and_unreachable_is_down() {
 #[test]
 fn alert_rules_pass_promtool_check_and_unit_tests() {
     let (ok, out) = promtool(&["check", "rules", "dashboards/alerts.rules.yml"], None);
-    assert!(ok && out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 13 rules found"), "{out}");
     let (ok, out) = promtool(&["test", "rules", "dashboards/alerts.rules.test.yml"], None);
     assert!(ok && out.contains("SUCCESS"), "{out}");
     // Every alert of the rules file has unit tests.
@@ -197,8 +197,37 @@ fn dashboard_is_importable_and_uses_exported_names_only() {
         "Redis memory",
         "Evictions and expiries",
         "Dead letters and errors",
+        "Trade close",
     ] {
         assert!(rows.contains(&want), "row {want} missing: {rows:?}");
+    }
+    // A valid layout: unique ids, every panel within the 24 columns, no two panels overlapping.
+    let panels = d["panels"].as_array().unwrap();
+    let mut ids: Vec<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids are not unique");
+    let rect = |p: &serde_json::Value| {
+        let g = &p["gridPos"];
+        let n = |k: &str| {
+            g[k].as_u64()
+                .unwrap_or_else(|| panic!("{}: gridPos.{k}", p["title"]))
+        };
+        (n("x"), n("y"), n("w"), n("h"))
+    };
+    for (i, a) in panels.iter().enumerate() {
+        let (x, y, w, h) = rect(a);
+        assert!(
+            w > 0 && h > 0 && x + w <= 24,
+            "{}: {:?}",
+            a["title"],
+            rect(a)
+        );
+        for b in &panels[i + 1..] {
+            let (bx, by, bw, bh) = rect(b);
+            let apart = x + w <= bx || bx + bw <= x || y + h <= by || by + bh <= y;
+            assert!(apart, "{} overlaps {}", a["title"], b["title"]);
+        }
     }
     let mut exprs = 0;
     for p in d["panels"]

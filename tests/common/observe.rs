@@ -107,31 +107,45 @@ impl Prometheus {
 
 /// A pipelines dir holding only the alerts pipeline (so the test needs only RLS).
 pub fn alerts_only_pipelines() -> tempfile::TempDir {
+    pipelines(&["alerts"])
+}
+
+/// A pipelines dir holding copies of the named `pipelines/{name}.toml`.
+pub fn pipelines(names: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/alerts.toml"),
-        dir.path().join("alerts.toml"),
-    )
-    .unwrap();
+    for name in names {
+        let file = format!("{name}.toml");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("pipelines")
+                .join(&file),
+            dir.path().join(&file),
+        )
+        .unwrap();
+    }
     dir
 }
 
 /// Config: RLS and RSS on the given servers, the four other instances on ports nobody listens on.
 pub fn config(rls: &RedisServer, rss: &RedisServer, ch: &ClickHouseServer, db: &str) -> String {
+    config_with(&[("rls", rls), ("rss", rss)], ch, db)
+}
+
+/// Config: the named instances (`rls`, `rtrs`, ...) on the given servers, the others of the six
+/// on ports nobody listens on; metrics on a free port, 200 ms batches, INFO polled every second.
+pub fn config_with(servers: &[(&str, &RedisServer)], ch: &ClickHouseServer, db: &str) -> String {
     let mut toml = String::new();
-    for name in ["rts", "ris", "rtss", "rtrs"] {
-        toml += &format!(
-            "[redis.{name}]\nurl = \"redis://127.0.0.1:{}\"\n",
-            free_port()
-        );
+    for name in ["rts", "ris", "rtss", "rtrs", "rss", "rls"] {
+        let url = match servers.iter().find(|(n, _)| *n == name) {
+            Some((_, server)) => server.url(),
+            None => format!("redis://127.0.0.1:{}", free_port()),
+        };
+        toml += &format!("[redis.{name}]\nurl = \"{url}\"\n");
     }
     toml + &format!(
-        "[redis.rls]\nurl = \"{}\"\n[redis.rss]\nurl = \"{}\"\n\
-         [clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n\
+        "[clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n\
          [metrics]\naddr = \"127.0.0.1:{}\"\n[batch]\nmax_delay_ms = 200\n\
          [observe]\ninterval_secs = 1\n",
-        rls.url(),
-        rss.url(),
         ch.url(),
         free_port()
     )
