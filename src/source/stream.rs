@@ -8,7 +8,7 @@
 //! Backpressure: the next XREADGROUP is issued only after the previous entries' rows entered the
 //! bounded channel, so when ClickHouse is slow the entries wait in Redis.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +35,6 @@ pub struct Stream {
     logs: Client,
     tx: mpsc::Sender<Record>,
     inflight: Arc<Mutex<HashSet<String>>>,
-    recent: Mutex<RecentMoves>,
     read_logs: Script,
 }
 
@@ -80,7 +79,6 @@ impl Stream {
             logs,
             tx,
             inflight: Default::default(),
-            recent: Mutex::new(RecentMoves::new(100_000)),
             read_logs: Script::from_lua(READ_LOGS),
         })
     }
@@ -116,6 +114,18 @@ impl Stream {
                 mpsc::channel(1).1
             }
         };
+        let (jobs, queue) = mpsc::channel(2);
+        let builder = tokio::spawn(
+            RowBuilder {
+                name: self.name.clone(),
+                def: self.def.clone(),
+                instance: self.endpoint.instance.clone(),
+                tx: self.tx.clone(),
+                ack_tx: ack_tx.clone(),
+                recent: RecentMoves::new(100_000),
+            }
+            .run(queue),
+        );
         let mut own = Some("0".to_string());
         let claim_every = Duration::from_secs(self.def.claim_idle_secs.max(1));
         let mut next_claim = tokio::time::Instant::now();
@@ -155,10 +165,12 @@ impl Stream {
             if read.is_empty() {
                 continue;
             }
-            if !self.handle(read, &ack_tx, &cancel).await {
+            if !self.handle(read, &jobs, &cancel).await {
                 break;
             }
         }
+        drop(jobs);
+        let _ = builder.await;
         lag.abort();
         tracing::info!(pipeline = %self.name, "stream source stopped");
     }
@@ -305,58 +317,35 @@ impl Stream {
             .collect()
     }
 
-    /// Rows of a batch of entries, then their acknowledgement, into the channel.
+    /// Reads the logs a batch of entries moves and hands both to the row builder; false when
+    /// the pipeline is stopping.
     async fn handle(
         &self,
         entries: Vec<Entry>,
-        ack_tx: &mpsc::UnboundedSender<AckWork>,
+        jobs: &mpsc::Sender<Job>,
         cancel: &CancellationToken,
     ) -> bool {
         let now = now_ms();
-        let keys: Vec<String> = {
-            let mut k: Vec<String> = entries
-                .iter()
-                .filter_map(|e| e.log_key(&self.def))
-                .collect();
-            k.sort();
-            k.dedup();
-            k
-        };
+        let mut keys: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e.log_key(&self.def))
+            .collect();
+        keys.sort();
+        keys.dedup();
         let Some(logs) = self.read_logs(&keys, cancel).await else {
             return false;
         };
-        let work = {
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            super::entries::rows(
-                &self.name,
-                &self.def,
-                &self.endpoint.instance,
-                entries,
-                &keys.into_iter().zip(logs).collect(),
-                &mut recent,
-                now,
-            )
-        };
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            inflight.extend(work.ids.iter().cloned());
+            inflight.extend(
+                entries
+                    .iter()
+                    .filter(|e| !e.id.is_empty())
+                    .map(|e| e.id.clone()),
+            );
         }
-        for r in work.records {
-            if self.tx.send(r).await.is_err() {
-                return false;
-            }
-        }
-        let ack = AckWork {
-            ids: work.ids,
-            logs: work.logs,
-        };
-        let to = ack_tx.clone();
-        self.tx
-            .send(Record::Ack(Box::new(move || {
-                let _ = to.send(ack);
-            })))
-            .await
-            .is_ok()
+        let logs = keys.into_iter().zip(logs).collect();
+        jobs.send(Job { entries, logs, now }).await.is_ok()
     }
 
     /// Reads the logs (LIST or STRING) of `keys` in one round trip, retrying with capped
@@ -381,6 +370,56 @@ impl Stream {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
+            }
+        }
+    }
+}
+
+/// A batch read from Redis: the entries and the logs they move, by key.
+struct Job {
+    entries: Vec<Entry>,
+    logs: HashMap<String, LogRead>,
+    now: i64,
+}
+
+/// Turns jobs into rows followed by their acknowledgement, in a task of its own, so that
+/// building the rows of one batch overlaps reading the next.
+struct RowBuilder {
+    name: String,
+    def: StreamSource,
+    instance: String,
+    tx: mpsc::Sender<Record>,
+    ack_tx: mpsc::UnboundedSender<AckWork>,
+    recent: RecentMoves,
+}
+
+impl RowBuilder {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            let work = super::entries::rows(
+                &self.name,
+                &self.def,
+                &self.instance,
+                job.entries,
+                &job.logs,
+                &mut self.recent,
+                job.now,
+            );
+            for r in work.records {
+                if self.tx.send(r).await.is_err() {
+                    return;
+                }
+            }
+            let ack = AckWork {
+                ids: work.ids,
+                logs: work.logs,
+            };
+            let to = self.ack_tx.clone();
+            let done = Record::Ack(Box::new(move || {
+                let _ = to.send(ack);
+            }));
+            if self.tx.send(done).await.is_err() {
+                return;
             }
         }
     }
