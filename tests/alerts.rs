@@ -330,3 +330,38 @@ async fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_clickhouse_refuses_go_to_dead_letters_and_the_rest_lands() {
+    let (redis, ch, sp) = stack("trefuse", "").await;
+    // A row check of the kind operators add on older servers: ClickHouse refuses any insert
+    // holding an alert whose message is "poison pill" (code 395), whatever else it holds.
+    ch.query("ALTER TABLE trefuse.alerts ADD COLUMN refused UInt8 MATERIALIZED throwIf(message = 'poison pill')")
+        .await;
+    let mut items = load::alerts("ok", 200);
+    items.insert(100, ("alert:poison".into(), b"poison pill".to_vec()));
+    load::set_all(&redis.url(), items, 3600, 201, 1).await;
+    wait_count(&ch, "SELECT count() FROM trefuse.alerts FINAL", 200).await;
+    wait_count(&ch, "SELECT count() FROM trefuse.dead_letters FINAL", 1).await;
+    let dead = ch
+        .query("SELECT pipeline, key, reason, position(raw, 'poison pill') > 0, position(error, 'Code: 395') > 0 FROM trefuse.dead_letters FINAL FORMAT TSV")
+        .await;
+    assert_eq!(
+        dead.trim(),
+        "clickhouse\talerts\trejected_by_clickhouse\t1\t1"
+    );
+    assert_eq!(
+        ch.count("SELECT count() FROM trefuse.alerts WHERE key = 'alert:poison'")
+            .await,
+        0
+    );
+    // The other rows of the refused batch (its alert_events included) landed.
+    wait_count(
+        &ch,
+        "SELECT count() FROM trefuse.alert_events FINAL WHERE event = 'written'",
+        201,
+    )
+    .await;
+    let m = sp.metrics().await;
+    assert!(m.contains("spillway_dead_letters_total{pipeline=\"clickhouse\",reason=\"rejected_by_clickhouse\"} 1"), "{m}");
+}

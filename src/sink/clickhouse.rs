@@ -292,7 +292,9 @@ impl Sink {
 }
 
 /// ClickHouse error codes that mean "this data is wrong": retrying the same rows cannot succeed.
-const BAD_DATA: &[u32] = &[6, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131];
+/// Parsing and type errors, and the refusals that depend on a row's values: a violated
+/// `CONSTRAINT` (469) and `throwIf` in a column expression (395, how older servers check rows).
+const BAD_DATA: &[u32] = &[6, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 395, 469];
 
 /// Whether ClickHouse refused the data itself (not the connection, the load or the schema).
 pub fn is_bad_data(e: &clickhouse::error::Error) -> bool {
