@@ -393,6 +393,9 @@ async fn forward(
     }
 }
 
+/// How long after a reconnect the rescan waits for the resubscription.
+const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(1);
+
 /// Counts the subscriber's reconnections (fred resubscribes by itself).
 async fn count_reconnects(
     mut rx: broadcast::Receiver<fred::types::config::Server>,
@@ -402,6 +405,9 @@ async fn count_reconnects(
     loop {
         match rx.recv().await {
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                // fred resubscribes right after the reconnect: let that finish first, so the
+                // rescan starts when notifications flow again and no write falls between the two.
+                tokio::time::sleep(RESUBSCRIBE_GRACE).await;
                 n.fetch_add(1, Ordering::Relaxed);
                 wake.notify_one();
             }
