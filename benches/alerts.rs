@@ -118,4 +118,66 @@ async fn run(n: u64) {
         written_in.as_secs_f64(),
         committed_in.as_secs_f64()
     );
+
+    // Latency at half the measured rate: a paced producer for 10 s; the event-to-commit
+    // histogram's buckets before and after give the quantiles of exactly those alerts.
+    let half = (rate / 2.0) as u64;
+    let paced = load::alerts("h", half * 10);
+    let before = buckets(&sp.metrics().await);
+    load::set_paced(&redis.url(), &paced, 3600, half).await;
+    let want = n + paced.len() as u64;
+    while ch.count("SELECT count() FROM bench.alerts FINAL").await < want {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(60),
+            "half-rate alerts missing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = buckets(&sp.metrics().await);
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .zip(&before)
+        .map(|((le, a), (_, b))| (*le, a - b))
+        .collect();
+    println!(
+        "| at half rate ({half}/s for 10 s): event-to-commit p50 / p99, s (max batch delay 0.5 s) | {:.3} / {:.3} |",
+        quantile(&delta, 0.5),
+        quantile(&delta, 0.99)
+    );
+}
+
+/// The cumulative buckets (le, count) of the alerts' event-to-commit histogram.
+fn buckets(metrics: &str) -> Vec<(f64, f64)> {
+    let prefix = "spillway_event_to_commit_seconds_bucket{table=\"alerts\",le=\"";
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The q-quantile of cumulative buckets, interpolated within a bucket as Prometheus does.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    let target = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= target && count > prev.1 {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            return prev.0 + (le - prev.0) * (target - prev.1) / (count - prev.1);
+        }
+        prev = (le, count);
+    }
+    f64::NAN
 }

@@ -393,8 +393,9 @@ async fn forward(
     }
 }
 
-/// How long after a reconnect the rescan waits for the resubscription.
-const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(1);
+/// When the rescans after a reconnect start (each after the one before), giving fred's
+/// resubscription time to finish.
+const RESUBSCRIBE_GRACE: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(4)];
 
 /// Counts the subscriber's reconnections (fred resubscribes by itself).
 async fn count_reconnects(
@@ -405,11 +406,14 @@ async fn count_reconnects(
     loop {
         match rx.recv().await {
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                // fred resubscribes right after the reconnect: let that finish first, so the
-                // rescan starts when notifications flow again and no write falls between the two.
-                tokio::time::sleep(RESUBSCRIBE_GRACE).await;
-                n.fetch_add(1, Ordering::Relaxed);
-                wake.notify_one();
+                // fred resubscribes right after the reconnect: the rescans start once that is
+                // done, so that no write falls between the last SCAN and the first notification;
+                // a second one covers a resubscription slower than the first grace.
+                for grace in RESUBSCRIBE_GRACE {
+                    tokio::time::sleep(grace).await;
+                    n.fetch_add(1, Ordering::Relaxed);
+                    wake.notify_one();
+                }
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

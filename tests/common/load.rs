@@ -80,3 +80,29 @@ pub fn alerts(run: &str, n: u64) -> Vec<(String, Vec<u8>)> {
         .map(|i| (format!("alert:{run}-{i}"), msgpack_alert(run, i)))
         .collect()
 }
+
+/// Writes `items` with `SET ... EX ttl` at `per_sec`, in ticks of 10 ms (one pipelined round
+/// trip a tick), from one connection. Returns when all are written.
+pub async fn set_paced(url: &str, items: &[(String, Vec<u8>)], ttl_secs: i64, per_sec: u64) {
+    let c = client(url).await;
+    let per_tick = (per_sec as usize / 100).max(1);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    for batch in items.chunks(per_tick) {
+        tick.tick().await;
+        let p = c.pipeline();
+        for (k, v) in batch {
+            let () = p
+                .set(
+                    k.as_str(),
+                    v.as_slice(),
+                    Some(Expiration::EX(ttl_secs)),
+                    None,
+                    false,
+                )
+                .await
+                .expect("queue");
+        }
+        let _: Vec<Value> = p.all().await.expect("SET pipeline");
+    }
+    c.quit().await.ok();
+}
