@@ -131,7 +131,7 @@ cargo fmt --all -- --check || die "formatting differs: run 'cargo fmt --all'"
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings || die "clippy found problems (see above)"
 
-step "cargo test --all-targets"
-cargo test --all-targets || die "tests failed (see above)"
+step "cargo test --all-targets --no-fail-fast"
+cargo test --all-targets --no-fail-fast || die "tests failed (see above)"
 
 step "All checks passed: fmt, clippy, tests"
