@@ -2,28 +2,39 @@
 # shellcheck disable=SC2317 # (functions run from traps and through wait_until)
 # A live demo of Spillway on one machine:
 #
-#   scripts/demo.sh           # set up, show the archived alerts, keep running until Ctrl-C
-#   scripts/demo.sh --once    # the same, then stop everything and exit (also: DEMO_ONCE=1)
+#   scripts/demo.sh                 # set up, samples, 30 s of simulated trading with live
+#                                   # progress, a report; then keep running until Ctrl-C
+#   scripts/demo.sh --simulate 120  # the same with 120 s of simulated trading (0: none)
+#   scripts/demo.sh --once          # samples and report, no simulation, then stop everything
+#                                   # and exit (also: DEMO_ONCE=1); --once --simulate 10 works too
 #
 # It installs redis-server and clickhouse-server with apt-get when they are missing, builds
 # Spillway (cargo build --release), then starts in a work directory of its own:
-#   - a redis-server playing RLS on 127.0.0.1:6384, keyspace notifications on ("Ex$eg"),
-#   - a redis-server playing RTRS on 127.0.0.1:6382 (the trade_results stream),
+#   - the contract's six redis-servers from scripts/redis/*.conf (port and --dir overridden on
+#     the command line): RTS 6379, RIS 6380, RTSS 6381, RTRS 6382 (the trade_results stream),
+#     RSS 6383, RLS 6384 (keyspace notifications "Ex$eg"),
 #   - a clickhouse-server (HTTP 127.0.0.1:8123, TCP 127.0.0.1:9000), data in the work directory,
-#   - spillway itself, /metrics on 127.0.0.1:9464,
+#   - spillway itself, /metrics on 127.0.0.1:9464, watching all six instances' memory,
 # writes a few sample alerts (text, JSON, MessagePack, one undecodable value, one that expires)
 # and three trades (execution logs in RLS, closed through the stream) and prints what landed in
-# ClickHouse. Ctrl-C stops exactly the processes it started: spillway
-# first (SIGTERM: it flushes and exits 0), then redis-server and clickhouse-server.
+# ClickHouse. Then `spillway simulate` plays the trading platform against RLS and RTRS for
+# --simulate seconds while a line per second shows rows/s committed by table, lag (since the
+# last flush, p99 event-to-commit, channel depth) and Redis memory; a short report of what
+# landed in ClickHouse ends the run. Ctrl-C stops exactly the processes it started: spillway
+# first (SIGTERM: it flushes and exits 0), then the simulator, the redis-servers and
+# clickhouse-server.
 #
 # Environment:
 #   DEMO_RLS_PORT      Redis (RLS) port                       default 6384
 #   DEMO_RTRS_PORT     Redis (RTRS) port                      default 6382
+#   DEMO_RTS_PORT, DEMO_RIS_PORT, DEMO_RTSS_PORT, DEMO_RSS_PORT   defaults 6379, 6380, 6381, 6383
 #   DEMO_CH_HTTP_PORT  ClickHouse HTTP port                   default 8123
 #   DEMO_CH_TCP_PORT   ClickHouse native TCP port             default 9000
 #   DEMO_METRICS_PORT  Spillway /metrics, /healthz, /readyz   default 9464
 #   DEMO_DIR           work directory (config, data, logs)    default ${TMPDIR:-/tmp}/spillway-demo
 #   DEMO_ONCE=1        same as --once
+#   DEMO_SIMULATE      seconds of simulation (as --simulate)  default 30, with --once 0
+#   DEMO_ALERTS_PER_SEC, DEMO_TRADES_PER_SEC   simulator rates  defaults 5000, 200
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,22 +42,52 @@ ROOT=$(pwd)
 export PATH="$PATH:/usr/sbin:/sbin:${HOME:-/root}/.cargo/bin"
 
 ONCE=${DEMO_ONCE:-0}
-for arg in "$@"; do
-    case $arg in
+SIMULATE=${DEMO_SIMULATE:-}
+while [ $# -gt 0 ]; do
+    case $1 in
     --once) ONCE=1 ;;
+    --simulate)
+        [ $# -ge 2 ] || {
+            echo "--simulate needs a number of seconds (try --help)" >&2
+            exit 2
+        }
+        SIMULATE=$2
+        shift
+        ;;
+    --simulate=*) SIMULATE=${1#--simulate=} ;;
     -h | --help)
         sed -n '3,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "unknown argument: $arg (try --help)" >&2
+        echo "unknown argument: $1 (try --help)" >&2
         exit 2
         ;;
     esac
+    shift
+done
+if [ -z "$SIMULATE" ]; then
+    if [ "$ONCE" = 1 ]; then SIMULATE=0; else SIMULATE=30; fi
+fi
+ALERTS_PER_SEC=${DEMO_ALERTS_PER_SEC:-5000}
+TRADES_PER_SEC=${DEMO_TRADES_PER_SEC:-200}
+for entry in "$SIMULATE:--simulate (DEMO_SIMULATE)" "$ALERTS_PER_SEC:DEMO_ALERTS_PER_SEC" "$TRADES_PER_SEC:DEMO_TRADES_PER_SEC"; do
+    if ! [[ ${entry%%:*} =~ ^[0-9]+$ ]]; then
+        echo "${entry#*:} must be a whole number, not '${entry%%:*}'" >&2
+        exit 2
+    fi
 done
 
 RLS_PORT=${DEMO_RLS_PORT:-6384}
 RTRS_PORT=${DEMO_RTRS_PORT:-6382}
+RTS_PORT=${DEMO_RTS_PORT:-6379}
+RIS_PORT=${DEMO_RIS_PORT:-6380}
+RTSS_PORT=${DEMO_RTSS_PORT:-6381}
+RSS_PORT=${DEMO_RSS_PORT:-6383}
+# The contract's six instances, in the order they start: name, port.
+REDIS_NAMES=(rts ris rtss rtrs rss rls)
+declare -A REDIS_PORT=([rts]=$RTS_PORT [ris]=$RIS_PORT [rtss]=$RTSS_PORT [rtrs]=$RTRS_PORT [rss]=$RSS_PORT [rls]=$RLS_PORT)
+declare -A REDIS_PID=()
 CH_HTTP_PORT=${DEMO_CH_HTTP_PORT:-8123}
 CH_TCP_PORT=${DEMO_CH_TCP_PORT:-9000}
 METRICS_PORT=${DEMO_METRICS_PORT:-9464}
@@ -66,7 +107,7 @@ die() {
 
 # --- stopping what we started, and only that ------------------------------------------------
 
-SPILLWAY_PID="" REDIS_PID="" CH_PID="" OWN_POLICY_RC=""
+SPILLWAY_PID="" SIM_PID="" MON_PID="" CH_PID="" OWN_POLICY_RC=""
 
 # stop NAME PID SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL. Prints the exit code.
 stop() {
@@ -94,11 +135,19 @@ cleanup() {
     set +e
     trap '' PIPE
     if [ -n "$OWN_POLICY_RC" ]; then as_root rm -f "$OWN_POLICY_RC"; fi
-    if [ -n "$SPILLWAY_PID$REDIS_PID$RTRS_PID$CH_PID" ]; then
-        step "Stopping the demo (spillway first, then redis-server and clickhouse-server)"
+    # The progress display is only a viewer: it goes first, quietly.
+    if [ -n "$MON_PID" ]; then
+        kill -TERM "$MON_PID" 2>/dev/null
+        wait "$MON_PID" 2>/dev/null
+    fi
+    local name
+    if [ -n "$SPILLWAY_PID$SIM_PID${REDIS_PID[*]}$CH_PID" ]; then
+        step "Stopping the demo (spillway first, then the simulator, redis-servers and clickhouse-server)"
         stop spillway "$SPILLWAY_PID" 40
-        stop redis-server "$REDIS_PID" 15
-        stop "redis-server (RTRS)" "$RTRS_PID" 15
+        stop "spillway simulate" "$SIM_PID" 20
+        for name in "${REDIS_NAMES[@]}"; do
+            stop "redis-server (${name^^})" "${REDIS_PID[$name]:-}" 15
+        done
         stop clickhouse-server "$CH_PID" 30
         echo "logs and data stay in $WORK"
     fi
@@ -165,9 +214,18 @@ command -v cargo >/dev/null 2>&1 ||
     die "cargo not found: install the Rust toolchain with rustup (https://rustup.rs), then make sure ~/.cargo/bin is on PATH"
 echo "ok: redis-server, clickhouse-server, curl, python3, cargo"
 
-for entry in "$RLS_PORT:DEMO_RLS_PORT:Redis (RLS)" "$RTRS_PORT:DEMO_RTRS_PORT:Redis (RTRS)" "$CH_HTTP_PORT:DEMO_CH_HTTP_PORT:ClickHouse HTTP" \
-    "$CH_TCP_PORT:DEMO_CH_TCP_PORT:ClickHouse TCP" "$METRICS_PORT:DEMO_METRICS_PORT:Spillway metrics"; do
+entries=()
+for name in "${REDIS_NAMES[@]}"; do
+    entries+=("${REDIS_PORT[$name]}:DEMO_${name^^}_PORT:Redis (${name^^})")
+    [ -f "$ROOT/scripts/redis/$name.conf" ] || die "scripts/redis/$name.conf is missing"
+done
+entries+=("$CH_HTTP_PORT:DEMO_CH_HTTP_PORT:ClickHouse HTTP" "$CH_TCP_PORT:DEMO_CH_TCP_PORT:ClickHouse TCP"
+    "$METRICS_PORT:DEMO_METRICS_PORT:Spillway metrics")
+seen=" "
+for entry in "${entries[@]}"; do
     IFS=: read -r port var what <<<"$entry"
+    [[ $seen != *" $port "* ]] || die "port $port is given twice ($var and another DEMO_*_PORT)"
+    seen+="$port "
     if port_busy "$port"; then
         die "port $port ($what) is already in use on 127.0.0.1: stop what listens there, or pick another port, e.g. $var=$((port + 10000)) scripts/demo.sh"
     fi
@@ -188,22 +246,20 @@ if [ -d "$WORK" ] && [ ! -e "$WORK/.spillway-demo" ] && [ -n "$(ls -A "$WORK")" 
 fi
 mkdir -p "$WORK"
 touch "$WORK/.spillway-demo"
-rm -rf "$WORK/clickhouse" "$WORK/redis" "$WORK/redis-rtrs" "$WORK"/*.log "$WORK/spillway.toml" "$WORK/pack.py"
-mkdir -p "$WORK/clickhouse" "$WORK/redis" "$WORK/redis-rtrs"
+rm -rf "$WORK/clickhouse" "$WORK/redis" "$WORK"/redis-* "$WORK"/*.log "$WORK/spillway.toml" "$WORK/pack.py" "$WORK/progress.py"
+mkdir -p "$WORK/clickhouse"
+for name in "${REDIS_NAMES[@]}"; do mkdir -p "$WORK/redis-$name"; done
 echo "fresh data directories; logs: $WORK/*.log, $WORK/clickhouse/*.log"
 
-step "Starting redis-server (RLS) on 127.0.0.1:$RLS_PORT"
-# shellcheck disable=SC2016 # 'Ex$eg' is literal: the flags E, x, $, e, g
-start_bg "$WORK/redis.log" redis-server --bind 127.0.0.1 --port "$RLS_PORT" --dir "$WORK/redis" \
-    --save "" --appendonly no --notify-keyspace-events 'Ex$eg' \
-    --maxmemory 2gb --maxmemory-policy volatile-lru
-REDIS_PID=$STARTED_PID
+step "Starting the six redis-servers from scripts/redis/*.conf"
+for name in "${REDIS_NAMES[@]}"; do
+    # The config file first; the command line after it overrides its port and dir.
+    echo "\$ redis-server scripts/redis/$name.conf --port ${REDIS_PORT[$name]} --dir $WORK/redis-$name"
+    start_bg "$WORK/redis-$name.log" redis-server "$ROOT/scripts/redis/$name.conf" \
+        --port "${REDIS_PORT[$name]}" --dir "$WORK/redis-$name"
+    REDIS_PID[$name]=$STARTED_PID
+done
 RCLI=(redis-cli -h 127.0.0.1 -p "$RLS_PORT")
-
-step "Starting redis-server (RTRS) on 127.0.0.1:$RTRS_PORT"
-start_bg "$WORK/redis-rtrs.log" redis-server --bind 127.0.0.1 --port "$RTRS_PORT" --dir "$WORK/redis-rtrs" \
-    --save "" --appendonly no --maxmemory 1gb --maxmemory-policy volatile-lru
-RTRS_PID=$STARTED_PID
 TCLI=(redis-cli -h 127.0.0.1 -p "$RTRS_PORT")
 
 step "Starting clickhouse-server on 127.0.0.1 (HTTP $CH_HTTP_PORT, TCP $CH_TCP_PORT)"
@@ -258,15 +314,19 @@ wait_until() {
     tail -n 30 "$log" >&2 || true
     die "$what not ready after ${secs}s (log: $log)"
 }
-redis_ready() { [ "$("${RCLI[@]}" ping 2>/dev/null)" = PONG ]; }
+redis_ready() { [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
 ch_ready() { [ "$(curl -sS "$CH_URL/ping" 2>/dev/null)" = "Ok." ]; }
 spillway_ready() { curl -fsS -o /dev/null "$METRICS_URL/readyz"; }
 ch() { curl -sS --fail-with-body "$CH_URL/" --data-binary "$1"; }
 
-rtrs_ready() { [ "$("${TCLI[@]}" ping 2>/dev/null)" = PONG ]; }
-wait_until redis-server "$REDIS_PID" 20 "$WORK/redis.log" redis_ready
-wait_until "redis-server (RTRS)" "$RTRS_PID" 20 "$WORK/redis-rtrs.log" rtrs_ready
-echo "redis-server ready (pid $REDIS_PID); notify-keyspace-events = $("${RCLI[@]}" config get notify-keyspace-events | tail -n1)"
+for name in "${REDIS_NAMES[@]}"; do
+    wait_until "redis-server (${name^^})" "${REDIS_PID[$name]}" 20 "$WORK/redis-$name.log" redis_ready "${REDIS_PORT[$name]}"
+    mem=$(redis-cli -h 127.0.0.1 -p "${REDIS_PORT[$name]}" config get maxmemory-policy | tail -n1)
+    max=$(redis-cli -h 127.0.0.1 -p "${REDIS_PORT[$name]}" config get maxmemory | tail -n1)
+    printf 'redis-server %-4s ready on 127.0.0.1:%-5s (pid %s), maxmemory %s MiB %s\n' "${name^^}" \
+        "${REDIS_PORT[$name]}" "${REDIS_PID[$name]}" "$((max / 1048576))" "$mem"
+done
+echo "RLS notify-keyspace-events = $("${RCLI[@]}" config get notify-keyspace-events | tail -n1)"
 wait_until clickhouse-server "$CH_PID" 60 "$CHD/error.log" ch_ready
 echo "clickhouse-server ready (pid $CH_PID), version $(ch 'SELECT version()')"
 
@@ -277,11 +337,25 @@ cat >"$WORK/spillway.toml" <<EOF
 # Written by scripts/demo.sh.
 pipelines_dir = '$ROOT/pipelines'
 
-[redis.rls]
-url = "redis://127.0.0.1:$RLS_PORT"
+# All six instances: alerts and execution logs are read from RLS, trade closes from RTRS, and
+# the memory of every one is polled (spillway_redis_memory_used_bytes).
+[redis.rts]
+url = "redis://127.0.0.1:$RTS_PORT"
+
+[redis.ris]
+url = "redis://127.0.0.1:$RIS_PORT"
+
+[redis.rtss]
+url = "redis://127.0.0.1:$RTSS_PORT"
 
 [redis.rtrs]
 url = "redis://127.0.0.1:$RTRS_PORT"
+
+[redis.rss]
+url = "redis://127.0.0.1:$RSS_PORT"
+
+[redis.rls]
+url = "redis://127.0.0.1:$RLS_PORT"
 
 [clickhouse]
 url = "$CH_URL"
@@ -294,8 +368,11 @@ addr = "127.0.0.1:$METRICS_PORT"
 max_delay_ms = 200
 
 [keyspace]
-# The demo's redis-server was started with notify-keyspace-events "Ex\$eg" already.
+# scripts/redis/rls.conf sets notify-keyspace-events "Ex\$eg" already.
 configure_notifications = false
+
+[observe]
+interval_secs = 1                # the demo's progress shows Redis memory every second
 EOF
 echo "\$ $BIN run --config $WORK/spillway.toml"
 start_bg "$WORK/spillway.log" env RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 "$BIN" run --config "$WORK/spillway.toml"
@@ -468,7 +545,208 @@ curl -fsS "$METRICS_URL/metrics" |
     grep -E '^(spillway_rows_written_total|spillway_events_received_total|spillway_dead_letters_total|spillway_stream_acked_total|spillway_logs_moved_total)' ||
     echo "(no such metrics yet)"
 
-# --- 7. keep running, or stop -----------------------------------------------------------------
+# --- 7. the simulated trading platform, with live progress --------------------------------
+
+# One line per second from /metrics: rows committed per second by table, lag (since the last
+# flush, p99 event-to-commit over the last 5 s from the histogram's buckets, channel depth) and
+# each Redis instance's used memory against its maxmemory; the simulator's own write rate comes
+# from the last line of its log. Exits when the simulator is done and Spillway has caught up.
+cat >"$WORK/progress.py" <<'PY'
+import math
+import os
+import re
+import sys
+import time
+import urllib.request
+
+metrics_url, sim_pid, sim_log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+parent = os.getppid()
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+TABLES = [("alerts", "alerts"), ("alert_events", "events"), ("dead_letters", "dead"),
+          ("trades", "trades"), ("trade_executions", "execs")]
+REDIS = ["rls", "rtrs", "rts", "ris", "rtss", "rss"]
+
+
+def scrape():
+    out = {}
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        m = LINE.match(line)
+        if not m:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        out.setdefault(m.group(1), []).append((dict(LABEL.findall(m.group(2) or "")), value))
+    return out
+
+
+def total(s, name, **want):
+    return sum(v for labels, v in s.get(name, []) if all(labels.get(k) == w for k, w in want.items()))
+
+
+def by(s, name, label):
+    d = {}
+    for labels, v in s.get(name, []):
+        d[labels.get(label, "")] = d.get(labels.get(label, ""), 0) + v
+    return d
+
+
+def buckets(s):
+    d = {}
+    for labels, v in s.get("spillway_event_to_commit_seconds_bucket", []):
+        le = float(labels["le"]) if labels.get("le") not in (None, "+Inf") else math.inf
+        d[le] = d.get(le, 0) + v
+    return d
+
+
+def p99(now, then):
+    """Upper bound of the bucket holding the 99th percentile of what was committed in between."""
+    if now is None or then is None:
+        return "-"
+    delta = {le: now[le] - then.get(le, 0) for le in now}
+    count = delta.get(math.inf, 0)
+    if count <= 0:
+        return "-"
+    for le in sorted(delta):
+        if delta[le] >= 0.99 * count:
+            return ">30s" if le == math.inf else "<=%gs" % le
+    return "-"
+
+
+def sim_line():
+    """The simulator's last progress line, shortened to its write rates."""
+    try:
+        with open(sim_log, "rb") as f:
+            f.seek(max(0, os.path.getsize(sim_log) - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None, False
+    done = any(l.startswith("wrote in") for l in lines)
+    for l in reversed(lines):
+        m = re.search(r"alerts\s+(\d+)/s\s+trades closed\s+(\d+)/s", l)
+        if m:
+            return (int(m.group(1)), int(m.group(2))), done
+    return None, done
+
+
+def sim_running():
+    try:
+        with open("/proc/%d/stat" % sim_pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def mib(v):
+    return "%.1f" % (v / 1048576) if v < 1000 * 1048576 else "%.0f" % (v / 1048576)
+
+
+def header(s):
+    mx = by(s, "spillway_redis_memory_max_bytes", "instance") if s else {}
+    mem = " ".join("%9s" % ("%s/%s" % (r.upper(), "%.0f" % (mx[r] / 1048576) if mx.get(r) else "-")) for r in REDIS)
+    print("  time | simulator writes/s | rows committed/s to ClickHouse by table      "
+          "| lag: last flush, p99 event-to-commit (5 s), channel | Redis used MiB / maxmemory")
+    print("     s |   alerts    trades | " + " ".join("%7s" % t for _, t in TABLES) +
+          " |   flush      p99     channel | " + mem, flush=True)
+
+
+start = time.monotonic()
+history = []  # (time, scrape)
+quiet = 0
+shown = 0
+done_at = None
+first = scrape()
+header(first)
+next_at = time.monotonic() + 1
+while True:
+    time.sleep(max(0, next_at - time.monotonic()))
+    next_at += 1
+    if os.getppid() != parent:
+        break  # the demo script is gone
+    s = scrape()
+    t = time.monotonic()
+    if s is None:
+        print("%6.0f | /metrics does not answer" % (t - start), flush=True)
+        continue
+    history.append((t, s))
+    history = history[-6:]
+    t0, s0 = history[-2] if len(history) > 1 else (start, first or {})
+    secs = max(t - t0, 1e-3)
+    now_rows = by(s, "spillway_rows_written_total", "table")
+    old_rows = by(s0, "spillway_rows_written_total", "table")
+    rates = [(now_rows.get(tb, 0) - old_rows.get(tb, 0)) / secs for tb, _ in TABLES]
+    last_flush = max((v for _, v in s.get("spillway_last_flush_timestamp_seconds", [])), default=0)
+    flush = "%.1fs ago" % max(0, time.time() - last_flush) if last_flush > 0 else "never"
+    q99 = p99(buckets(s), buckets(history[0][1]) if len(history) > 1 else buckets(first or {}))
+    depth = total(s, "spillway_channel_depth")
+    cap = total(s, "spillway_channel_capacity")
+    used = by(s, "spillway_redis_memory_used_bytes", "instance")
+    mem = " ".join("%9s" % (mib(used[r]) if r in used else "-") for r in REDIS)
+    written, done = sim_line()
+    running = sim_running() and not done
+    w = ("%8d  %8d" % written) if written and running else ("%8s  %8s" % ("done", "")) if not running else "%8s  %8s" % ("-", "-")
+    chan = "%d/%d" % (depth, cap) if cap else "%d" % depth
+    print("%6.0f | %s | %s | %9s %8s %11s | %s" % (t - start, w, " ".join("%7.0f" % r for r in rates),
+                                                 flush, q99, chan, mem), flush=True)
+    shown += 1
+    if shown % 30 == 0:
+        header(s)
+    if not running:
+        # Done when nothing was committed for two seconds and nothing waits in the channel.
+        done_at = done_at or t
+        quiet = quiet + 1 if sum(rates) == 0 and depth == 0 else 0
+        if quiet >= 2:
+            break
+        if t - done_at > 120:
+            print("Spillway has not caught up 120 s after the simulator finished; reporting anyway", flush=True)
+            break
+PY
+
+if [ "$SIMULATE" -gt 0 ]; then
+    step "Simulating the trading platform for $SIMULATE s: $ALERTS_PER_SEC alerts/s, $TRADES_PER_SEC trades/s (RLS $RLS_PORT, RTRS $RTRS_PORT)"
+    echo "\$ $BIN simulate --rls 127.0.0.1:$RLS_PORT --rtrs 127.0.0.1:$RTRS_PORT --alerts-per-sec $ALERTS_PER_SEC --trades-per-sec $TRADES_PER_SEC --duration $SIMULATE"
+    echo "(its output: $WORK/simulate.log; the lines below read $METRICS_URL/metrics once a second)"
+    start_bg "$WORK/simulate.log" "$BIN" simulate --rls "127.0.0.1:$RLS_PORT" --rtrs "127.0.0.1:$RTRS_PORT" \
+        --alerts-per-sec "$ALERTS_PER_SEC" --trades-per-sec "$TRADES_PER_SEC" --duration "$SIMULATE"
+    SIM_PID=$STARTED_PID
+    # In the background, so that Ctrl-C (or a SIGINT/SIGTERM to this script) is handled at once.
+    python3 "$WORK/progress.py" "$METRICS_URL/metrics" "$SIM_PID" "$WORK/simulate.log" &
+    MON_PID=$!
+    wait "$MON_PID" || true
+    MON_PID=""
+    code=0
+    wait "$SIM_PID" || code=$?
+    SIM_PID=""
+    [ "$code" = 0 ] || die "spillway simulate exited with code $code; see $WORK/simulate.log"
+    grep '^wrote in' "$WORK/simulate.log" | sed 's/^/simulator: /' || true
+fi
+
+# --- 8. the report ----------------------------------------------------------------------------
+
+step "Report: what landed in ClickHouse (database spillway, counted under FINAL)"
+ch "SELECT table, rows FROM (
+      SELECT 1 AS n, 'alerts' AS table, count() AS rows FROM spillway.alerts FINAL
+      UNION ALL SELECT 2, 'alert_events', count() FROM spillway.alert_events FINAL
+      UNION ALL SELECT 3, 'dead_letters', count() FROM spillway.dead_letters FINAL
+      UNION ALL SELECT 4, 'trades', count() FROM spillway.trades FINAL
+      UNION ALL SELECT 5, 'trade_executions', count() FROM spillway.trade_executions FINAL
+    ) ORDER BY n FORMAT PrettyCompactNoEscapes"
+echo "dead letters by reason:"
+ch "SELECT reason, count() AS rows FROM spillway.dead_letters FINAL GROUP BY reason ORDER BY reason FORMAT PrettyCompactNoEscapes"
+echo "trades by event and execution log state, with their execution rows:"
+ch "SELECT t.event, t.log_state, count() AS trades, sum(t.log_entries) AS log_entries
+    FROM spillway.trades AS t FINAL GROUP BY t.event, t.log_state ORDER BY t.event, t.log_state FORMAT PrettyCompactNoEscapes"
+echo "execution log keys left in RLS: $("${RCLI[@]}" --scan --pattern 'trade_execution:*' | wc -l)"
+echo "alert keys in RLS: $("${RCLI[@]}" --scan --pattern 'alert:*' | wc -l) (they live for their TTL; Spillway copies, never deletes them)"
+
+# --- 9. keep running, or stop -----------------------------------------------------------------
 
 if [ "$ONCE" = 1 ]; then
     step "--once: done"
@@ -480,6 +758,7 @@ Try, in another terminal:
   redis-cli -p $RLS_PORT SET alert:my_test "hello from the demo" EX 3600
   redis-cli -p $RLS_PORT RPUSH trade_execution:T-9 "not MessagePack"   # a log entry for a dead letter
   redis-cli -p $RTRS_PORT XADD trade_results '*' trade_id T-9 event closed
+  $BIN simulate --rls 127.0.0.1:$RLS_PORT --rtrs 127.0.0.1:$RTRS_PORT --duration 60
   curl -s $CH_URL/ --data-binary "SELECT key, message FROM spillway.alerts FINAL ORDER BY key FORMAT PrettyCompact"
   tail -f $WORK/spillway.log
 EOF
