@@ -67,7 +67,8 @@ fn ping(name: String, client: fred::prelude::Client) -> (String, Check) {
     )
 }
 
-async fn wait_signal() {
+/// Resolves at SIGTERM or Ctrl-C.
+pub async fn wait_signal() {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

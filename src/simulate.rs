@@ -141,12 +141,12 @@ pub fn main(args: SimulateArgs) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let signals = stop.clone();
         tokio::spawn(async move {
-            wait_signal().await;
+            crate::app::wait_signal().await;
             eprintln!(
                 "signal received: closing the trades in flight (a second signal exits at once)"
             );
             signals.cancel();
-            wait_signal().await;
+            crate::app::wait_signal().await;
             std::process::exit(130);
         });
         run(args, stop).await.map(|_| ())
@@ -276,20 +276,6 @@ async fn connect(url: &str, what: &str) -> anyhow::Result<Client> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {what} at {redacted}: {}", e.details()))?;
     Ok(client)
-}
-
-async fn wait_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

@@ -562,23 +562,18 @@ mod tests {
             &mut recent,
             10,
         );
-        let versions: Vec<(String, u64)> = again
-            .records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Trade(t) => Some((t.trade_id.clone(), t.version)),
-                _ => None,
-            })
-            .collect();
-        let first: Vec<(String, u64)> = w
-            .records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Trade(t) => Some((t.trade_id.clone(), t.version)),
-                _ => None,
-            })
-            .collect();
-        assert!(versions
+        let versions = |w: &Work| -> Vec<(String, u64)> {
+            w.records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Trade(t) => Some((t.trade_id.clone(), t.version)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (later, first) = (versions(&again), versions(&w));
+        assert_eq!(later.len(), first.len());
+        assert!(later
             .iter()
             .zip(&first)
             .all(|(a, b)| a.0 == b.0 && a.1 <= b.1));

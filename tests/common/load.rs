@@ -50,20 +50,12 @@ pub async fn set_all(
             let c = client(&url).await;
             let mut start = w * chunk;
             while start < items.len() {
-                let p = c.pipeline();
-                for (k, v) in &items[start..(start + chunk).min(items.len())] {
-                    let () = p
-                        .set(
-                            k.as_str(),
-                            v.as_slice(),
-                            Some(Expiration::EX(ttl_secs)),
-                            None,
-                            false,
-                        )
-                        .await
-                        .expect("queue");
-                }
-                let _: Vec<Value> = p.all().await.expect("SET pipeline");
+                set_batch(
+                    &c,
+                    &items[start..(start + chunk).min(items.len())],
+                    ttl_secs,
+                )
+                .await;
                 start += chunk * parallel;
             }
             c.quit().await.ok();
@@ -89,20 +81,25 @@ pub async fn set_paced(url: &str, items: &[(String, Vec<u8>)], ttl_secs: i64, pe
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
     for batch in items.chunks(per_tick) {
         tick.tick().await;
-        let p = c.pipeline();
-        for (k, v) in batch {
-            let () = p
-                .set(
-                    k.as_str(),
-                    v.as_slice(),
-                    Some(Expiration::EX(ttl_secs)),
-                    None,
-                    false,
-                )
-                .await
-                .expect("queue");
-        }
-        let _: Vec<Value> = p.all().await.expect("SET pipeline");
+        set_batch(&c, batch, ttl_secs).await;
     }
     c.quit().await.ok();
+}
+
+/// `SET key value EX ttl` of every pair, in one pipelined round trip.
+async fn set_batch(c: &Client, batch: &[(String, Vec<u8>)], ttl_secs: i64) {
+    let p = c.pipeline();
+    for (k, v) in batch {
+        let () = p
+            .set(
+                k.as_str(),
+                v.as_slice(),
+                Some(Expiration::EX(ttl_secs)),
+                None,
+                false,
+            )
+            .await
+            .expect("queue");
+    }
+    let _: Vec<Value> = p.all().await.expect("SET pipeline");
 }
