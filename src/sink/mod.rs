@@ -49,6 +49,9 @@ pub struct Batcher {
     /// Records taken from the channel but not yet in a batch (beyond the last cut).
     carry: std::collections::VecDeque<Record>,
     buf: Vec<Record>,
+    /// When the last batch was cut: records found waiting at the next call may have waited
+    /// since then (while that batch was committed), and their delay counts from there.
+    cut_at: Option<Instant>,
 }
 
 impl Batcher {
@@ -59,6 +62,7 @@ impl Batcher {
             cfg,
             carry: Default::default(),
             buf: Vec::with_capacity(RECV_CHUNK),
+            cut_at: None,
         }
     }
 
@@ -69,12 +73,25 @@ impl Batcher {
 
     /// Waits for the first record, then collects until max rows, max bytes or max delay. None
     /// when the channel is closed and everything was handed out.
+    /// The delay counts from the oldest record's arrival: records found waiting count from the
+    /// last cut, so time spent in a slow commit is not added to `max_delay`.
     pub async fn next(&mut self) -> Option<(Batch, Cut)> {
+        let cut = self.next_uncounted().await;
+        self.cut_at = Some(Instant::now());
+        cut
+    }
+
+    async fn next_uncounted(&mut self) -> Option<(Batch, Cut)> {
         let mut batch = Batch::default();
+        let waiting = self.depth() > 0;
         if self.carry.is_empty() && !self.fill(RECV_CHUNK).await {
             return None;
         }
-        let deadline = Instant::now() + self.cfg.max_delay;
+        let since = match self.cut_at {
+            Some(cut) if waiting => cut,
+            _ => Instant::now(),
+        };
+        let deadline = since + self.cfg.max_delay;
         loop {
             while let Some(r) = self.carry.pop_front() {
                 batch.push(r);
@@ -241,6 +258,22 @@ mod tests {
         let (batch, cut) = b.next().await.unwrap();
         assert_eq!((batch.rows(), batch.bytes(), cut), (4, 216, Cut::Bytes));
         assert_eq!(b.depth(), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_waiting_during_a_commit_count_their_delay_from_the_cut() {
+        let (tx, mut b) = batcher(100, 1 << 20, 500, 1).await;
+        let (first, cut) = b.next().await.unwrap();
+        assert_eq!((first.rows(), cut), (1, Cut::Delay));
+        // A commit takes 400 ms; a record arrives meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(event("during")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let (batch, cut) = b.next().await.unwrap();
+        assert_eq!((batch.rows(), cut), (1, Cut::Delay));
+        // Cut 500 ms after the previous cut, not 500 ms after the commit returned.
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]
