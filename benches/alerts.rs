@@ -16,20 +16,7 @@ use common::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillw
 use procstat::{cpu_seconds, machine, metric_sum, peak_rss_kb};
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("alerts benchmark: run it with `cargo bench --bench alerts`");
-        return;
-    }
-    let n: u64 = std::env::var("BENCH_ALERTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run(n));
+    procstat::bench_main("alerts", "BENCH_ALERTS", 300_000, run);
 }
 
 async fn run(n: u64) {

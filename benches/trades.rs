@@ -21,20 +21,7 @@ use procstat::{
 };
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("trades benchmark: run it with `cargo bench --bench trades`");
-        return;
-    }
-    let n: u64 = std::env::var("BENCH_TRADES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run(n));
+    procstat::bench_main("trades", "BENCH_TRADES", 20_000, run);
 }
 
 async fn run(n: u64) {

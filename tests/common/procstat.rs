@@ -104,3 +104,27 @@ pub fn pid_listening(port: u16) -> Option<u32> {
     }
     None
 }
+
+/// The `main` of a benchmark: under `cargo bench` (`--bench` in the arguments) runs `run(n)` on
+/// a two-thread runtime, with `n` from the environment variable `var` (else `default`); under
+/// `cargo test` only says how to run it.
+pub fn bench_main<F, Fut>(name: &str, var: &str, default: u64, run: F)
+where
+    F: FnOnce(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name} benchmark: run it with `cargo bench --bench {name}`");
+        return;
+    }
+    let n = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(n));
+}
