@@ -99,15 +99,12 @@ METRICS_URL="http://127.0.0.1:$METRICS_PORT"
 # The demo's spillway reads only the config written below, never a SPILLWAY_* of this shell.
 while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^SPILLWAY_' || true)
 
-step() { printf '\n==> %s\n' "$*"; }
-die() {
-    printf '\nerror: %s\n' "$*" >&2
-    exit 1
-}
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 # --- stopping what we started, and only that ------------------------------------------------
 
-SPILLWAY_PID="" SIM_PID="" MON_PID="" CH_PID="" OWN_POLICY_RC=""
+SPILLWAY_PID="" SIM_PID="" MON_PID="" CH_PID=""
 
 # stop NAME PID SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL. Prints the exit code.
 stop() {
@@ -134,7 +131,7 @@ cleanup() {
     # Stop everything even if the terminal or a pipe reading our output is gone.
     set +e
     trap '' PIPE
-    if [ -n "$OWN_POLICY_RC" ]; then as_root rm -f "$OWN_POLICY_RC"; fi
+    release_policy_rc
     # The progress display is only a viewer: it goes first, quietly.
     if [ -n "$MON_PID" ]; then
         kill -TERM "$MON_PID" 2>/dev/null
@@ -169,35 +166,7 @@ start_bg() {
     STARTED_PID=$!
 }
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # --- 1. tools ---------------------------------------------------------------------------------
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "installing packages needs root (or sudo), to run: $*"
-    fi
-}
-
-install_packages() {
-    # policy-rc.d exit 101: the packages' postinst must not start system redis/clickhouse
-    # services (they would take ports 6379, 8123 and 9000).
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        OWN_POLICY_RC=/usr/sbin/policy-rc.d
-        printf '#!/bin/sh\n# Written by spillway scripts for the time of an apt-get install.\nexit 101\n' |
-            as_root tee "$OWN_POLICY_RC" >/dev/null
-        as_root chmod 755 "$OWN_POLICY_RC"
-    fi
-    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -o Acquire::Retries=3)
-    as_root "${apt[@]}" update
-    as_root "${apt[@]}" install -y --no-install-recommends "$@"
-    if [ -n "$OWN_POLICY_RC" ]; then as_root rm -f "$OWN_POLICY_RC"; fi
-    OWN_POLICY_RC=""
-}
 
 step "Checking tools"
 missing=()
