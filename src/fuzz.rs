@@ -4,7 +4,8 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::decode::{
-    decode_msgpack_array_of_maps, decode_msgpack_map, decode_value, Format, Payload,
+    decode_msgpack_array_of_maps, decode_msgpack_fields, decode_msgpack_map, decode_value,
+    decode_value_fields, Decoded, Fields, Format, Payload,
 };
 
 fn json_leaf() -> impl Strategy<Value = Value> {
@@ -33,8 +34,20 @@ fn json_map() -> impl Strategy<Value = Map<String, Value>> {
         .prop_map(|m| m.into_iter().collect())
 }
 
+/// Names taken out while decoding, drawn often as keys by [`named_map`].
+const NAMED: &[&str] = &["a", "ts_ms", "message", ""];
+
+fn named_map() -> impl Strategy<Value = Map<String, Value>> {
+    let key = prop_oneof![
+        prop::sample::select(NAMED).prop_map(str::to_string),
+        ".{0,3}".prop_map(|s: String| s)
+    ];
+    prop::collection::btree_map(key, json_value(), 0..8).prop_map(|m| m.into_iter().collect())
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // Failures are not persisted to a file: a failing case is printed, and becomes a unit test.
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
@@ -76,6 +89,19 @@ proptest! {
                 prop_assert!(false, "text decoded as a MessagePack map: {:?}", text);
             }
             Err(e) => prop_assert!(false, "valid UTF-8 text rejected: {}", e),
+        }
+    }
+
+    #[test]
+    fn named_fields_are_the_whole_map(map in named_map()) {
+        let bytes = rmp_serde::to_vec_named(&map).unwrap();
+        let fields = decode_msgpack_fields(&bytes, NAMED).unwrap();
+        prop_assert_eq!(&fields, &Fields::from_map(NAMED, map.clone()));
+        prop_assert_eq!(fields.into_map(), map.clone());
+        let json = serde_json::to_string(&map).unwrap();
+        match decode_value_fields(json.as_bytes(), NAMED).unwrap() {
+            Decoded::Object(Format::Json, f) => prop_assert_eq!(f.into_map(), map),
+            other => prop_assert!(false, "JSON object decoded as {:?}", other),
         }
     }
 }

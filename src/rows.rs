@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::decode::{Fields, Format, Payload};
+use crate::decode::{Decoded, Fields, Format};
 
 /// A distinct value written to an alert key (`alerts`).
 #[derive(Debug, Clone, clickhouse::Row, Serialize)]
@@ -120,35 +120,6 @@ impl std::fmt::Debug for Record {
     }
 }
 
-impl Record {
-    /// An estimate of the row's RowBinary size, for the batcher's byte limit.
-    pub fn approx_bytes(&self) -> usize {
-        match self {
-            Record::Alert(r) => {
-                96 + r.key.len()
-                    + r.alert_id.len()
-                    + r.severity.len()
-                    + r.kind.len()
-                    + r.message.len()
-                    + r.account_id.len()
-                    + r.instance_id.len()
-                    + r.symbol.len()
-                    + r.trade_id.len()
-                    + r.extra.len()
-            }
-            Record::AlertEvent(r) => 48 + r.key.len() + r.alert_id.len(),
-            Record::DeadLetter(r) => {
-                64 + r.pipeline.len() + r.key.len() + r.raw.len() + r.error.len()
-            }
-            Record::Trade(r) => 160 + r.trade_id.len() + r.account_id.len() + r.extra.len(),
-            Record::TradeExecution(r) => {
-                180 + 2 * r.trade_id.len() + r.step.len() + r.comment.len() + r.extra.len()
-            }
-            Record::Ack(_) => 0,
-        }
-    }
-}
-
 /// The stable hash of a raw value.
 pub fn content_hash(raw: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(raw)
@@ -161,6 +132,19 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// The fields of an alert value that have columns of their own in `alerts`.
+pub const ALERT_FIELDS: &[&str] = &[
+    "alert_id",
+    "ts_ms",
+    "severity",
+    "kind",
+    "message",
+    "account_id",
+    "instance_id",
+    "symbol",
+    "trade_id",
+];
 
 /// What a captured alert value is, before it becomes a row.
 pub struct CapturedAlert<'a> {
@@ -179,14 +163,14 @@ pub struct CapturedAlert<'a> {
 }
 
 impl CapturedAlert<'_> {
-    /// Turns a decoded payload into an [`AlertRow`].
-    pub fn into_row(self, payload: Payload) -> AlertRow {
+    /// Turns a decoded value (decoded with [`ALERT_FIELDS`]) into an [`AlertRow`].
+    pub fn into_row(self, payload: Decoded) -> AlertRow {
         let (format, mut f) = match payload {
-            Payload::Object(format, map) => (format, Fields(map)),
-            Payload::Text(text) => {
+            Decoded::Object(format, fields) => (format, fields),
+            Decoded::Text(text) => {
                 let mut m = serde_json::Map::new();
                 m.insert("message".into(), serde_json::Value::String(text));
-                (Format::Text, Fields(m))
+                (Format::Text, Fields::from_map(ALERT_FIELDS, m))
             }
         };
         let alert_id = match f.text("alert_id") {
@@ -217,7 +201,7 @@ impl CapturedAlert<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::decode_value;
+    use crate::decode::decode_value_fields;
 
     fn capture(raw: &[u8]) -> AlertRow {
         let c = CapturedAlert {
@@ -228,7 +212,7 @@ mod tests {
             captured_at_ms: 42,
             captured_by: "event",
         };
-        c.into_row(decode_value(raw).unwrap())
+        c.into_row(decode_value_fields(raw, ALERT_FIELDS).unwrap())
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::decode::{decode_msgpack_map, DecodeError, Fields};
+use crate::decode::{decode_msgpack_array_of_fields, decode_msgpack_fields, DecodeError, Fields};
 
 /// A closed (or rejected) trade (`trades`), identified by `trade_id`.
 #[derive(Debug, Clone, clickhouse::Row, Serialize)]
@@ -126,6 +126,44 @@ pub struct StreamEntry {
     pub payload: Option<Vec<u8>>,
 }
 
+/// The payload fields that have columns of their own in `trades`.
+pub const TRADE_FIELDS: &[&str] = &[
+    "trade_id",
+    "account_id",
+    "instance_id",
+    "symbol",
+    "side",
+    "volume",
+    "open_price",
+    "close_price",
+    "profit",
+    "commission",
+    "swap",
+    "opened_at_ms",
+    "closed_at_ms",
+];
+
+/// The entry fields that have columns of their own in `trade_executions`.
+pub const EXECUTION_FIELDS: &[&str] = &[
+    "trade_id",
+    "seq",
+    "ts_ms",
+    "step",
+    "instance_id",
+    "account_id",
+    "symbol",
+    "side",
+    "volume",
+    "price",
+    "sl",
+    "tp",
+    "order_ticket",
+    "deal_ticket",
+    "retcode",
+    "latency_us",
+    "comment",
+];
+
 /// Makes the `trades` row of an entry. An undecodable payload is an error (the entry goes to
 /// dead letters); an absent one gives a row with the trade id and event only.
 pub fn trade_row(
@@ -135,12 +173,11 @@ pub fn trade_row(
     stream_id: &str,
     now: i64,
 ) -> Result<TradeRow, DecodeError> {
-    let map = match payload {
-        Some(p) if !p.is_empty() => decode_msgpack_map(p)?,
-        _ => Default::default(),
+    let mut f = match payload {
+        Some(p) if !p.is_empty() => decode_msgpack_fields(p, TRADE_FIELDS)?,
+        _ => Fields::default(),
     };
-    let mut f = Fields(map);
-    f.0.remove("trade_id");
+    f.take("trade_id");
     Ok(TradeRow {
         trade_id: trade_id.to_string(),
         event: event.to_string(),
@@ -173,14 +210,8 @@ pub fn execution_row(
     entry: &[u8],
     now: i64,
 ) -> Result<TradeExecutionRow, DecodeError> {
-    let map = decode_msgpack_map(entry)?;
-    Ok(execution_from_fields(
-        trade_id,
-        key,
-        position,
-        Fields(map),
-        now,
-    ))
+    let fields = decode_msgpack_fields(entry, EXECUTION_FIELDS)?;
+    Ok(execution_from_fields(trade_id, key, position, fields, now))
 }
 
 fn execution_from_fields(
@@ -228,20 +259,14 @@ pub fn string_log_rows(
     value: &[u8],
     now: i64,
 ) -> Result<Vec<TradeExecutionRow>, DecodeError> {
-    match decode_msgpack_map(value) {
-        Ok(map) => Ok(vec![execution_from_fields(
-            trade_id,
-            key,
-            0,
-            Fields(map),
-            now,
-        )]),
+    match decode_msgpack_fields(value, EXECUTION_FIELDS) {
+        Ok(fields) => Ok(vec![execution_from_fields(trade_id, key, 0, fields, now)]),
         Err(_) => {
-            let items = crate::decode::decode_msgpack_array_of_maps(value)?;
+            let items = decode_msgpack_array_of_fields(value, EXECUTION_FIELDS)?;
             Ok(items
                 .into_iter()
                 .enumerate()
-                .map(|(i, m)| execution_from_fields(trade_id, key, i as u32, Fields(m), now))
+                .map(|(i, f)| execution_from_fields(trade_id, key, i as u32, f, now))
                 .collect())
         }
     }

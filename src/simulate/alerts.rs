@@ -181,14 +181,14 @@ impl AlertGen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode_value, Format, Payload};
-    use crate::rows::CapturedAlert;
+    use crate::decode::{decode_value_fields, Decoded, Format};
+    use crate::rows::{CapturedAlert, ALERT_FIELDS};
 
     fn row(a: &Alert) -> (crate::rows::AlertRow, Format) {
-        let payload = decode_value(&a.value).expect("decodes");
+        let payload = decode_value_fields(&a.value, ALERT_FIELDS).expect("decodes");
         let format = match &payload {
-            Payload::Object(f, _) => *f,
-            Payload::Text(_) => Format::Text,
+            Decoded::Object(f, _) => *f,
+            Decoded::Text(_) => Format::Text,
         };
         let captured = CapturedAlert {
             key: &a.key,

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use clickhouse::{Client, Row, RowOwned, RowWrite};
+use clickhouse::Client;
 
-use super::schema::{Generation, TABLES};
+use super::rowbinary;
+use super::schema::{self, Generation, TABLES};
 use crate::config::{redact_url, ClickHouseSettings};
 use crate::metrics as m;
-use crate::rows::{AckFn, AlertEventRow, AlertRow, DeadLetterRow, Record};
-use crate::trade::{TradeExecutionRow, TradeRow};
+use crate::rows::{AckFn, DeadLetterRow, Record};
 
 /// Errors of the ClickHouse side.
 #[derive(Debug, thiserror::Error)]
@@ -54,67 +54,103 @@ pub struct Sink {
     pub version: String,
 }
 
-/// Rows of one batch, grouped by table.
+/// The rows of one table in a batch, encoded in RowBinary, with where each row ends (to split
+/// the insert when ClickHouse refuses a row) and when each row's event happened.
+#[derive(Default)]
+struct Rows {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+    event_ms: Vec<i64>,
+}
+
+impl Rows {
+    /// Encodes a row; false (and nothing added) if it cannot be encoded.
+    fn push<T: serde::Serialize>(&mut self, row: &T, event_ms: i64) -> bool {
+        if let Err(e) = rowbinary::encode(row, &mut self.buf) {
+            tracing::error!(error = %e, "row not encodable; this is a bug");
+            return false;
+        }
+        self.ends.push(self.buf.len());
+        self.event_ms.push(event_ms);
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The bytes of rows `range`.
+    fn bytes(&self, range: &std::ops::Range<usize>) -> &[u8] {
+        let start = match range.start {
+            0 => 0,
+            i => self.ends[i - 1],
+        };
+        let end = match range.end {
+            0 => 0,
+            i => self.ends[i - 1],
+        };
+        &self.buf[start..end]
+    }
+}
+
+/// Rows of one batch, grouped by table and encoded as they arrive.
 #[derive(Default)]
 pub struct Batch {
-    alerts: Vec<AlertRow>,
-    alert_events: Vec<AlertEventRow>,
-    dead_letters: Vec<DeadLetterRow>,
-    trades: Vec<TradeRow>,
-    trade_executions: Vec<TradeExecutionRow>,
+    alerts: Rows,
+    alert_events: Rows,
+    dead_letters: Rows,
+    trades: Rows,
+    trade_executions: Rows,
     acks: Vec<AckFn>,
+    /// The earliest time an alert value of the batch expires in Redis (epoch ms).
+    expires_at_ms: Option<i64>,
     rows: usize,
-    bytes: usize,
 }
 
 impl Batch {
     /// Adds a record.
     pub fn push(&mut self, r: Record) {
-        self.bytes += r.approx_bytes();
-        self.rows += 1;
-        match r {
-            Record::Alert(a) => self.alerts.push(a),
-            Record::AlertEvent(e) => self.alert_events.push(e),
-            Record::DeadLetter(d) => self.dead_letters.push(d),
-            Record::Trade(t) => self.trades.push(t),
-            Record::TradeExecution(e) => self.trade_executions.push(e),
-            Record::Ack(a) => {
-                self.rows -= 1;
-                self.acks.push(a);
+        let added = match r {
+            Record::Alert(a) => {
+                if a.ttl_ms > 0 {
+                    let at = a.captured_at_ms + a.ttl_ms;
+                    self.expires_at_ms = Some(self.expires_at_ms.map_or(at, |e| e.min(at)));
+                }
+                self.alerts.push(&a, a.captured_at_ms)
             }
-        }
+            Record::AlertEvent(e) => self.alert_events.push(&e, e.event_ms),
+            Record::DeadLetter(d) => self.dead_letters.push(&d, d.received_at_ms),
+            Record::Trade(t) => self.trades.push(&t, t.received_at_ms),
+            Record::TradeExecution(e) => self.trade_executions.push(&e, e.archived_at_ms),
+            Record::Ack(a) => {
+                self.acks.push(a);
+                false
+            }
+        };
+        self.rows += usize::from(added);
     }
 
     /// Records, for every committed row, the time from its Redis event (as Spillway received
     /// it) to `now_ms`, its commit.
     pub fn observe_commit(&self, now_ms: i64) {
-        let lag = |table: &'static str, times: &mut dyn Iterator<Item = i64>| {
+        for (table, rows) in [
+            ("alerts", &self.alerts),
+            ("alert_events", &self.alert_events),
+            ("trades", &self.trades),
+            ("trade_executions", &self.trade_executions),
+        ] {
             let h = metrics::histogram!(m::EVENT_TO_COMMIT, "table" => table);
-            for t in times {
+            for t in &rows.event_ms {
                 h.record((now_ms - t).max(0) as f64 / 1000.0);
             }
-        };
-        lag("alerts", &mut self.alerts.iter().map(|r| r.captured_at_ms));
-        lag(
-            "alert_events",
-            &mut self.alert_events.iter().map(|r| r.event_ms),
-        );
-        lag("trades", &mut self.trades.iter().map(|r| r.received_at_ms));
-        lag(
-            "trade_executions",
-            &mut self.trade_executions.iter().map(|r| r.archived_at_ms),
-        );
+        }
     }
 
     /// The smallest remaining TTL at `now_ms` among the alert values of the batch, in ms: how
     /// close a value read but not yet committed is to expiring in Redis (after which a crash
     /// could not recover it by a rescan).
     pub fn min_remaining_ttl_ms(&self, now_ms: i64) -> Option<i64> {
-        self.alerts
-            .iter()
-            .filter(|a| a.ttl_ms > 0)
-            .map(|a| a.captured_at_ms + a.ttl_ms - now_ms)
-            .min()
+        self.expires_at_ms.map(|at| at - now_ms)
     }
 
     /// Runs the acknowledgements of a committed batch, in order.
@@ -129,9 +165,18 @@ impl Batch {
         self.rows
     }
 
-    /// Estimated bytes buffered.
+    /// Bytes buffered (RowBinary).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        [
+            &self.alerts,
+            &self.alert_events,
+            &self.dead_letters,
+            &self.trades,
+            &self.trade_executions,
+        ]
+        .iter()
+        .map(|r| r.buf.len())
+        .sum()
     }
 
     /// Whether nothing is buffered (neither rows nor acknowledgements).
@@ -214,82 +259,94 @@ impl Sink {
     /// Rows that ClickHouse refuses as bad data (a retry cannot help) are isolated by halving
     /// the insert and go to `dead_letters` as JSON, so one bad row never blocks the pipeline.
     pub async fn write(&self, batch: &Batch) -> Result<()> {
-        let mut rejected = Vec::new();
-        self.insert("dead_letters", &batch.dead_letters).await?;
-        self.isolate("alerts", &batch.alerts, &mut rejected).await?;
-        self.isolate("alert_events", &batch.alert_events, &mut rejected)
-            .await?;
-        self.isolate("trade_executions", &batch.trade_executions, &mut rejected)
-            .await?;
-        self.isolate("trades", &batch.trades, &mut rejected).await?;
-        self.insert("dead_letters", &rejected).await
+        let mut rejected = Rows::default();
+        self.insert(
+            "dead_letters",
+            &batch.dead_letters,
+            0..batch.dead_letters.len(),
+        )
+        .await?;
+        for (table, rows) in [
+            ("alerts", &batch.alerts),
+            ("alert_events", &batch.alert_events),
+            ("trade_executions", &batch.trade_executions),
+            ("trades", &batch.trades),
+        ] {
+            self.isolate(table, rows, 0..rows.len(), &mut rejected)
+                .await?;
+        }
+        self.insert("dead_letters", &rejected, 0..rejected.len())
+            .await
     }
 
-    /// Inserts `rows`; on a bad-data refusal, each half again, down to single rows, which
-    /// become dead letters.
-    fn isolate<'a, T>(
+    /// Inserts `rows` `range`; on a bad-data refusal, each half again, down to single rows,
+    /// which become dead letters.
+    fn isolate<'a>(
         &'a self,
         table: &'static str,
-        rows: &'a [T],
-        rejected: &'a mut Vec<DeadLetterRow>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>
-    where
-        T: Row + RowOwned + RowWrite + serde::Serialize + Sync,
-    {
+        rows: &'a Rows,
+        range: std::ops::Range<usize>,
+        rejected: &'a mut Rows,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
         Box::pin(async move {
-            match self.insert(table, rows).await {
+            match self.insert(table, rows, range.clone()).await {
                 Err(SinkError::Client { source, .. }) if is_bad_data(&source) => {
-                    if let [row] = rows {
-                        rejected.push(refused(table, row, &source));
+                    if range.len() == 1 {
+                        let row = refused(table, rows.bytes(&range), &source);
+                        rejected.push(&row, row.received_at_ms);
                         return Ok(());
                     }
-                    let (a, b) = rows.split_at(rows.len() / 2);
-                    self.isolate(table, a, rejected).await?;
-                    self.isolate(table, b, rejected).await
+                    let mid = range.start + range.len() / 2;
+                    self.isolate(table, rows, range.start..mid, rejected)
+                        .await?;
+                    self.isolate(table, rows, mid..range.end, rejected).await
                 }
                 other => other,
             }
         })
     }
 
-    async fn insert<T>(&self, table: &'static str, rows: &[T]) -> Result<()>
-    where
-        T: Row + RowOwned + RowWrite,
-    {
-        if rows.is_empty() {
+    async fn insert(
+        &self,
+        table: &'static str,
+        rows: &Rows,
+        range: std::ops::Range<usize>,
+    ) -> Result<()> {
+        if range.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self.insert_rows(table, rows).await;
+        let result = self.insert_rows(table, rows.bytes(&range)).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::histogram!(m::INSERT_DURATION, "table" => table, "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(m::INSERT_BATCHES, "table" => table, "outcome" => outcome).increment(1);
         if result.is_ok() {
-            metrics::counter!(m::ROWS_WRITTEN, "table" => table).increment(rows.len() as u64);
+            metrics::counter!(m::ROWS_WRITTEN, "table" => table).increment(range.len() as u64);
         }
         result.map_err(|source| SinkError::Client {
             url: self.url.clone(),
-            action: format!("inserting {} rows into {table}", rows.len()),
+            action: format!("inserting {} rows into {table}", range.len()),
             source,
         })
     }
 
-    async fn insert_rows<T>(&self, table: &str, rows: &[T]) -> clickhouse::error::Result<()>
-    where
-        T: Row + RowOwned + RowWrite,
-    {
+    /// One INSERT of RowBinary rows, sent in chunks (each compressed when compression is on).
+    async fn insert_rows(&self, table: &'static str, data: &[u8]) -> clickhouse::error::Result<()> {
+        let columns = schema::table(table).column_names().join(", ");
         let mut insert = self
             .client
-            .insert::<T>(table)
-            .await?
+            .insert_formatted_with(format!("INSERT INTO {table} ({columns}) FORMAT RowBinary"))
             .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
-        for row in rows {
-            insert.write(row).await?;
+        for chunk in data.chunks(INSERT_CHUNK) {
+            insert.send(bytes::Bytes::copy_from_slice(chunk)).await?;
         }
         insert.end().await
     }
 }
+
+/// Bytes sent per chunk of an INSERT.
+const INSERT_CHUNK: usize = 1 << 20;
 
 /// ClickHouse error codes that mean "this data is wrong": retrying the same rows cannot succeed.
 /// Parsing and type errors, and the refusals that depend on a row's values: a violated
@@ -312,12 +369,10 @@ fn error_code(msg: &str) -> Option<u32> {
 }
 
 /// A row ClickHouse refused, as a dead letter holding the row as JSON.
-fn refused<T: serde::Serialize>(
-    table: &str,
-    row: &T,
-    e: &clickhouse::error::Error,
-) -> DeadLetterRow {
-    let raw = serde_json::to_vec(row).unwrap_or_default();
+fn refused(table: &'static str, row: &[u8], e: &clickhouse::error::Error) -> DeadLetterRow {
+    let raw = rowbinary::to_json(schema::table(table).columns, row)
+        .to_string()
+        .into_bytes();
     metrics::counter!(m::DEAD_LETTERS, "pipeline" => "clickhouse", "reason" => "rejected_by_clickhouse")
         .increment(1);
     let mut error = e.to_string();

@@ -3,6 +3,7 @@
 //! backoff until it is committed (rows are idempotent, so a retry never duplicates).
 
 pub mod clickhouse;
+pub mod rowbinary;
 pub mod schema;
 
 use std::time::Duration;
@@ -253,11 +254,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cuts_on_bytes_exactly() {
-        // An event row is estimated at 48 bytes plus its key and id (3 + 3): 54 bytes.
-        let (_tx, mut b) = batcher(100, 200, 1000, 15).await;
+        // An event row in RowBinary: key and id (1 + 3 each), event (1 + 7), three 8-byte
+        // numbers: 40 bytes.
+        let (_tx, mut b) = batcher(100, 190, 1000, 15).await;
         let (batch, cut) = b.next().await.unwrap();
-        assert_eq!((batch.rows(), batch.bytes(), cut), (4, 216, Cut::Bytes));
-        assert_eq!(b.depth(), 11);
+        assert_eq!((batch.rows(), batch.bytes(), cut), (5, 200, Cut::Bytes));
+        assert_eq!(b.depth(), 10);
     }
 
     #[tokio::test(start_paused = true)]

@@ -204,6 +204,14 @@ pub const TABLES: &[Table] = &[
     },
 ];
 
+/// The table named `name` (one of [`TABLES`]).
+pub fn table(name: &str) -> &'static Table {
+    TABLES
+        .iter()
+        .find(|t| t.name == name)
+        .expect("a table of TABLES")
+}
+
 impl Table {
     /// `CREATE TABLE IF NOT EXISTS` for `database` on a server of `generation`.
     pub fn create_sql(&self, database: &str, generation: Generation) -> String {

@@ -8,10 +8,12 @@ use bytes::Bytes;
 use fred::types::Key;
 use tokio::sync::mpsc;
 
-use crate::decode::decode_value;
+use crate::decode::decode_value_fields;
 use crate::metrics as m;
 use crate::pipeline::KeyspaceSource;
-use crate::rows::{content_hash, AlertEventRow, CapturedAlert, DeadLetterRow, Record};
+use crate::rows::{
+    content_hash, AlertEventRow, CapturedAlert, DeadLetterRow, Record, ALERT_FIELDS,
+};
 
 /// What a read found for one key.
 pub enum Read {
@@ -152,7 +154,7 @@ impl Capturer {
             }
         };
         let hash = content_hash(&raw);
-        let record = match decode_value(&raw) {
+        let record = match decode_value_fields(&raw, ALERT_FIELDS) {
             Ok(payload) => {
                 match by {
                     "scan" => self.counters.captured_scan.increment(1),
