@@ -9,7 +9,7 @@ use super::rowbinary;
 use super::schema::{self, Generation, TABLES};
 use crate::config::{redact_url, ClickHouseSettings};
 use crate::metrics as m;
-use crate::rows::{AckFn, DeadLetterRow, Record};
+use crate::rows::{AckFn, DeadLetterRow, Record, Table};
 
 /// Errors of the ClickHouse side.
 #[derive(Debug, thiserror::Error)]
@@ -54,92 +54,102 @@ pub struct Sink {
     pub version: String,
 }
 
-/// The rows of one table in a batch, encoded in RowBinary, with where each row ends (to split
-/// the insert when ClickHouse refuses a row) and when each row's event happened.
+/// The rows of one table in a batch, in RowBinary, with where each row ends (to split the
+/// insert when ClickHouse refuses a row) and when each row's event happened. The bytes are kept
+/// in chunks of [`CHUNK`] (a row never spans two), so a batch grows without copying itself.
 #[derive(Default)]
 struct Rows {
-    buf: Vec<u8>,
-    ends: Vec<usize>,
+    chunks: Vec<Vec<u8>>,
+    /// (chunk, end offset in it) of each row.
+    ends: Vec<(u32, u32)>,
     event_ms: Vec<i64>,
 }
 
+/// Bytes per chunk of a batch, and per piece of an INSERT sent.
+const CHUNK: usize = 1 << 20;
+
 impl Rows {
-    /// Encodes a row; false (and nothing added) if it cannot be encoded.
-    fn push<T: serde::Serialize>(&mut self, row: &T, event_ms: i64) -> bool {
-        if let Err(e) = rowbinary::encode(row, &mut self.buf) {
-            tracing::error!(error = %e, "row not encodable; this is a bug");
-            return false;
+    fn push(&mut self, bytes: &[u8], event_ms: i64) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() + bytes.len() <= c.capacity() => {}
+            _ => self.chunks.push(Vec::with_capacity(CHUNK.max(bytes.len()))),
         }
-        self.ends.push(self.buf.len());
+        let last = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[last];
+        chunk.extend_from_slice(bytes);
+        self.ends.push((last as u32, chunk.len() as u32));
         self.event_ms.push(event_ms);
-        true
     }
 
     fn len(&self) -> usize {
         self.ends.len()
     }
 
-    /// The bytes of rows `range`.
-    fn bytes(&self, range: &std::ops::Range<usize>) -> &[u8] {
-        let start = match range.start {
-            0 => 0,
-            i => self.ends[i - 1],
+    /// The bytes of rows `range`, as slices of the chunks, in order.
+    fn bytes(&self, range: &std::ops::Range<usize>) -> Vec<&[u8]> {
+        let (Some(first), Some(&(last, end))) = (
+            self.ends.get(range.start),
+            range.end.checked_sub(1).and_then(|i| self.ends.get(i)),
+        ) else {
+            return Vec::new();
         };
-        let end = match range.end {
-            0 => 0,
-            i => self.ends[i - 1],
+        let start = match range.start.checked_sub(1).map(|i| self.ends[i]) {
+            Some((c, e)) if c == first.0 => e as usize,
+            _ => 0,
         };
-        &self.buf[start..end]
+        (first.0..=last)
+            .map(|c| {
+                let chunk = &self.chunks[c as usize];
+                let from = if c == first.0 { start } else { 0 };
+                let to = if c == last { end as usize } else { chunk.len() };
+                &chunk[from..to]
+            })
+            .collect()
     }
 }
 
-/// Rows of one batch, grouped by table and encoded as they arrive.
+/// Rows of one batch, grouped by table.
 #[derive(Default)]
 pub struct Batch {
-    alerts: Rows,
-    alert_events: Rows,
-    dead_letters: Rows,
-    trades: Rows,
-    trade_executions: Rows,
+    tables: [Rows; Table::ALL.len()],
     acks: Vec<AckFn>,
     /// The earliest time an alert value of the batch expires in Redis (epoch ms).
     expires_at_ms: Option<i64>,
     rows: usize,
+    bytes: usize,
+}
+
+fn slot(table: Table) -> usize {
+    Table::ALL
+        .iter()
+        .position(|t| *t == table)
+        .expect("a table of Table::ALL")
 }
 
 impl Batch {
     /// Adds a record.
     pub fn push(&mut self, r: Record) {
-        let added = match r {
-            Record::Alert(a) => {
-                if a.ttl_ms > 0 {
-                    let at = a.captured_at_ms + a.ttl_ms;
+        match r {
+            Record::Row(row) => {
+                if let Some(at) = row.expires_at_ms {
                     self.expires_at_ms = Some(self.expires_at_ms.map_or(at, |e| e.min(at)));
                 }
-                self.alerts.push(&a, a.captured_at_ms)
+                self.tables[slot(row.table)].push(&row.bytes, row.event_ms);
+                self.rows += 1;
+                self.bytes += row.bytes.len();
             }
-            Record::AlertEvent(e) => self.alert_events.push(&e, e.event_ms),
-            Record::DeadLetter(d) => self.dead_letters.push(&d, d.received_at_ms),
-            Record::Trade(t) => self.trades.push(&t, t.received_at_ms),
-            Record::TradeExecution(e) => self.trade_executions.push(&e, e.archived_at_ms),
-            Record::Ack(a) => {
-                self.acks.push(a);
-                false
-            }
-        };
-        self.rows += usize::from(added);
+            Record::Ack(a) => self.acks.push(a),
+        }
     }
 
     /// Records, for every committed row, the time from its Redis event (as Spillway received
     /// it) to `now_ms`, its commit.
     pub fn observe_commit(&self, now_ms: i64) {
-        for (table, rows) in [
-            ("alerts", &self.alerts),
-            ("alert_events", &self.alert_events),
-            ("trades", &self.trades),
-            ("trade_executions", &self.trade_executions),
-        ] {
-            let h = metrics::histogram!(m::EVENT_TO_COMMIT, "table" => table);
+        for (table, rows) in Table::ALL.iter().zip(&self.tables) {
+            if *table == Table::DeadLetters || rows.len() == 0 {
+                continue;
+            }
+            let h = metrics::histogram!(m::EVENT_TO_COMMIT, "table" => table.name());
             for t in &rows.event_ms {
                 h.record((now_ms - t).max(0) as f64 / 1000.0);
             }
@@ -167,16 +177,7 @@ impl Batch {
 
     /// Bytes buffered (RowBinary).
     pub fn bytes(&self) -> usize {
-        [
-            &self.alerts,
-            &self.alert_events,
-            &self.dead_letters,
-            &self.trades,
-            &self.trade_executions,
-        ]
-        .iter()
-        .map(|r| r.buf.len())
-        .sum()
+        self.bytes
     }
 
     /// Whether nothing is buffered (neither rows nor acknowledgements).
@@ -260,20 +261,15 @@ impl Sink {
     /// the insert and go to `dead_letters` as JSON, so one bad row never blocks the pipeline.
     pub async fn write(&self, batch: &Batch) -> Result<()> {
         let mut rejected = Rows::default();
-        self.insert(
-            "dead_letters",
-            &batch.dead_letters,
-            0..batch.dead_letters.len(),
-        )
-        .await?;
-        for (table, rows) in [
-            ("alerts", &batch.alerts),
-            ("alert_events", &batch.alert_events),
-            ("trade_executions", &batch.trade_executions),
-            ("trades", &batch.trades),
-        ] {
-            self.isolate(table, rows, 0..rows.len(), &mut rejected)
-                .await?;
+        for (table, rows) in Table::ALL.iter().zip(&batch.tables) {
+            match table {
+                // Dead letters are plain bytes and text: nothing in them for ClickHouse to refuse.
+                Table::DeadLetters => self.insert("dead_letters", rows, 0..rows.len()).await?,
+                _ => {
+                    self.isolate(table.name(), rows, 0..rows.len(), &mut rejected)
+                        .await?
+                }
+            }
         }
         self.insert("dead_letters", &rejected, 0..rejected.len())
             .await
@@ -292,8 +288,11 @@ impl Sink {
             match self.insert(table, rows, range.clone()).await {
                 Err(SinkError::Client { source, .. }) if is_bad_data(&source) => {
                     if range.len() == 1 {
-                        let row = refused(table, rows.bytes(&range), &source);
-                        rejected.push(&row, row.received_at_ms);
+                        if let Record::Row(row) =
+                            refused(table, &rows.bytes(&range).concat(), &source)
+                        {
+                            rejected.push(&row.bytes, row.event_ms);
+                        }
                         return Ok(());
                     }
                     let mid = range.start + range.len() / 2;
@@ -331,22 +330,23 @@ impl Sink {
         })
     }
 
-    /// One INSERT of RowBinary rows, sent in chunks (each compressed when compression is on).
-    async fn insert_rows(&self, table: &'static str, data: &[u8]) -> clickhouse::error::Result<()> {
+    /// One INSERT of RowBinary rows, sent in pieces (each compressed when compression is on).
+    async fn insert_rows(
+        &self,
+        table: &'static str,
+        data: Vec<&[u8]>,
+    ) -> clickhouse::error::Result<()> {
         let columns = schema::table(table).column_names().join(", ");
         let mut insert = self
             .client
             .insert_formatted_with(format!("INSERT INTO {table} ({columns}) FORMAT RowBinary"))
             .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
-        for chunk in data.chunks(INSERT_CHUNK) {
-            insert.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+        for piece in data {
+            insert.send(bytes::Bytes::copy_from_slice(piece)).await?;
         }
         insert.end().await
     }
 }
-
-/// Bytes sent per chunk of an INSERT.
-const INSERT_CHUNK: usize = 1 << 20;
 
 /// ClickHouse error codes that mean "this data is wrong": retrying the same rows cannot succeed.
 /// Parsing and type errors, and the refusals that depend on a row's values: a violated
@@ -369,7 +369,7 @@ fn error_code(msg: &str) -> Option<u32> {
 }
 
 /// A row ClickHouse refused, as a dead letter holding the row as JSON.
-fn refused(table: &'static str, row: &[u8], e: &clickhouse::error::Error) -> DeadLetterRow {
+fn refused(table: &'static str, row: &[u8], e: &clickhouse::error::Error) -> Record {
     let raw = rowbinary::to_json(schema::table(table).columns, row)
         .to_string()
         .into_bytes();
@@ -377,7 +377,7 @@ fn refused(table: &'static str, row: &[u8], e: &clickhouse::error::Error) -> Dea
         .increment(1);
     let mut error = e.to_string();
     error.truncate(2000);
-    DeadLetterRow {
+    Record::dead_letter(DeadLetterRow {
         pipeline: "clickhouse".into(),
         instance: "clickhouse".into(),
         key: table.to_string(),
@@ -387,12 +387,33 @@ fn refused(table: &'static str, row: &[u8], e: &clickhouse::error::Error) -> Dea
         reason: "rejected_by_clickhouse",
         error,
         received_at_ms: crate::rows::now_ms(),
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_range_of_rows_reads_back_across_chunks() {
+        // Rows of 300 kB and 1 B: three or four to a chunk, one larger than a chunk.
+        let sizes = [300_000, 1, 300_000, 300_000, 300_000, 2 * CHUNK, 5, 300_000];
+        let rows: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| vec![i as u8; *n])
+            .collect();
+        let mut r = Rows::default();
+        for (i, row) in rows.iter().enumerate() {
+            r.push(row, i as i64);
+        }
+        assert!(r.chunks.len() >= 3, "{} chunks", r.chunks.len());
+        for i in 0..=rows.len() {
+            for j in i..=rows.len() {
+                assert_eq!(r.bytes(&(i..j)).concat(), rows[i..j].concat(), "{i}..{j}");
+            }
+        }
+    }
 
     #[test]
     fn bad_data_is_told_from_faults() {

@@ -218,7 +218,7 @@ mod tests {
     }
 
     fn event(key: &str) -> Record {
-        Record::AlertEvent(AlertEventRow {
+        Record::alert_event(AlertEventRow {
             key: key.into(),
             alert_id: key.into(),
             event: "written",

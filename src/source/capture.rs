@@ -90,7 +90,7 @@ impl Capturer {
         }
         for key in &written {
             let (hash, ttl) = hashes.get(key.as_bytes()).copied().unwrap_or((0, -2));
-            records.push(Record::AlertEvent(
+            records.push(Record::alert_event(
                 self.event_row(key, "written", now, hash, ttl),
             ));
         }
@@ -160,7 +160,7 @@ impl Capturer {
                     "scan" => self.counters.captured_scan.increment(1),
                     _ => self.counters.captured_event.increment(1),
                 }
-                Record::Alert(
+                Record::alert(
                     CapturedAlert {
                         key: &key_str,
                         id_from_key: self.id_of(&key_str),
@@ -188,7 +188,7 @@ impl Capturer {
         metrics::counter!(m::DEAD_LETTERS, "pipeline" => self.name.clone(), "reason" => reason)
             .increment(1);
         tracing::debug!(pipeline = %self.name, key, reason, %error, "dead letter");
-        Record::DeadLetter(DeadLetterRow {
+        Record::dead_letter(DeadLetterRow {
             pipeline: self.name.clone(),
             instance: self.instance.clone(),
             key: key.to_string(),

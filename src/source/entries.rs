@@ -244,7 +244,7 @@ pub fn rows(
     let dead = |key: &str, id: &str, raw: Vec<u8>, e: DecodeError, inst: &str| {
         metrics::counter!(m::DEAD_LETTERS, "pipeline" => name.to_string(), "reason" => e.reason)
             .increment(1);
-        Record::DeadLetter(DeadLetterRow {
+        Record::dead_letter(DeadLetterRow {
             pipeline: name.to_string(),
             instance: inst.to_string(),
             key: key.to_string(),
@@ -285,7 +285,7 @@ pub fn rows(
                 Some(LogRead::List(items)) => {
                     for (pos, item) in items.iter().enumerate() {
                         match execution_row(&trade_id, &key, pos as u32, item, now) {
-                            Ok(r) => w.records.push(Record::TradeExecution(r)),
+                            Ok(r) => w.records.push(Record::trade_execution(r)),
                             Err(err) => {
                                 w.records
                                     .push(dead(&key, &e.id, item.to_vec(), err, log_instance))
@@ -300,7 +300,8 @@ pub fn rows(
                     match string_log_rows(&trade_id, &key, v, now) {
                         Ok(rs) => {
                             moved = rs.len() as u32;
-                            w.records.extend(rs.into_iter().map(Record::TradeExecution));
+                            w.records
+                                .extend(rs.into_iter().map(Record::trade_execution));
                         }
                         Err(err) => {
                             w.records
@@ -337,7 +338,7 @@ pub fn rows(
         match trade_row(&trade_id, &event, payload, &e.id, now) {
             Ok(mut t) => {
                 t.set_log(state, moved);
-                w.records.push(Record::Trade(t));
+                w.records.push(Record::trade(t));
             }
             Err(err) => w.records.push(dead(
                 "",
@@ -405,6 +406,7 @@ pub fn oldest_idle_ms(v: &Value) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::pipeline::{parse, Source};
+    use crate::rows::Table;
     use serde_json::json;
 
     fn def() -> StreamSource {
@@ -521,13 +523,29 @@ mod tests {
         let kinds: Vec<String> = w
             .records
             .iter()
-            .map(|r| match r {
-                Record::Trade(t) => {
-                    format!("trade {} {} {}", t.trade_id, t.log_state, t.log_entries)
+            .map(|r| {
+                let Record::Row(row) = r else {
+                    return format!("{r:?}");
+                };
+                let j = row.to_json();
+                match row.table {
+                    Table::Trades => format!(
+                        "trade {} {} {}",
+                        j["trade_id"].as_str().unwrap(),
+                        j["log_state"].as_str().unwrap(),
+                        j["log_entries"]
+                    ),
+                    Table::TradeExecutions => {
+                        format!("exec {} {}", j["trade_id"].as_str().unwrap(), j["seq"])
+                    }
+                    Table::DeadLetters => format!(
+                        "dead {} {} {}",
+                        j["reason"].as_str().unwrap(),
+                        j["key"].as_str().unwrap(),
+                        j["stream_id"].as_str().unwrap()
+                    ),
+                    _ => format!("{r:?}"),
                 }
-                Record::TradeExecution(e) => format!("exec {} {}", e.trade_id, e.seq),
-                Record::DeadLetter(d) => format!("dead {} {} {}", d.reason, d.key, d.stream_id),
-                other => format!("{other:?}"),
             })
             .collect();
         assert_eq!(
@@ -566,7 +584,10 @@ mod tests {
             w.records
                 .iter()
                 .filter_map(|r| match r {
-                    Record::Trade(t) => Some((t.trade_id.clone(), t.version)),
+                    Record::Row(row) if row.table == Table::Trades => {
+                        let j = row.to_json();
+                        Some((j["trade_id"].as_str()?.to_string(), j["version"].as_u64()?))
+                    }
                     _ => None,
                 })
                 .collect()

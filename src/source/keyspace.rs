@@ -223,7 +223,7 @@ impl Keyspace {
             if self.def.write_events.contains(&ev.operation) {
                 written.push(ev.key);
             } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == ev.operation) {
-                records.push(Record::AlertEvent(
+                records.push(Record::alert_event(
                     capturer.event_row(&ev.key, event, now, 0, -2),
                 ));
             }
