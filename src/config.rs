@@ -155,6 +155,8 @@ pub struct KeyspaceSettings {
     pub subscriber_buffer: NonZeroUsize,
     /// Keys per pipelined read.
     pub read_batch: NonZeroUsize,
+    /// Connections reading values back.
+    pub readers: NonZeroUsize,
 }
 
 impl FileConfig {
@@ -353,6 +355,8 @@ mod tests {
         for (text, field) in [
             ("[batch]\nmax_rows = 0\n", "batch.max_rows"),
             ("[observe]\ninterval_secs = 0\n", "observe.interval_secs"),
+            ("[keyspace]\nreaders = 0\n", "keyspace.readers"),
+            ("[keyspace]\nreaders = 65\n", "keyspace.readers"),
             ("[metrics]\naddr = \"nowhere\"\n", "metrics.addr"),
             ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),
             ("[clickhouse]\ndatabase = \"a;b\"\n", "clickhouse.database"),

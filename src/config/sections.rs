@@ -88,6 +88,8 @@ pub struct KeyspaceSection {
     pub subscriber_buffer: Option<usize>,
     /// Most keys read back in one pipelined round trip; default 1024.
     pub read_batch: Option<usize>,
+    /// Connections reading values back, each with one read in flight; default 4, at most 64.
+    pub readers: Option<usize>,
 }
 
 impl RedisSection {
@@ -222,6 +224,16 @@ impl KeyspaceSection {
                 "keyspace.read_batch",
                 self.read_batch.unwrap_or(1024),
             )?),
+            readers: nz(match self.readers.unwrap_or(4) {
+                n @ 1..=64 => n,
+                n => {
+                    return Err(invalid(
+                        "keyspace.readers",
+                        format!("{n} connections is out of range"),
+                        "set it between 1 and 64 (default 4)",
+                    ))
+                }
+            }),
         })
     }
 }

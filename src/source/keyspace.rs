@@ -34,18 +34,22 @@ const FRED_BUFFER: usize = 16_384;
 /// Batches read but not yet turned into rows: one being captured while the next is read.
 const JOB_QUEUE: usize = 2;
 
+/// How often the source looks for lost notifications and reconnections (gaps to rescan).
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
 /// A connected, subscribed keyspace pipeline, ready to run.
 pub struct Keyspace {
     name: String,
     def: KeyspaceSource,
     endpoint: Endpoint,
-    reader: Client,
+    /// Command connections reading values back, each with its own read in flight: Redis
+    /// answers every client in turn, a slice of each reply per event-loop round, so reads on
+    /// several connections wait side by side behind the writers instead of one after another.
+    readers: Vec<Reader>,
     subscriber: SubscriberClient,
     notifications: Option<broadcast::Receiver<KeyspaceEvent>>,
     buffer: usize,
     read_batch: usize,
-    script: Script,
-    read_duration: metrics::Histogram,
     capturer: Arc<Capturer>,
     jobs: Option<mpsc::Sender<Job>>,
 }
@@ -62,6 +66,12 @@ impl Keyspace {
     ) -> Result<Keyspace> {
         let reader = endpoint.client(def.db).await?;
         notify::check(&reader, &endpoint, &def, settings.configure_notifications).await?;
+        let read_duration = metrics::histogram!(m::READ_DURATION, "pipeline" => name.to_string());
+        let mut readers = vec![Reader::new(name, reader, read_duration.clone())];
+        for _ in 1..settings.readers.get() {
+            let client = endpoint.client(def.db).await?;
+            readers.push(Reader::new(name, client, read_duration.clone()));
+        }
         let subscriber = endpoint
             .builder(def.db, FRED_BUFFER)?
             .build_subscriber_client()
@@ -87,21 +97,19 @@ impl Keyspace {
             name: name.to_string(),
             capturer: Arc::new(Capturer::new(name, &endpoint.instance, def.clone(), tx)),
             jobs: None,
-            read_duration: metrics::histogram!(m::READ_DURATION, "pipeline" => name.to_string()),
             def,
             endpoint,
-            reader,
+            readers,
             subscriber,
             notifications: Some(events),
             buffer: settings.subscriber_buffer.get(),
             read_batch: settings.read_batch.get(),
-            script: Script::from_lua(READ_SCRIPT),
         })
     }
 
     /// A clone of the command client, for readiness checks.
     pub fn reader(&self) -> Client {
-        self.reader.clone()
+        self.readers[0].client.clone()
     }
 
     /// Runs until `cancel`: the start-up rescan (when configured), then the event loop. Every
@@ -109,8 +117,9 @@ impl Keyspace {
     pub async fn run(mut self, cancel: CancellationToken) {
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let capture = tokio::spawn(self.capturer.clone().run(queue));
-        self.jobs = Some(jobs);
-        let (forwarded, mut events) = mpsc::channel(self.buffer);
+        let (forwarded, events) = mpsc::channel(self.buffer);
+        // How many notifications wait (the readers hold the receiving end).
+        let backlog = forwarded.clone();
         let lost = Arc::new(AtomicU64::new(0));
         let forwarder = tokio::spawn(forward(
             self.notifications.take().expect("run once"),
@@ -119,6 +128,25 @@ impl Keyspace {
             lost.clone(),
             cancel.clone(),
         ));
+        // Each idle reader takes the notifications waiting (up to `read_batch`) and reads their
+        // values: under load the batches grow, idle they stay small and quick.
+        let events = Arc::new(tokio::sync::Mutex::new(events));
+        let readers: Vec<_> = self
+            .readers
+            .iter()
+            .map(|r| {
+                let serve = r.clone().serve(
+                    events.clone(),
+                    self.capturer.clone(),
+                    self.def.clone(),
+                    self.read_batch,
+                    jobs.clone(),
+                    cancel.clone(),
+                );
+                tokio::spawn(serve)
+            })
+            .collect();
+        self.jobs = Some(jobs);
         let reconnects = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(count_reconnects(
@@ -136,7 +164,8 @@ impl Keyspace {
         let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let periodic = self.def.rescan_interval_secs > 0;
-        let mut batch = Vec::with_capacity(self.read_batch);
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             match lost.swap(0, Ordering::Relaxed) {
                 0 => {}
@@ -148,7 +177,8 @@ impl Keyspace {
                     .increment(1);
                 gap = true;
             }
-            if gap && events.len() < self.read_batch {
+            let waiting = backlog.max_capacity() - backlog.capacity();
+            if gap && waiting < self.read_batch {
                 gap = false;
                 match self.rescan(&cancel).await {
                     Ok(_) if cancel.is_cancelled() || self.jobs_closed() => break,
@@ -158,34 +188,31 @@ impl Keyspace {
                     }
                 }
             }
-            let first = tokio::select! {
+            if forwarder.is_finished() || readers.iter().all(|r| r.is_finished()) {
+                break;
+            }
+            tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                _ = every.tick(), if periodic => {
-                    gap = true;
-                    continue;
-                }
-                _ = wake.notified() => continue,
-                ev = events.recv() => ev,
-            };
-            let Some(first) = first else { break };
-            batch.push(first);
-            while batch.len() < self.read_batch {
-                match events.try_recv() {
-                    Ok(ev) => batch.push(ev),
-                    Err(_) => break,
-                }
-            }
-            if !self.handle(&mut batch, &cancel).await {
-                break;
+                _ = every.tick(), if periodic => gap = true,
+                _ = wake.notified() => {}
+                _ = check.tick() => {}
             }
         }
         forwarder.abort();
         watcher.abort();
+        // The readers finish the reads they started (and, unless cancelled, the notifications
+        // waiting), then the capture stage its jobs.
+        drop(backlog);
+        for r in readers {
+            let _ = r.await;
+        }
         self.jobs = None;
         let _ = capture.await;
         let _ = self.subscriber.quit().await;
-        let _ = self.reader.quit().await;
+        for r in &self.readers {
+            let _ = r.client.quit().await;
+        }
         tracing::info!(pipeline = %self.name, "keyspace source stopped");
     }
 
@@ -210,98 +237,6 @@ impl Keyspace {
         true
     }
 
-    /// Reads the values of one batch of notifications and hands them to the capture stage.
-    /// Returns false when the pipeline is stopping.
-    async fn handle(&self, batch: &mut Vec<KeyspaceEvent>, cancel: &CancellationToken) -> bool {
-        let capturer = &self.capturer;
-        let now = now_ms();
-        let mut records = Vec::new();
-        let mut written: Vec<Key> = Vec::new();
-        // Only the pipeline's keys are here: the forwarder filtered them.
-        for ev in batch.drain(..) {
-            capturer.count_event(&ev.operation);
-            if self.def.write_events.contains(&ev.operation) {
-                written.push(ev.key);
-            } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == ev.operation) {
-                records.push(Record::alert_event(
-                    capturer.event_row(&ev.key, event, now, 0, -2),
-                ));
-            }
-        }
-        let mut keys: Vec<Key> = written.clone();
-        keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        keys.dedup_by(|a, b| a.as_bytes() == b.as_bytes());
-        let Some(reads) = self.read_with_retry(&keys, cancel).await else {
-            return false;
-        };
-        self.submit(Job {
-            now,
-            by: "event",
-            keys,
-            reads,
-            written,
-            records,
-        })
-        .await
-    }
-
-    /// Reads keys until Redis answers or `cancel`; None when cancelled.
-    async fn read_with_retry(&self, keys: &[Key], cancel: &CancellationToken) -> Option<Vec<Read>> {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.read(keys).await {
-                Ok(reads) => return Some(reads),
-                Err(e) => {
-                    tracing::warn!(pipeline = %self.name, error = %e, keys = keys.len(), "reading values failed; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// One round trip: a read-only script returns the value and PTTL of every key, a
-    /// consistent snapshot of both.
-    async fn read(&self, keys: &[Key]) -> std::result::Result<Vec<Read>, Error> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let started = Instant::now();
-        let reply: Value = self
-            .script
-            .evalsha_with_reload(&self.reader, keys.to_vec(), ())
-            .await?;
-        self.read_duration.record(started.elapsed().as_secs_f64());
-        let Value::Array(items) = reply else {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                "read script: unexpected reply",
-            ));
-        };
-        if items.len() != keys.len() * 2 {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                "read script: wrong reply length",
-            ));
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        let mut it = items.into_iter();
-        while let (Some(value), Some(ttl)) = (it.next(), it.next()) {
-            let ttl = ttl.as_i64().unwrap_or(-2);
-            out.push(match value {
-                Value::Null if ttl == -2 => Read::Gone,
-                Value::Null => Read::Refused("the key exists but does not hold a string".into()),
-                Value::Bytes(b) => Read::Value(b, ttl),
-                Value::String(s) => Read::Value(s.into_inner(), ttl),
-                other => Read::Refused(format!("unexpected reply {:?}", other.kind())),
-            });
-        }
-        Ok(out)
-    }
-
     /// SCANs the pattern and captures every live key (rows only, no events): idempotent with
     /// what was already archived.
     pub async fn rescan(
@@ -313,7 +248,7 @@ impl Keyspace {
         let mut seen = 0u64;
         loop {
             let (next, keys): (String, Vec<Key>) = self
-                .reader
+                .reader()
                 .scan_page(
                     cursor.clone(),
                     self.def.pattern.clone(),
@@ -323,7 +258,7 @@ impl Keyspace {
                 .await
                 .map_err(self.endpoint.err("scanning"))?;
             for chunk in keys.chunks(self.read_batch) {
-                let Some(reads) = self.read_with_retry(chunk, cancel).await else {
+                let Some(reads) = self.readers[0].read_with_retry(chunk, cancel).await else {
                     return Ok(seen);
                 };
                 seen += chunk.len() as u64;
@@ -360,6 +295,167 @@ for i, key in ipairs(KEYS) do
 end
 return out
 "#;
+/// The read of one batch of notifications: the keys written (each once) and the rows of
+/// the lifecycle events.
+fn request(capturer: &Capturer, def: &KeyspaceSource, batch: &mut Vec<KeyspaceEvent>) -> Request {
+    let now = now_ms();
+    let mut records = Vec::new();
+    let mut written: Vec<Key> = Vec::new();
+    // Only the pipeline's keys are here: the forwarder filtered them.
+    for ev in batch.drain(..) {
+        capturer.count_event(&ev.operation);
+        if def.write_events.contains(&ev.operation) {
+            written.push(ev.key);
+        } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == ev.operation) {
+            records.push(Record::alert_event(
+                capturer.event_row(&ev.key, event, now, 0, -2),
+            ));
+        }
+    }
+    let mut keys: Vec<Key> = written.clone();
+    keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    keys.dedup_by(|a, b| a.as_bytes() == b.as_bytes());
+    Request {
+        now,
+        keys,
+        written,
+        records,
+    }
+}
+
+/// A batch of notifications to read the values of.
+struct Request {
+    now: i64,
+    keys: Vec<Key>,
+    written: Vec<Key>,
+    records: Vec<Record>,
+}
+
+/// One command connection reading values back.
+#[derive(Clone)]
+struct Reader {
+    name: String,
+    client: Client,
+    script: Script,
+    read_duration: metrics::Histogram,
+}
+
+impl Reader {
+    fn new(name: &str, client: Client, read_duration: metrics::Histogram) -> Reader {
+        Reader {
+            name: name.to_string(),
+            client,
+            script: Script::from_lua(READ_SCRIPT),
+            read_duration,
+        }
+    }
+
+    /// Takes the notifications waiting (when there are none, waits for the first), reads their
+    /// values and hands them to the capture stage; until `cancel`, the notifications end, or
+    /// the capture stage stops.
+    async fn serve(
+        self,
+        events: Arc<tokio::sync::Mutex<mpsc::Receiver<KeyspaceEvent>>>,
+        capturer: Arc<Capturer>,
+        def: KeyspaceSource,
+        read_batch: usize,
+        jobs: mpsc::Sender<Job>,
+        cancel: CancellationToken,
+    ) {
+        let mut batch = Vec::with_capacity(read_batch);
+        loop {
+            {
+                let mut rx = events.lock().await;
+                let first = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    ev = rx.recv() => ev,
+                };
+                let Some(first) = first else { return };
+                batch.push(first);
+                while batch.len() < read_batch {
+                    match rx.try_recv() {
+                        Ok(ev) => batch.push(ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let req = request(&capturer, &def, &mut batch);
+            let Some(reads) = self.read_with_retry(&req.keys, &cancel).await else {
+                return;
+            };
+            let job = Job {
+                now: req.now,
+                by: "event",
+                keys: req.keys,
+                reads,
+                written: req.written,
+                records: req.records,
+            };
+            if jobs.send(job).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Reads keys until Redis answers or `cancel`; None when cancelled.
+    async fn read_with_retry(&self, keys: &[Key], cancel: &CancellationToken) -> Option<Vec<Read>> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.read(keys).await {
+                Ok(reads) => return Some(reads),
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.name, error = %e, keys = keys.len(), "reading values failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return None,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One round trip: a read-only script returns the value and PTTL of every key, a
+    /// consistent snapshot of both.
+    async fn read(&self, keys: &[Key]) -> std::result::Result<Vec<Read>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let reply: Value = self
+            .script
+            .evalsha_with_reload(&self.client, keys.to_vec(), ())
+            .await?;
+        self.read_duration.record(started.elapsed().as_secs_f64());
+        let Value::Array(items) = reply else {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "read script: unexpected reply",
+            ));
+        };
+        if items.len() != keys.len() * 2 {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "read script: wrong reply length",
+            ));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        let mut it = items.into_iter();
+        while let (Some(value), Some(ttl)) = (it.next(), it.next()) {
+            let ttl = ttl.as_i64().unwrap_or(-2);
+            out.push(match value {
+                Value::Null if ttl == -2 => Read::Gone,
+                Value::Null => Read::Refused("the key exists but does not hold a string".into()),
+                Value::Bytes(b) => Read::Value(b, ttl),
+                Value::String(s) => Read::Value(s.into_inner(), ttl),
+                other => Read::Refused(format!("unexpected reply {:?}", other.kind())),
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// Moves notifications of the pipeline's keys from fred's broadcast (a small ring, preallocated)
 /// into the pipeline's own bounded queue (allocated as it fills), at once; counts in `lost` what
 /// neither could hold.
