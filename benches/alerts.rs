@@ -3,7 +3,7 @@
 //! clickhouse-server (none missing). The same writes are first timed against Redis alone (with
 //! keyspace notifications on and nobody listening), the ceiling Spillway is compared with.
 //!
-//! Run: `cargo bench --bench alerts` (env BENCH_ALERTS=N, default 300000).
+//! Run: `cargo bench --bench alerts` (env BENCH_ALERTS=N, default 1000000).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,7 +16,7 @@ use common::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillw
 use procstat::{cpu_seconds, machine, metric_sum, peak_rss_kb};
 
 fn main() {
-    procstat::bench_main("alerts", "BENCH_ALERTS", 300_000, run);
+    procstat::bench_main("alerts", "BENCH_ALERTS", 1_000_000, run);
 }
 
 async fn run(n: u64) {
@@ -88,6 +88,25 @@ async fn run(n: u64) {
     println!(
         "| Spillway CPU, cores (average over the run) | {:.2} |",
         cpu / committed_in.as_secs_f64()
+    );
+    println!(
+        "| Spillway CPU per alert, us | {:.1} |",
+        cpu * 1e6 / n as f64
+    );
+    // Where Redis spends its one core: the writes (with their notifications) and the reads.
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let usec = |cmd: &str| -> f64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    println!(
+        "| Redis time per alert, us: SET with notifications / read-back script (MGET, PTTL) | {:.1} / {:.1} |",
+        usec("set") / n as f64,
+        (usec("evalsha") + usec("eval")) / n as f64
     );
     println!("| Spillway peak resident memory, MB | {peak_rss_mb:.0} |");
     println!(
