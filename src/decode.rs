@@ -293,11 +293,19 @@ const EXPECTING_MAP: &str = "a map of fields";
 
 /// The fields of a decoded map: those a row names (`names`, taken out as they were read) and
 /// the others (`extra`), kept as JSON.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Fields {
     names: &'static [&'static str],
     known: Vec<Option<Value>>,
     extra: Map<String, Value>,
+    /// After the name last asked for: rows ask in the order of the names.
+    next: usize,
+}
+
+impl PartialEq for Fields {
+    fn eq(&self, other: &Fields) -> bool {
+        (self.names, &self.known, &self.extra) == (other.names, &other.known, &other.extra)
+    }
 }
 
 impl Fields {
@@ -308,11 +316,13 @@ impl Fields {
             names,
             known,
             extra,
+            next: 0,
         }
     }
 
     fn slot(&mut self, name: &str) -> Option<&mut Option<Value>> {
-        let i = self.names.iter().position(|n| *n == name)?;
+        let i = find(self.names, self.next, name)?;
+        self.next = i + 1;
         self.known.get_mut(i)
     }
 
@@ -424,11 +434,16 @@ impl<'de> Visitor<'de> for FieldsSeed {
             names,
             known: vec![None; names.len()],
             extra: Map::new(),
+            next: 0,
         };
-        while let Some(key) = map.next_key_seed(KeySeed(names))? {
+        let mut next = 0;
+        while let Some(key) = map.next_key_seed(KeySeed { names, next })? {
             let Json(v) = map.next_value()?;
             match key {
-                Key::Known(i) => fields.known[i] = Some(v),
+                Key::Known(i) => {
+                    fields.known[i] = Some(v);
+                    next = i + 1;
+                }
                 Key::Other(k) => {
                     fields.extra.insert(k, v);
                 }
@@ -477,18 +492,31 @@ enum Key {
     Other(String),
 }
 
-struct KeySeed(&'static [&'static str]);
+/// Finds a map key among the names, trying first the name after the last one found: producers
+/// write their fields in one order, which the names follow.
+struct KeySeed {
+    names: &'static [&'static str],
+    next: usize,
+}
+
+/// The position of `s` in `names`, trying `hint` first.
+fn find(names: &[&str], hint: usize, s: &str) -> Option<usize> {
+    match names.get(hint) {
+        Some(n) if *n == s => Some(hint),
+        _ => names.iter().position(|n| *n == s),
+    }
+}
 
 impl KeySeed {
     fn key(&self, s: &str) -> Key {
-        match self.0.iter().position(|n| *n == s) {
+        match find(self.names, self.next, s) {
             Some(i) => Key::Known(i),
             None => Key::Other(s.to_owned()),
         }
     }
 
     fn owned(&self, s: String) -> Key {
-        match self.0.iter().position(|n| *n == s) {
+        match find(self.names, self.next, &s) {
             Some(i) => Key::Known(i),
             None => Key::Other(s),
         }

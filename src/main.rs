@@ -7,6 +7,14 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// One arena: rows are made on one thread and freed on another, and with an arena per thread
+/// (jemalloc's default is four per core) each kept its own freed pages. Trades benchmark, 50,000
+/// trades: peak RSS 135-153 MB with the default, 115-117 MB with one arena, at the same rate.
+/// `_RJEM_MALLOC_CONF` in the environment still overrides it.
+#[used]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
+
 fn main() -> std::process::ExitCode {
     spillway::cli::main()
 }

@@ -134,19 +134,27 @@ pub struct Row {
     /// For an alert value with a TTL: when it expires in Redis (epoch ms).
     pub expires_at_ms: Option<i64>,
     /// The RowBinary bytes.
-    pub bytes: Box<[u8]>,
+    pub bytes: Vec<u8>,
 }
 
 impl Row {
     fn new<T: Serialize>(table: Table, row: &T, event_ms: i64) -> Row {
-        let mut bytes = Vec::with_capacity(256);
-        // Every row type is plain fields of supported types (unit tests encode each one).
-        crate::sink::rowbinary::encode(row, &mut bytes).expect("rows encode");
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // Encoded into a buffer kept by the thread, then copied once at its exact size: no
+        // growing, and no spare capacity held while the row waits in the channel.
+        let bytes = SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            // Every row type is plain fields of supported types (unit tests encode each one).
+            crate::sink::rowbinary::encode(row, scratch).expect("rows encode");
+            scratch.clone()
+        });
         Row {
             table,
             event_ms,
             expires_at_ms: None,
-            bytes: bytes.into_boxed_slice(),
+            bytes,
         }
     }
 
