@@ -5,7 +5,7 @@
 //! (`count() FINAL`, none missing, every log `moved`); acknowledgement (log keys removed, XACK)
 //! is timed too.
 //!
-//! Run: `cargo bench --bench trades` (env BENCH_TRADES=N, default 20000).
+//! Run: `cargo bench --bench trades` (env BENCH_TRADES=N, default 50000).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -21,7 +21,7 @@ use procstat::{
 };
 
 fn main() {
-    procstat::bench_main("trades", "BENCH_TRADES", 20_000, run);
+    procstat::bench_main("trades", "BENCH_TRADES", 50_000, run);
 }
 
 async fn run(n: u64) {
