@@ -138,7 +138,8 @@ pub struct Row {
 }
 
 impl Row {
-    fn new<T: Serialize>(table: Table, row: &T, event_ms: i64) -> Row {
+    /// Encodes `row` of `table`, its event at `event_ms`.
+    pub fn new<T: Serialize>(table: Table, row: &T, event_ms: i64) -> Row {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }

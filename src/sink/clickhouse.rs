@@ -9,7 +9,7 @@ use super::rowbinary;
 use super::schema::{self, Generation, TABLES};
 use crate::config::{redact_url, ClickHouseSettings};
 use crate::metrics as m;
-use crate::rows::{AckFn, DeadLetterRow, Record, Table};
+use crate::rows::{AckFn, DeadLetterRow, Record, Row, Table};
 
 /// Errors of the ClickHouse side.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +146,7 @@ impl Batch {
     /// it) to `now_ms`, its commit.
     pub fn observe_commit(&self, now_ms: i64) {
         for (table, rows) in Table::ALL.iter().zip(&self.tables) {
-            if *table == Table::DeadLetters || rows.len() == 0 {
+            if *table == Table::DeadLetters {
                 continue;
             }
             let h = metrics::histogram!(m::EVENT_TO_COMMIT, "table" => table.name());
@@ -288,11 +288,9 @@ impl Sink {
             match self.insert(table, rows, range.clone()).await {
                 Err(SinkError::Client { source, .. }) if is_bad_data(&source) => {
                     if range.len() == 1 {
-                        if let Record::Row(row) =
-                            refused(table, &rows.bytes(&range).concat(), &source)
-                        {
-                            rejected.push(&row.bytes, row.event_ms);
-                        }
+                        let dead = refused(table, &rows.bytes(&range).concat(), &source);
+                        let row = Row::new(Table::DeadLetters, &dead, dead.received_at_ms);
+                        rejected.push(&row.bytes, row.event_ms);
                         return Ok(());
                     }
                     let mid = range.start + range.len() / 2;
@@ -369,7 +367,7 @@ fn error_code(msg: &str) -> Option<u32> {
 }
 
 /// A row ClickHouse refused, as a dead letter holding the row as JSON.
-fn refused(table: &'static str, row: &[u8], e: &clickhouse::error::Error) -> Record {
+fn refused(table: &'static str, row: &[u8], e: &clickhouse::error::Error) -> DeadLetterRow {
     let raw = rowbinary::to_json(schema::table(table).columns, row)
         .to_string()
         .into_bytes();
@@ -377,7 +375,7 @@ fn refused(table: &'static str, row: &[u8], e: &clickhouse::error::Error) -> Rec
         .increment(1);
     let mut error = e.to_string();
     error.truncate(2000);
-    Record::dead_letter(DeadLetterRow {
+    DeadLetterRow {
         pipeline: "clickhouse".into(),
         instance: "clickhouse".into(),
         key: table.to_string(),
@@ -387,7 +385,7 @@ fn refused(table: &'static str, row: &[u8], e: &clickhouse::error::Error) -> Rec
         reason: "rejected_by_clickhouse",
         error,
         received_at_ms: crate::rows::now_ms(),
-    })
+    }
 }
 
 #[cfg(test)]
