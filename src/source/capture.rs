@@ -94,12 +94,7 @@ impl Capturer {
                 self.event_row(key, "written", now, hash, ttl),
             ));
         }
-        for r in records {
-            if self.tx.send(r).await.is_err() {
-                return false;
-            }
-        }
-        true
+        super::send_all(&self.tx, records).await
     }
 
     /// A lifecycle row.

@@ -120,7 +120,7 @@ impl Keyspace {
         let (forwarded, events) = mpsc::channel(self.buffer);
         // How many notifications wait (the readers hold the receiving end).
         let backlog = forwarded.clone();
-        let lost = Arc::new(AtomicU64::new(0));
+        let lost = Arc::new(Lost::default());
         let forwarder = tokio::spawn(forward(
             self.notifications.take().expect("run once"),
             forwarded,
@@ -167,9 +167,14 @@ impl Keyspace {
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match lost.swap(0, Ordering::Relaxed) {
-                0 => {}
-                n => gap = self.lost(n, gap),
+            for (counter, reason) in [
+                (&lost.queue_full, "buffer_overrun"),
+                (&lost.ring_lagged, "subscriber_lagged"),
+            ] {
+                match counter.swap(0, Ordering::Relaxed) {
+                    0 => {}
+                    n => gap = self.lost(n, reason, gap),
+                }
             }
             if reconnects.swap(0, Ordering::Relaxed) > 0 {
                 tracing::warn!(pipeline = %self.name, "subscriber reconnected: notifications of the disconnected time are lost; a rescan follows");
@@ -229,11 +234,12 @@ impl Keyspace {
     }
 
     /// Counts lost notifications (logged once per gap); returns true, a gap to close.
-    fn lost(&self, n: u64, known_gap: bool) -> bool {
+    fn lost(&self, n: u64, reason: &'static str, known_gap: bool) -> bool {
         if !known_gap {
-            tracing::warn!(pipeline = %self.name, lost = n, "notification buffer overrun: notifications lost; a rescan follows once the backlog is small");
+            tracing::warn!(pipeline = %self.name, lost = n, reason, "notifications lost; a rescan follows once the backlog is small");
         }
-        metrics::counter!(m::EVENTS_LOST, "pipeline" => self.name.clone(), "reason" => "buffer_overrun").increment(n);
+        metrics::counter!(m::EVENTS_LOST, "pipeline" => self.name.clone(), "reason" => reason)
+            .increment(n);
         true
     }
 
@@ -465,6 +471,16 @@ impl Reader {
     }
 }
 
+/// Notifications lost, by where.
+#[derive(Default)]
+struct Lost {
+    /// The pipeline's queue (`keyspace.subscriber_buffer`) was full: values are read back slower
+    /// than they are written.
+    queue_full: AtomicU64,
+    /// fred's ring overflowed before the forwarder took them: Spillway got no CPU for a while.
+    ring_lagged: AtomicU64,
+}
+
 /// Moves notifications of the pipeline's keys from fred's broadcast (a small ring, preallocated)
 /// into the pipeline's own bounded queue (allocated as it fills), at once; counts in `lost` what
 /// neither could hold.
@@ -472,7 +488,7 @@ async fn forward(
     mut rx: broadcast::Receiver<KeyspaceEvent>,
     tx: mpsc::Sender<KeyspaceEvent>,
     def: KeyspaceSource,
-    lost: Arc<AtomicU64>,
+    lost: Arc<Lost>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -485,13 +501,13 @@ async fn forward(
             Ok(ev) if def.matches(ev.key.as_bytes()) => match tx.try_send(ev) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    lost.fetch_add(1, Ordering::Relaxed);
+                    lost.queue_full.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
             },
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                lost.fetch_add(n, Ordering::Relaxed);
+                lost.ring_lagged.fetch_add(n, Ordering::Relaxed);
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

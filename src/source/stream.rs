@@ -405,10 +405,8 @@ impl RowBuilder {
                 &mut self.recent,
                 job.now,
             );
-            for r in work.records {
-                if self.tx.send(r).await.is_err() {
-                    return;
-                }
+            if !super::send_all(&self.tx, work.records).await {
+                return;
             }
             let ack = AckWork {
                 ids: work.ids,
