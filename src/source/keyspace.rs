@@ -121,13 +121,26 @@ impl Keyspace {
         // How many notifications wait (the readers hold the receiving end).
         let backlog = forwarded.clone();
         let lost = Arc::new(Lost::default());
-        let forwarder = tokio::spawn(forward(
-            self.notifications.take().expect("run once"),
-            forwarded,
-            self.def.clone(),
-            lost.clone(),
-            cancel.clone(),
-        ));
+        // The forwarder runs on a thread of its own: on the shared workers, a burst of rows to
+        // decode or compress could keep it waiting while fred's small ring overflows.
+        let stop_forwarding = cancel.child_token();
+        let forwarder = {
+            let (rx, def, lost, stop) = (
+                self.notifications.take().expect("run once"),
+                self.def.clone(),
+                lost.clone(),
+                stop_forwarding.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("{}-notifications", self.name))
+                .spawn(
+                    move || match tokio::runtime::Builder::new_current_thread().build() {
+                        Ok(rt) => rt.block_on(forward(rx, forwarded, def, lost, stop)),
+                        Err(e) => tracing::error!(error = %e, "notification forwarder not started"),
+                    },
+                )
+                .expect("a thread for the notification forwarder")
+        };
         // Each idle reader takes the notifications waiting (up to `read_batch`) and reads their
         // values: under load the batches grow, idle they stay small and quick.
         let events = Arc::new(tokio::sync::Mutex::new(events));
@@ -204,7 +217,7 @@ impl Keyspace {
                 _ = check.tick() => {}
             }
         }
-        forwarder.abort();
+        stop_forwarding.cancel();
         watcher.abort();
         // The readers finish the reads they started (and, unless cancelled, the notifications
         // waiting), then the capture stage its jobs.
@@ -212,6 +225,7 @@ impl Keyspace {
         for r in readers {
             let _ = r.await;
         }
+        let _ = tokio::task::spawn_blocking(move || forwarder.join()).await;
         self.jobs = None;
         let _ = capture.await;
         let _ = self.subscriber.quit().await;
