@@ -15,7 +15,7 @@ mod procstat;
 use std::time::{Duration, Instant};
 
 use common::trades::{self, GROUP, STREAM};
-use common::{free_port, ClickHouseServer, RedisServer, Spillway};
+use common::{ClickHouseServer, RedisServer, Spillway};
 use procstat::{
     cpu_seconds, load_average, machine, machine_cpu_seconds, metric_sum, peak_rss_kb, pid_listening,
 };
@@ -28,14 +28,7 @@ async fn run(n: u64) {
     let rls = RedisServer::start();
     let rtrs = RedisServer::start_with(&["--notify-keyspace-events", ""]);
     let ch = ClickHouseServer::start();
-    let toml = format!(
-        "[redis.rls]\nurl = \"{}\"\n\n[redis.rtrs]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\n\
-         database = \"bench\"\n\n[metrics]\naddr = \"127.0.0.1:{}\"\n\n[batch]\nmax_delay_ms = 500\n",
-        rls.url(),
-        rtrs.url(),
-        ch.url(),
-        free_port()
-    );
+    let toml = trades::config_toml(&rls, &rtrs, &ch, "bench", "max_delay_ms = 500");
     let sp = Spillway::start(&toml);
     sp.wait_ready(Duration::from_secs(60)).await;
     let pid = sp.pid().expect("spillway pid");

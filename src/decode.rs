@@ -117,16 +117,7 @@ pub fn decode_msgpack_map(bytes: &[u8]) -> Result<Map<String, Value>> {
 
 /// Decodes bytes that must be exactly one MessagePack map, taking the fields `names` out.
 pub fn decode_msgpack_fields(bytes: &[u8], names: &'static [&'static str]) -> Result<Fields> {
-    decode_msgpack_with(bytes, FieldsSeed(names)).map_err(|(not_map, detail)| match not_map {
-        true => DecodeError {
-            reason: "msgpack_not_map",
-            detail: "MessagePack value is not a map".into(),
-        },
-        false => DecodeError {
-            reason: "invalid_msgpack",
-            detail,
-        },
-    })
+    decode_msgpack_with(bytes, FieldsSeed(names), "MessagePack value is not a map")
 }
 
 /// Decodes bytes that must be exactly one MessagePack array of maps (a STRING execution log).
@@ -141,37 +132,43 @@ pub fn decode_msgpack_array_of_fields(
     bytes: &[u8],
     names: &'static [&'static str],
 ) -> Result<Vec<Fields>> {
-    decode_msgpack_with(bytes, ArraySeed(names)).map_err(|(not_map, detail)| match not_map {
-        true => DecodeError {
-            reason: "msgpack_not_map",
-            detail: "MessagePack value is neither a map nor an array of maps".into(),
-        },
-        false => DecodeError {
-            reason: "invalid_msgpack",
-            detail,
-        },
-    })
+    decode_msgpack_with(
+        bytes,
+        ArraySeed(names),
+        "MessagePack value is neither a map nor an array of maps",
+    )
 }
 
-/// Decodes exactly one MessagePack value covering all of `bytes` with `seed`. The error says
-/// whether the value was well-formed but of another type (true), and what went wrong.
+/// Decodes exactly one MessagePack value covering all of `bytes` with `seed`: a well-formed
+/// value of another type is `msgpack_not_map` (saying `not_map`), anything else
+/// `invalid_msgpack`.
 fn decode_msgpack_with<'de, S: DeserializeSeed<'de>>(
     bytes: &'de [u8],
     seed: S,
-) -> std::result::Result<S::Value, (bool, String)> {
+    not_map: &str,
+) -> Result<S::Value> {
+    let invalid = |detail| DecodeError {
+        reason: "invalid_msgpack",
+        detail,
+    };
     let mut de = rmp_serde::Deserializer::new(bytes);
     let value = seed.deserialize(&mut de).map_err(|e| {
-        let not_map = e.to_string().contains(EXPECTING_MAP);
-        (not_map && complete_value(bytes), e.to_string())
+        let detail = e.to_string();
+        if detail.contains(EXPECTING_MAP) && complete_value(bytes) {
+            DecodeError {
+                reason: "msgpack_not_map",
+                detail: not_map.into(),
+            }
+        } else {
+            invalid(detail)
+        }
     })?;
-    let left = de.get_ref().len();
-    if left != 0 {
-        return Err((
-            false,
-            format!("{left} bytes left over after a complete MessagePack value"),
-        ));
+    match de.get_ref().len() {
+        0 => Ok(value),
+        left => Err(invalid(format!(
+            "{left} bytes left over after a complete MessagePack value"
+        ))),
     }
-    Ok(value)
 }
 
 /// Whether `bytes` are exactly one well-formed MessagePack value (of any type).

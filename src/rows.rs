@@ -87,23 +87,24 @@ pub struct DeadLetterRow {
     pub received_at_ms: i64,
 }
 
-/// The table a row goes into.
+/// The table a row goes into, declared in the order their rows are inserted (dead letters
+/// first): `table as usize` is its place in [`Table::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
+    /// `dead_letters`.
+    DeadLetters,
     /// `alerts`.
     Alerts,
     /// `alert_events`.
     AlertEvents,
-    /// `dead_letters`.
-    DeadLetters,
-    /// `trades`.
-    Trades,
     /// `trade_executions`.
     TradeExecutions,
+    /// `trades`.
+    Trades,
 }
 
 impl Table {
-    /// Every table, in the order their rows are inserted (dead letters first).
+    /// Every table, in the order of the declaration.
     pub const ALL: [Table; 5] = [
         Table::DeadLetters,
         Table::Alerts,

@@ -405,18 +405,16 @@ impl RowBuilder {
                 &mut self.recent,
                 job.now,
             );
-            if !super::send_all(&self.tx, work.records).await {
-                return;
-            }
             let ack = AckWork {
                 ids: work.ids,
                 logs: work.logs,
             };
             let to = self.ack_tx.clone();
-            let done = Record::Ack(Box::new(move || {
+            let mut records = work.records;
+            records.push(Record::Ack(Box::new(move || {
                 let _ = to.send(ack);
-            }));
-            if self.tx.send(done).await.is_err() {
+            })));
+            if !super::send_all(&self.tx, records).await {
                 return;
             }
         }

@@ -17,6 +17,25 @@ use serde::Serialize;
 
 use super::load::client;
 
+/// A Spillway config with RLS, RTRS and ClickHouse database `db`, metrics on a free port, and
+/// `batch` (lines of the `[batch]` table).
+pub fn config_toml(
+    rls: &super::RedisServer,
+    rtrs: &super::RedisServer,
+    ch: &super::ClickHouseServer,
+    db: &str,
+    batch: &str,
+) -> String {
+    format!(
+        "[redis.rls]\nurl = \"{}\"\n\n[redis.rtrs]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\n\
+         database = \"{db}\"\n\n[metrics]\naddr = \"127.0.0.1:{}\"\n\n[batch]\n{batch}\n",
+        rls.url(),
+        rtrs.url(),
+        ch.url(),
+        super::free_port()
+    )
+}
+
 /// The stream the platform closes trades on.
 pub const STREAM: &str = "trade_results";
 /// Spillway's consumer group (pipelines/trades.toml).

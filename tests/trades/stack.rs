@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::trades::{self, Trade, GROUP, STREAM};
-use crate::common::{eventually, free_port, ClickHouseServer, RedisServer, Spillway};
+use crate::common::{eventually, ClickHouseServer, RedisServer, Spillway};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 /// Stream entries acknowledged.
@@ -33,13 +33,12 @@ impl Stack {
             RedisServer::start_with(&["--notify-keyspace-events", ""]),
             ClickHouseServer::start(),
         );
-        let toml = format!(
-            "[redis.rls]\nurl = \"{}\"\n\n[redis.rtrs]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\n\
-             database = \"{db}\"\n\n[metrics]\naddr = \"127.0.0.1:{}\"\n\n[batch]\nmax_delay_ms = 200\n{batch}\n",
-            rls.url(),
-            rtrs.url(),
-            ch.url(),
-            free_port()
+        let toml = trades::config_toml(
+            &rls,
+            &rtrs,
+            &ch,
+            db,
+            &format!("max_delay_ms = 200\n{batch}"),
         );
         let sp = Spillway::start(&toml);
         sp.wait_ready(WAIT).await;
