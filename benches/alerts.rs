@@ -14,7 +14,9 @@ mod procstat;
 use std::time::{Duration, Instant};
 
 use common::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillway};
-use procstat::{cpu_seconds, machine, metric_sum, peak_rss_kb};
+use procstat::{
+    cpu_seconds, load_average, machine, machine_cpu_seconds, metric_sum, peak_rss_kb, pid_listening,
+};
 
 fn main() {
     procstat::bench_main("alerts", "BENCH_ALERTS", 1_000_000, run);
@@ -35,23 +37,35 @@ async fn run(n: u64) {
     let sp = Spillway::start(&toml);
     sp.wait_ready(Duration::from_secs(60)).await;
     let pid = sp.pid().expect("spillway pid");
-    let cpu0 = cpu_seconds(pid);
-
+    // Who spends the two cores: spillway, Redis, ClickHouse, this producer, all.
+    let pids = [
+        ("Spillway", pid),
+        (
+            "redis-server",
+            pid_listening(redis.port).expect("redis pid"),
+        ),
+        (
+            "clickhouse-server",
+            pid_listening(ch.http_port).expect("ClickHouse pid"),
+        ),
+        ("producer and checks (this bench)", std::process::id()),
+    ];
+    let load = load_average();
     let items = load::alerts("b", n);
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let all0 = machine_cpu_seconds();
     let t = Instant::now();
     load::set_all(&redis.url(), items, 3600, chunk, parallel).await;
     let written_in = t.elapsed();
     let deadline = Instant::now() + Duration::from_secs(300);
-    // Distinct values committed (a value captured twice, by event and by rescan, counts once).
-    while ch.count("SELECT count() FROM bench.alerts FINAL").await < n {
-        assert!(
-            Instant::now() < deadline,
-            "not all alerts committed in 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    committed(&ch, n, deadline).await;
     let committed_in = t.elapsed();
-    let cpu = cpu_seconds(pid) - cpu0;
+    let cpu: Vec<f64> = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|((_, p), c0)| cpu_seconds(*p) - c0)
+        .collect();
+    let all = machine_cpu_seconds() - all0;
     let peak_rss_mb = peak_rss_kb(pid) as f64 / 1024.0;
 
     let final_count = ch.count("SELECT count() FROM bench.alerts FINAL").await;
@@ -72,7 +86,10 @@ async fn run(n: u64) {
 
     let rate = n as f64 / committed_in.as_secs_f64();
     println!();
-    println!("machine: {}", machine());
+    println!(
+        "machine: {} (1-min load average at start: {load:.2})",
+        machine()
+    );
     println!("alerts: {n} MessagePack alerts, SET ... EX 3600, {parallel} connections x {chunk} pipelined");
     println!("| measure | value |");
     println!("|---|---|");
@@ -81,13 +98,17 @@ async fn run(n: u64) {
         n as f64 / written_in.as_secs_f64()
     );
     println!("| end to end, alerts/s (written until committed, none missing) | {rate:.0} |");
+    let span = committed_in.as_secs_f64();
+    for ((who, _), c) in pids.iter().zip(&cpu) {
+        println!(
+            "| {who} CPU, cores (average until committed); per alert, us | {:.2}; {:.1} |",
+            c / span,
+            c * 1e6 / n as f64
+        );
+    }
     println!(
-        "| Spillway CPU, cores (average over the run) | {:.2} |",
-        cpu / committed_in.as_secs_f64()
-    );
-    println!(
-        "| Spillway CPU per alert, us | {:.1} |",
-        cpu * 1e6 / n as f64
+        "| whole machine CPU, cores busy (of 2) | {:.2} |",
+        all / span
     );
     // Where Redis spends its one core: the writes (with their notifications) and the reads.
     let stats = redis.cli(&["INFO", "commandstats"]);
@@ -130,13 +151,7 @@ async fn run(n: u64) {
     let before = buckets(&sp.metrics().await);
     load::set_paced(&redis.url(), &paced, 3600, half).await;
     let want = n + paced.len() as u64;
-    while ch.count("SELECT count() FROM bench.alerts FINAL").await < want {
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(60),
-            "half-rate alerts missing"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    committed(&ch, want, deadline + Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = buckets(&sp.metrics().await);
     let delta: Vec<(f64, f64)> = after
@@ -153,9 +168,14 @@ async fn run(n: u64) {
     drop(ch);
     drop(redis);
     let ceiling_after = ceiling(n, chunk, parallel, "d").await;
-    let ceiling = (ceiling_before + ceiling_after) / 2.0;
+    let ceiling = (ceiling_before.0 + ceiling_after.0) / 2.0;
     println!(
-        "| Redis alone (notifications on), SET/s: before / after the rest | {ceiling_before:.0} / {ceiling_after:.0} |"
+        "| Redis alone (notifications on), SET/s: before / after the rest | {:.0} / {:.0} |",
+        ceiling_before.0, ceiling_after.0
+    );
+    println!(
+        "| Redis alone, redis-server CPU per SET, us: before / after | {:.1} / {:.1} |",
+        ceiling_before.1, ceiling_after.1
     );
     println!(
         "| end to end / Redis-alone ceiling (mean of the two) | {:.2} |",
@@ -163,13 +183,36 @@ async fn run(n: u64) {
     );
 }
 
-/// SET/s of the same writes into a fresh Redis alone, notifications on, nobody listening.
-async fn ceiling(n: u64, chunk: usize, parallel: usize, tag: &str) -> f64 {
+/// Waits until `n` distinct alerts are committed (a value captured twice, by event and by
+/// rescan, counts once). Polls the plain row count, which ClickHouse answers from its parts'
+/// metadata, and only then `count() FINAL`, which reads and merges the sort keys: polled every
+/// 50 ms from the start it would take a share of the cores the run is measuring.
+async fn committed(ch: &ClickHouseServer, n: u64, deadline: Instant) {
+    loop {
+        if ch.count("SELECT count() FROM bench.alerts").await >= n
+            && ch.count("SELECT count() FROM bench.alerts FINAL").await >= n
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all {n} alerts committed in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SET/s of the same writes into a fresh Redis alone, notifications on, nobody listening, and
+/// Redis's CPU per SET, us.
+async fn ceiling(n: u64, chunk: usize, parallel: usize, tag: &str) -> (f64, f64) {
     let redis = RedisServer::start();
+    let pid = pid_listening(redis.port).expect("redis pid");
     let items = load::alerts(tag, n);
+    let cpu0 = cpu_seconds(pid);
     let t = Instant::now();
     load::set_all(&redis.url(), items, 3600, chunk, parallel).await;
-    n as f64 / t.elapsed().as_secs_f64()
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    (rate, (cpu_seconds(pid) - cpu0) * 1e6 / n as f64)
 }
 
 /// The cumulative buckets (le, count) of the alerts' event-to-commit histogram.

@@ -33,7 +33,7 @@ pub async fn client(url: &str) -> Client {
 }
 
 /// Writes `SET key value EX ttl` for every pair, `chunk` commands per pipelined round trip,
-/// with `parallel` round trips in flight.
+/// with `parallel` round trips in flight (one connection each).
 pub async fn set_all(
     url: &str,
     items: Vec<(String, Vec<u8>)>,
@@ -47,18 +47,13 @@ pub async fn set_all(
         let items = items.clone();
         let url = url.to_string();
         tasks.push(tokio::spawn(async move {
-            let c = client(&url).await;
+            let mut c = RawSetter::connect(&url).await;
             let mut start = w * chunk;
             while start < items.len() {
-                set_batch(
-                    &c,
-                    &items[start..(start + chunk).min(items.len())],
-                    ttl_secs,
-                )
-                .await;
+                c.set_batch(&items[start..(start + chunk).min(items.len())], ttl_secs)
+                    .await;
                 start += chunk * parallel;
             }
-            c.quit().await.ok();
         }));
     }
     for t in tasks {
@@ -76,30 +71,74 @@ pub fn alerts(run: &str, n: u64) -> Vec<(String, Vec<u8>)> {
 /// Writes `items` with `SET ... EX ttl` at `per_sec`, in ticks of 10 ms (one pipelined round
 /// trip a tick), from one connection. Returns when all are written.
 pub async fn set_paced(url: &str, items: &[(String, Vec<u8>)], ttl_secs: i64, per_sec: u64) {
-    let c = client(url).await;
+    let mut c = RawSetter::connect(url).await;
     let per_tick = (per_sec as usize / 100).max(1);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
     for batch in items.chunks(per_tick) {
         tick.tick().await;
-        set_batch(&c, batch, ttl_secs).await;
+        c.set_batch(batch, ttl_secs).await;
     }
-    c.quit().await.ok();
 }
 
-/// `SET key value EX ttl` of every pair, in one pipelined round trip.
-async fn set_batch(c: &Client, batch: &[(String, Vec<u8>)], ttl_secs: i64) {
-    let p = c.pipeline();
-    for (k, v) in batch {
-        let () = p
-            .set(
-                k.as_str(),
-                v.as_slice(),
-                Some(Expiration::EX(ttl_secs)),
-                None,
-                false,
-            )
+/// A lean writer: `SET`s encoded straight into RESP on a plain TCP connection. The load
+/// generator shares the machine with what it measures, so it should cost little: a general
+/// client (fred) spent about as much CPU per SET as Redis itself.
+pub struct RawSetter {
+    conn: tokio::net::TcpStream,
+    out: Vec<u8>,
+    replies: Vec<u8>,
+}
+
+impl RawSetter {
+    /// Connects to `redis://host:port`.
+    pub async fn connect(url: &str) -> RawSetter {
+        let addr = url.strip_prefix("redis://").expect("a redis:// url");
+        let conn = tokio::net::TcpStream::connect(addr)
             .await
-            .expect("queue");
+            .expect("connect to redis");
+        conn.set_nodelay(true).expect("nodelay");
+        RawSetter {
+            conn,
+            out: Vec::new(),
+            replies: Vec::new(),
+        }
     }
-    let _: Vec<Value> = p.all().await.expect("SET pipeline");
+
+    /// `SET key value EX ttl` of every pair, in one pipelined round trip; panics unless every
+    /// reply is `+OK`.
+    pub async fn set_batch(&mut self, batch: &[(String, Vec<u8>)], ttl_secs: i64) {
+        use std::io::Write;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ttl = ttl_secs.to_string();
+        self.out.clear();
+        for (k, v) in batch {
+            let _ = write!(self.out, "*5\r\n$3\r\nSET\r\n${}\r\n", k.len());
+            self.out.extend_from_slice(k.as_bytes());
+            let _ = write!(self.out, "\r\n${}\r\n", v.len());
+            self.out.extend_from_slice(v);
+            let _ = write!(self.out, "\r\n$2\r\nEX\r\n${}\r\n{ttl}\r\n", ttl.len());
+        }
+        self.conn.write_all(&self.out).await.expect("write SETs");
+        const OK: &[u8] = b"+OK\r\n";
+        let want = OK.len() * batch.len();
+        self.replies.clear();
+        while self.replies.len() < want {
+            let mut buf = [0u8; 8192];
+            let n = self.conn.read(&mut buf).await.expect("read replies");
+            assert!(n > 0, "redis closed the connection");
+            self.replies.extend_from_slice(&buf[..n]);
+            if let Some(err) = self.replies.iter().position(|&b| b == b'-') {
+                let line = self.replies[err..]
+                    .split(|&b| b == b'\r')
+                    .next()
+                    .unwrap_or(&[]);
+                panic!("SET refused: {}", String::from_utf8_lossy(line));
+            }
+        }
+        assert!(
+            self.replies.len() == want && self.replies.chunks(OK.len()).all(|r| r == OK),
+            "unexpected replies to SET: {:?}",
+            String::from_utf8_lossy(&self.replies)
+        );
+    }
 }
