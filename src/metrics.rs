@@ -90,7 +90,7 @@ pub fn install() -> PrometheusHandle {
                     Matcher::Suffix("_seconds".into()),
                     &[
                         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75,
-                        1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
+                        1.0, 1.25, 1.5, 2.0, 2.5, 5.0, 10.0, 30.0,
                     ],
                 )
                 .and_then(|b| b.install_recorder())
@@ -232,13 +232,30 @@ struct AppState {
     checks: Arc<Vec<(String, Check)>>,
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `cancel`.
+///
+/// The recorder keeps every histogram sample (one per committed row) until it is folded into
+/// the buckets, which a scrape does; without scrapes (no Prometheus yet, or it is down) they
+/// would pile up by megabytes a second, so a task folds them every [`UPKEEP_EVERY`] too.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
     checks: Vec<(String, Check)>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    let upkeep = {
+        let (handle, cancel) = (handle.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            while cancel.run_until_cancelled(every.tick()).await.is_some() {
+                handle.run_upkeep();
+            }
+        })
+    };
+    let _stop_upkeep = tokio_util::task::AbortOnDropHandle::new(upkeep);
     let state = AppState {
         handle,
         checks: Arc::new(checks),

@@ -85,6 +85,13 @@ impl Rows {
         self.ends.len()
     }
 
+    /// Appends every row of `other` (rows refused by ClickHouse: few and small).
+    fn extend(&mut self, other: &Rows) {
+        for i in 0..other.len() {
+            self.push(&other.bytes(&(i..i + 1)).concat(), other.event_ms[i]);
+        }
+    }
+
     /// The bytes of rows `range`, as slices of the chunks, in order.
     fn bytes(&self, range: &std::ops::Range<usize>) -> Vec<&[u8]> {
         let (Some(first), Some(&(last, end))) = (
@@ -247,22 +254,33 @@ impl Sink {
             .is_ok()
     }
 
-    /// Inserts every table's rows of the batch; each table is one INSERT. On error the whole
-    /// batch may be written again: rows are idempotent.
+    /// Inserts every table's rows of the batch; each table is one INSERT, all at once (the
+    /// batch waits for the slowest, not for their sum). On error the whole batch may be written
+    /// again: rows are idempotent.
     ///
     /// Rows that ClickHouse refuses as bad data (a retry cannot help) are isolated by halving
     /// the insert and go to `dead_letters` as JSON, so one bad row never blocks the pipeline.
     pub async fn write(&self, batch: &Batch) -> Result<()> {
-        let mut rejected = Rows::default();
-        for (table, rows) in Table::ALL.iter().zip(&batch.tables) {
-            match table {
-                // Dead letters are plain bytes and text: nothing in them for ClickHouse to refuse.
-                Table::DeadLetters => self.insert("dead_letters", rows, 0..rows.len()).await?,
-                _ => {
-                    self.isolate(table.name(), rows, 0..rows.len(), &mut rejected)
-                        .await?
+        let inserts = Table::ALL
+            .iter()
+            .zip(&batch.tables)
+            .filter(|(_, rows)| rows.len() > 0)
+            .map(|(table, rows)| async move {
+                let mut rejected = Rows::default();
+                match table {
+                    // Dead letters are plain bytes and text: nothing in them for ClickHouse to
+                    // refuse.
+                    Table::DeadLetters => self.insert("dead_letters", rows, 0..rows.len()).await?,
+                    _ => {
+                        self.isolate(table.name(), rows, 0..rows.len(), &mut rejected)
+                            .await?
+                    }
                 }
-            }
+                Ok::<_, SinkError>(rejected)
+            });
+        let mut rejected = Rows::default();
+        for r in futures_util::future::try_join_all(inserts).await? {
+            rejected.extend(&r);
         }
         self.insert("dead_letters", &rejected, 0..rejected.len())
             .await
