@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillway};
 use procstat::{
-    cpu_seconds, load_average, machine, machine_cpu_seconds, metric_sum, peak_rss_kb, pid_listening,
+    context_switches, cpu_seconds, load_average, machine, machine_cpu_seconds, metric_sum,
+    peak_rss_kb, pid_listening,
 };
 
 fn main() {
@@ -52,6 +53,7 @@ async fn run(n: u64) {
     let items = load::alerts("b", n);
     let cpu0: Vec<f64> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let all0 = machine_cpu_seconds();
+    let switches0 = context_switches(pid);
     let t = Instant::now();
     load::set_all(&redis.url(), items, 3600, chunk, parallel).await;
     let written_in = t.elapsed();
@@ -64,6 +66,7 @@ async fn run(n: u64) {
         .map(|((_, p), c0)| cpu_seconds(*p) - c0)
         .collect();
     let all = machine_cpu_seconds() - all0;
+    let switches = context_switches(pid) - switches0;
     let peak_rss_mb = peak_rss_kb(pid) as f64 / 1024.0;
 
     let final_count = ch.count("SELECT count() FROM bench.alerts FINAL").await;
@@ -107,6 +110,10 @@ async fn run(n: u64) {
     println!(
         "| whole machine CPU, cores busy (of 2) | {:.2} |",
         all / span
+    );
+    println!(
+        "| Spillway context switches per 1000 alerts | {:.0} |",
+        switches as f64 * 1000.0 / n as f64
     );
     // Where Redis spends its one core: the writes (with their notifications) and the reads.
     let stats = redis.cli(&["INFO", "commandstats"]);

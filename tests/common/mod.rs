@@ -423,7 +423,11 @@ impl Spillway {
             "--config".into(),
             config_path.display().to_string(),
         ];
-        let child = spawn(env!("CARGO_BIN_EXE_spillway"), &args, |c| {
+        // SPILLWAY_BIN runs another build (e.g. the commit before a change), so that two builds
+        // can be benchmarked one after the other on the same machine.
+        let bin = std::env::var("SPILLWAY_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_spillway").to_string());
+        let child = spawn(&bin, &args, |c| {
             c.current_dir(env!("CARGO_MANIFEST_DIR"));
             c.stdout(log_file(&log_path)).stderr(log_file(&log_path));
             if std::env::var_os("RUST_LOG").is_none() {
