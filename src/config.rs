@@ -120,6 +120,8 @@ pub struct ClickHouseSettings {
     pub database: String,
     /// Per-insert timeout.
     pub insert_timeout: Duration,
+    /// Whether inserts are sent LZ4-compressed.
+    pub compression: bool,
 }
 
 impl std::fmt::Debug for ClickHouseSettings {
@@ -129,6 +131,7 @@ impl std::fmt::Debug for ClickHouseSettings {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("database", &self.database)
+            .field("compression", &self.compression)
             .finish()
     }
 }
@@ -360,6 +363,10 @@ mod tests {
             ("[metrics]\naddr = \"nowhere\"\n", "metrics.addr"),
             ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),
             ("[clickhouse]\ndatabase = \"a;b\"\n", "clickhouse.database"),
+            (
+                "[clickhouse]\ncompression = \"zstd\"\n",
+                "clickhouse.compression",
+            ),
             ("[redis.rls]\nurl = \"localhost:6384\"\n", "redis.rls.url"),
         ] {
             let e = FileConfig::from_toml(text)
@@ -368,6 +375,36 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(field) && e.contains("fix:"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn compression_auto_is_off_only_on_this_host() {
+        let compressed = |text: &str| {
+            FileConfig::from_toml(text)
+                .unwrap()
+                .validate(&base())
+                .unwrap()
+                .clickhouse
+                .compression
+        };
+        for (url, on) in [
+            ("http://127.0.0.1:8123", false),
+            ("http://localhost:8123", false),
+            ("http://[::1]:8123", false),
+            ("http://10.0.0.7:8123", true),
+            ("https://ch.example.com", true),
+        ] {
+            let text = format!("[clickhouse]\nurl = \"{url}\"\n");
+            assert_eq!(compressed(&text), on, "{url}");
+            assert!(
+                compressed(&format!("{text}compression = \"lz4\"\n")),
+                "{url}"
+            );
+            assert!(
+                !compressed(&format!("{text}compression = \"none\"\n")),
+                "{url}"
+            );
         }
     }
 

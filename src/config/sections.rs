@@ -51,6 +51,8 @@ pub struct ClickHouseSection {
     pub database: Option<String>,
     /// Seconds to wait for one INSERT before it counts as failed, default 60.
     pub insert_timeout_secs: Option<u64>,
+    /// `lz4`, `none`, or `auto` (the default): none when ClickHouse is on this host, lz4 else.
+    pub compression: Option<String>,
 }
 
 /// The `[metrics]` table.
@@ -163,7 +165,20 @@ impl ClickHouseSection {
                 "use letters, digits and underscores only",
             ));
         }
+        let compression = match self.compression.as_deref().unwrap_or("auto") {
+            "lz4" => true,
+            "none" => false,
+            "auto" => !is_loopback(&url),
+            other => {
+                return Err(invalid(
+                    "clickhouse.compression",
+                    format!("`{other}` is not a compression"),
+                    "use \"auto\" (none to this host, lz4 elsewhere), \"lz4\" or \"none\"",
+                ))
+            }
+        };
         Ok(ClickHouseSettings {
+            compression,
             url,
             user: self.user.unwrap_or_else(|| "default".into()),
             password: self.password.unwrap_or_default(),
@@ -173,6 +188,20 @@ impl ClickHouseSection {
                 self.insert_timeout_secs.unwrap_or(60) as usize,
             )? as u64),
         })
+    }
+}
+
+/// Whether the host of `url` is this machine (localhost or a loopback address): there,
+/// compressing the inserts costs CPU on both sides and saves nothing.
+fn is_loopback(url: &str) -> bool {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 

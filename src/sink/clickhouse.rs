@@ -194,6 +194,11 @@ impl Sink {
             .with_url(&s.url)
             .with_user(&s.user)
             .with_password(&s.password)
+            .with_compression(if s.compression {
+                clickhouse::Compression::Lz4
+            } else {
+                clickhouse::Compression::None
+            })
             .with_validation(false);
         let err = |action: &str| {
             let (url, action) = (url.clone(), action.to_string());
