@@ -36,12 +36,12 @@ pub async fn client(url: &str) -> Client {
 /// with `parallel` round trips in flight (one connection each).
 pub async fn set_all(
     url: &str,
-    items: Vec<(String, Vec<u8>)>,
+    items: impl Into<std::sync::Arc<Vec<(String, Vec<u8>)>>>,
     ttl_secs: i64,
     chunk: usize,
     parallel: usize,
 ) {
-    let items = std::sync::Arc::new(items);
+    let items = items.into();
     let mut tasks = Vec::new();
     for w in 0..parallel {
         let items = items.clone();

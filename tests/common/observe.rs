@@ -153,7 +153,7 @@ pub fn config_with(servers: &[(&str, &RedisServer)], ch: &ClickHouseServer, db: 
 
 /// Writes `n` values of `size` bytes under `prefix:*` (not a pipeline's keys), expiring in 1 h.
 pub async fn fill(redis: &RedisServer, prefix: &str, n: u64, size: usize) {
-    let items = (0..n)
+    let items: Vec<_> = (0..n)
         .map(|i| (format!("{prefix}:{i}"), vec![b'x'; size]))
         .collect();
     load::set_all(&redis.url(), items, 3600, 100, 1).await;
