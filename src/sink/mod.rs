@@ -53,6 +53,9 @@ pub struct Batcher {
     /// When the last batch was cut: records found waiting at the next call may have waited
     /// since then (while that batch was committed), and their delay counts from there.
     cut_at: Option<Instant>,
+    /// How long commits take lately (a moving average): a batch is cut that much before
+    /// `max_delay`, so that its rows are committed within about `max_delay`.
+    commit_time: Duration,
 }
 
 impl Batcher {
@@ -64,7 +67,25 @@ impl Batcher {
             carry: Default::default(),
             buf: Vec::with_capacity(RECV_CHUNK),
             cut_at: None,
+            commit_time: Duration::ZERO,
         }
+    }
+
+    /// Tells how long the last batch took to commit. A batch is then cut earlier by the recent
+    /// commit time (a moving average, each commit counted up to `max_delay`), so that rows are
+    /// committed about `max_delay` after they arrived; never earlier than half `max_delay`, so
+    /// that a slow ClickHouse does not get ever smaller batches.
+    pub fn committed_in(&mut self, took: Duration) {
+        let took = took.min(self.cfg.max_delay);
+        self.commit_time = (self.commit_time * 3 + took) / 4;
+    }
+
+    /// How long after its first record a batch is cut.
+    fn delay(&self) -> Duration {
+        self.cfg
+            .max_delay
+            .saturating_sub(self.commit_time)
+            .max(self.cfg.max_delay / 2)
     }
 
     /// Rows waiting in the channel.
@@ -75,7 +96,8 @@ impl Batcher {
     /// Waits for the first record, then collects until max rows, max bytes or max delay. None
     /// when the channel is closed and everything was handed out.
     /// The delay counts from the oldest record's arrival: records found waiting count from the
-    /// last cut, so time spent in a slow commit is not added to `max_delay`.
+    /// last cut, so time spent in a slow commit is not added to `max_delay`; and the batch is
+    /// cut early by the time commits take lately (see [`Batcher::committed_in`]).
     pub async fn next(&mut self) -> Option<(Batch, Cut)> {
         let cut = self.next_uncounted().await;
         self.cut_at = Some(Instant::now());
@@ -92,7 +114,7 @@ impl Batcher {
             Some(cut) if waiting => cut,
             _ => Instant::now(),
         };
-        let deadline = since + self.cfg.max_delay;
+        let deadline = since + self.delay();
         loop {
             while let Some(r) = self.carry.pop_front() {
                 batch.push(r);
@@ -130,7 +152,9 @@ pub async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettin
         if let Some(ttl) = batch.min_remaining_ttl_ms(crate::rows::now_ms()) {
             metrics::gauge!(m::EXPIRY_RISK).set(ttl as f64 / 1000.0);
         }
+        let started = Instant::now();
         commit(&sink, &batch, || batcher.depth()).await;
+        batcher.committed_in(started.elapsed());
         batch.observe_commit(crate::rows::now_ms());
         batch.acknowledge();
         if batcher.depth() == 0 {
@@ -276,6 +300,27 @@ mod tests {
         assert_eq!((batch.rows(), cut), (1, Cut::Delay));
         // Cut 500 ms after the previous cut, not 500 ms after the commit returned.
         assert_eq!(started.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cuts_early_by_the_commit_time_but_not_before_half_the_delay() {
+        let (tx, mut b) = batcher(100, 1 << 20, 1000, 0).await;
+        let mut waited = Vec::new();
+        // Commits of 200 ms, then of 5 s (ClickHouse slow).
+        for took in [
+            200, 200, 200, 200, 200, 200, 200, 200, 5000, 5000, 5000, 5000,
+        ] {
+            tx.send(event("k")).await.unwrap();
+            let started = Instant::now();
+            b.next().await.unwrap();
+            waited.push(started.elapsed().as_millis());
+            b.committed_in(Duration::from_millis(took));
+        }
+        // 1000 ms, then 1000 - the average commit time (moving towards 200 ms) ...
+        assert_eq!(&waited[..4], [1000, 950, 913, 885]);
+        assert!((800..830).contains(&waited[8]), "{waited:?}");
+        // ... and with slow commits never less than half the delay.
+        assert_eq!(waited[11], 500, "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
