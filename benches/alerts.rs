@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillway};
 use procstat::{
-    context_switches, cpu_seconds, load_average, machine, machine_cpu_seconds, metric_sum,
-    peak_rss_kb, pid_listening,
+    context_switches, cpu_seconds, load_average, machine, metric_sum, peak_rss_kb, pid_listening,
+    CpuMeter,
 };
 
 fn main() {
@@ -41,7 +41,7 @@ async fn run(n: u64) {
     sp.wait_ready(Duration::from_secs(60)).await;
     let pid = sp.pid().expect("spillway pid");
     // Who spends the two cores: spillway, Redis, ClickHouse, this producer, all.
-    let pids = [
+    let pids = vec![
         ("Spillway", pid),
         (
             "redis-server",
@@ -55,8 +55,7 @@ async fn run(n: u64) {
     ];
     let load = load_average();
     let items = load::alerts("b", n);
-    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
-    let all0 = machine_cpu_seconds();
+    let meter = CpuMeter::start(pids);
     let switches0 = context_switches(pid);
     let t = Instant::now();
     load::set_all(&redis.url(), items, 3600, chunk, parallel).await;
@@ -64,12 +63,7 @@ async fn run(n: u64) {
     let deadline = Instant::now() + Duration::from_secs(300);
     committed(&ch, n, deadline).await;
     let committed_in = t.elapsed();
-    let cpu: Vec<f64> = pids
-        .iter()
-        .zip(&cpu0)
-        .map(|((_, p), c0)| cpu_seconds(*p) - c0)
-        .collect();
-    let all = machine_cpu_seconds() - all0;
+    let (cpu, all) = meter.read();
     let switches = context_switches(pid) - switches0;
     let peak_rss_mb = peak_rss_kb(pid) as f64 / 1024.0;
 
@@ -104,7 +98,7 @@ async fn run(n: u64) {
     );
     println!("| end to end, alerts/s (written until committed, none missing) | {rate:.0} |");
     let span = committed_in.as_secs_f64();
-    for ((who, _), c) in pids.iter().zip(&cpu) {
+    for (who, c) in &cpu {
         println!(
             "| {who} CPU, cores (average until committed); per alert, us | {:.2}; {:.1} |",
             c / span,

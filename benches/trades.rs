@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::trades::{self, GROUP, STREAM};
 use common::{ClickHouseServer, RedisServer, Spillway};
-use procstat::{
-    cpu_seconds, load_average, machine, machine_cpu_seconds, metric_sum, peak_rss_kb, pid_listening,
-};
+use procstat::{load_average, machine, metric_sum, peak_rss_kb, pid_listening, CpuMeter};
 
 fn main() {
     procstat::bench_main("trades", "BENCH_TRADES", 50_000, run);
@@ -40,7 +38,7 @@ async fn run(n: u64) {
     let logs_in = t.elapsed();
 
     // Who spends the two cores: spillway, the two Redis, ClickHouse, this producer, all.
-    let pids = [
+    let pids = vec![
         ("Spillway", pid),
         (
             "RLS redis-server",
@@ -57,8 +55,7 @@ async fn run(n: u64) {
         ("producer and checks (this bench)", std::process::id()),
     ];
     let load = load_average();
-    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
-    let all0 = machine_cpu_seconds();
+    let meter = CpuMeter::start(pids);
     let t = Instant::now();
     trades::close_all(&rtrs.url(), &plan, 1000, 2).await;
     let closed_in = t.elapsed();
@@ -84,12 +81,7 @@ async fn run(n: u64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let acked_in = t.elapsed();
-    let cpu: Vec<f64> = pids
-        .iter()
-        .zip(&cpu0)
-        .map(|((_, p), c0)| cpu_seconds(*p) - c0)
-        .collect();
-    let all = machine_cpu_seconds() - all0;
+    let (cpu, all) = meter.read();
     let peak_rss_mb = peak_rss_kb(pid) as f64 / 1024.0;
 
     let count = |sql: &'static str| ch.count(sql);
@@ -140,7 +132,7 @@ async fn run(n: u64) {
         rate(n, acked_in)
     );
     let span = acked_in.as_secs_f64();
-    for ((who, _), c) in pids.iter().zip(&cpu) {
+    for (who, c) in &cpu {
         println!(
             "| {who} CPU, cores (average until acknowledged) | {:.2} |",
             c / span

@@ -12,6 +12,35 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// The CPU spent by a set of processes, each named, and by the whole machine, since `start`.
+pub struct CpuMeter {
+    pids: Vec<(&'static str, u32)>,
+    start: Vec<f64>,
+    machine_start: f64,
+}
+
+impl CpuMeter {
+    /// Starts counting for `pids` (name, pid).
+    pub fn start(pids: Vec<(&'static str, u32)>) -> CpuMeter {
+        CpuMeter {
+            start: pids.iter().map(|(_, p)| cpu_seconds(*p)).collect(),
+            pids,
+            machine_start: machine_cpu_seconds(),
+        }
+    }
+
+    /// CPU seconds since `start`: each process's (name, seconds), and the whole machine's.
+    pub fn read(&self) -> (Vec<(&'static str, f64)>, f64) {
+        let per = self
+            .pids
+            .iter()
+            .zip(&self.start)
+            .map(|((who, p), c0)| (*who, cpu_seconds(*p) - c0))
+            .collect();
+        (per, machine_cpu_seconds() - self.machine_start)
+    }
+}
+
 /// Context switches (voluntary and not) of all the threads of a process: each is a thread
 /// put to sleep or woken, which costs more than most of the work passed between threads.
 pub fn context_switches(pid: u32) -> u64 {
