@@ -185,6 +185,35 @@ async fn corrupt_values_land_in_dead_letters_byte_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_replaced_by_another_type_before_its_read_is_a_dead_letter() {
+    let (redis, ch, _sp) = stack("ttype", "").await;
+    // Written as a string, then replaced by a list before Spillway can read it (one script:
+    // atomic), so the read finds the key but no string; and a string written then deleted.
+    let replace = "redis.call('SET', KEYS[1], 'v') redis.call('DEL', KEYS[1]) \
+                   redis.call('RPUSH', KEYS[1], 'a') return 1";
+    redis.cli(&["EVAL", replace, "1", "alert:listy"]);
+    let delete = "redis.call('SET', KEYS[1], 'v') redis.call('DEL', KEYS[1]) return 1";
+    redis.cli(&["EVAL", delete, "1", "alert:gone"]);
+    redis.cli(&["SET", "alert:fine", "archived"]);
+    wait_count(
+        &ch,
+        "SELECT count() FROM ttype.dead_letters WHERE key = 'alert:listy' \
+         AND reason = 'read_refused' AND position(error, 'holds a list') > 0",
+        1,
+    )
+    .await;
+    wait_count(&ch, "SELECT count() FROM ttype.alerts FINAL", 1).await;
+    // The deleted one is no dead letter (it is gone, and its deletion is an event).
+    wait_count(
+        &ch,
+        "SELECT count() FROM ttype.alert_events FINAL WHERE key = 'alert:gone' AND event = 'deleted'",
+        1,
+    )
+    .await;
+    assert_eq!(ch.count("SELECT count() FROM ttype.dead_letters").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_recaptures_without_duplicates() {
     let redis = RedisServer::start();
     let ch = ClickHouseServer::start();

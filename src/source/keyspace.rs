@@ -445,7 +445,9 @@ impl Reader {
     /// One round trip: the PTTL of every key (a script), then their values (MGET), pipelined.
     /// Another client may write between the two: a key written anew then reads as its new
     /// value with the old TTL (its own notification reads it again, with its TTL), and a key
-    /// removed reads as gone.
+    /// removed reads as gone. A key that exists but MGET found no string for is asked its TYPE
+    /// (rare: a key of another type, or removed between the two), and only a key that still
+    /// holds another type is refused.
     async fn read(&self, keys: &[Key]) -> std::result::Result<Vec<Read>, Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -463,11 +465,14 @@ impl Reader {
             return Err(Error::new(ErrorKind::Protocol, "read: wrong reply length"));
         }
         let mut out = Vec::with_capacity(keys.len());
-        for (value, ttl) in values.into_iter().zip(ttls) {
+        for ((value, ttl), key) in values.into_iter().zip(ttls).zip(keys) {
             let ttl = ttl.as_i64().unwrap_or(-2);
             out.push(match value {
                 Value::Null if ttl == -2 => Read::Gone,
-                Value::Null => Read::Refused("the key exists but does not hold a string".into()),
+                Value::Null => match self.client.r#type::<String, _>(key.clone()).await?.as_str() {
+                    "none" | "string" => Read::Gone,
+                    other => Read::Refused(format!("the key holds a {other}, not a string")),
+                },
                 // Written between the PTTL and the MGET: its TTL is unknown here.
                 Value::Bytes(b) if ttl == -2 => Read::Value(b, -1),
                 Value::Bytes(b) => Read::Value(b, ttl),

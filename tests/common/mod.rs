@@ -24,10 +24,28 @@ pub mod load;
 pub mod observe;
 pub mod trades;
 
-/// Returns a port that was free on 127.0.0.1 a moment ago (bind to port 0, read it, drop).
+/// A port free on 127.0.0.1 for a server to listen on, below the kernel's ephemeral range: a
+/// port of that range (what binding port 0 gives) can be taken, between this call and the
+/// server's bind, by any outgoing connection of the machine (ClickHouse failed to start with
+/// "Address already in use" that way). Never the same port twice in one test process.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.clamp(12_000, 32768));
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(given.len());
+        let port = low + (h.finish() % u64::from(high - low)) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
