@@ -40,22 +40,16 @@ async fn run(n: u64) {
     let sp = Spillway::start(&toml);
     sp.wait_ready(Duration::from_secs(60)).await;
     let pid = sp.pid().expect("spillway pid");
-    // Who spends the two cores: spillway, Redis, ClickHouse, this producer, all.
-    let pids = vec![
-        ("Spillway", pid),
-        (
-            "redis-server",
-            pid_listening(redis.port).expect("redis pid"),
-        ),
-        (
-            "clickhouse-server",
-            pid_listening(ch.http_port).expect("ClickHouse pid"),
-        ),
-        ("producer and checks (this bench)", std::process::id()),
-    ];
     let load = load_average();
     let items = load::alerts("b", n);
-    let meter = CpuMeter::start(pids);
+    // Who spends the two cores: spillway, Redis, ClickHouse, this producer, all.
+    let meter = CpuMeter::start_for(
+        pid,
+        &[
+            ("redis-server", redis.port),
+            ("clickhouse-server", ch.http_port),
+        ],
+    );
     let switches0 = context_switches(pid);
     let t = Instant::now();
     load::set_all(&redis.url(), items, 3600, chunk, parallel).await;

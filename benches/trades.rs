@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::trades::{self, GROUP, STREAM};
 use common::{ClickHouseServer, RedisServer, Spillway};
-use procstat::{load_average, machine, metric_sum, peak_rss_kb, pid_listening, CpuMeter};
+use procstat::{load_average, machine, metric_sum, peak_rss_kb, CpuMeter};
 
 fn main() {
     procstat::bench_main("trades", "BENCH_TRADES", 50_000, run);
@@ -39,25 +39,16 @@ async fn run(n: u64) {
     trades::write_logs(&rls.url(), &plan, 1000, 4).await;
     let logs_in = t.elapsed();
 
-    // Who spends the two cores: spillway, the two Redis, ClickHouse, this producer, all.
-    let pids = vec![
-        ("Spillway", pid),
-        (
-            "RLS redis-server",
-            pid_listening(rls.port).expect("RLS pid"),
-        ),
-        (
-            "RTRS redis-server",
-            pid_listening(rtrs.port).expect("RTRS pid"),
-        ),
-        (
-            "clickhouse-server",
-            pid_listening(ch.http_port).expect("ClickHouse pid"),
-        ),
-        ("producer and checks (this bench)", std::process::id()),
-    ];
     let load = load_average();
-    let meter = CpuMeter::start(pids);
+    // Who spends the two cores: spillway, the two Redis, ClickHouse, this producer, all.
+    let meter = CpuMeter::start_for(
+        pid,
+        &[
+            ("RLS redis-server", rls.port),
+            ("RTRS redis-server", rtrs.port),
+            ("clickhouse-server", ch.http_port),
+        ],
+    );
     let t = Instant::now();
     trades::close_all(&rtrs.url(), &plan, 1000, 2).await;
     let closed_in = t.elapsed();

@@ -143,8 +143,8 @@ fn check_redis_url(field: &str, url: &str) -> Result<()> {
 impl ClickHouseSection {
     pub(super) fn validate(self) -> Result<ClickHouseSettings> {
         let url = self.url.unwrap_or_else(|| "http://127.0.0.1:8123".into());
-        match url::Url::parse(&url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        let parsed = match url::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
             _ => {
                 return Err(invalid(
                     "clickhouse.url",
@@ -152,7 +152,7 @@ impl ClickHouseSection {
                     "give the HTTP interface, e.g. http://127.0.0.1:8123",
                 ))
             }
-        }
+        };
         let database = self.database.unwrap_or_else(|| "spillway".into());
         if database.is_empty()
             || !database
@@ -168,7 +168,7 @@ impl ClickHouseSection {
         let compression = match self.compression.as_deref().unwrap_or("auto") {
             "lz4" => true,
             "none" => false,
-            "auto" => !is_loopback(&url),
+            "auto" => !is_loopback(&parsed),
             other => {
                 return Err(invalid(
                     "clickhouse.compression",
@@ -193,11 +193,8 @@ impl ClickHouseSection {
 
 /// Whether the host of `url` is this machine (localhost or a loopback address): there,
 /// compressing the inserts costs CPU on both sides and saves nothing.
-fn is_loopback(url: &str) -> bool {
-    match url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host().map(|h| h.to_owned()))
-    {
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

@@ -20,6 +20,18 @@ pub struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// Starts counting for Spillway (`spillway`, its pid), the servers listening on
+    /// `servers` (name, port of 127.0.0.1), and this process (the producer and checks).
+    pub fn start_for(spillway: u32, servers: &[(&'static str, u16)]) -> CpuMeter {
+        let mut pids = vec![("Spillway", spillway)];
+        for (name, port) in servers {
+            let pid = pid_listening(*port).unwrap_or_else(|| panic!("no {name} on port {port}"));
+            pids.push((*name, pid));
+        }
+        pids.push(("producer and checks (this bench)", std::process::id()));
+        CpuMeter::start(pids)
+    }
+
     /// Starts counting for `pids` (name, pid).
     pub fn start(pids: Vec<(&'static str, u32)>) -> CpuMeter {
         CpuMeter {
