@@ -61,6 +61,17 @@ cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: run 'rustup compone
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: run 'rustup component add clippy'"
 echo "$(cargo --version); $(redis-server --version | cut -d' ' -f1-3); $(promtool --version 2>&1 | head -n1)"
 
+# A clean build of the tests takes about 1.2 GB under target/, the test servers' data a few
+# hundred MB more under the temp directory. Say so up front rather than fail in the linker.
+avail_mb=$(df -Pm . | awk 'NR==2 {print $4}')
+if [ "${avail_mb:-0}" -lt 2048 ]; then
+    echo "warning: only ${avail_mb} MB free on the disk of $(pwd); the build and tests need about 2 GB"
+fi
+# CI builds each clean clone once: incremental compilation caches would only take disk.
+if [ -n "${CI:-}" ]; then
+    export CARGO_INCREMENTAL=0
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check || die "formatting differs: run 'cargo fmt --all'"
 
