@@ -2,7 +2,9 @@
 //! into a real redis-server; the clock stops when all N are committed in a real
 //! clickhouse-server (none missing). The same writes are timed against Redis alone (with
 //! keyspace notifications on and nobody listening), twice before and twice after the rest: the
-//! median of the four is the ceiling Spillway is compared with.
+//! median of the four is the ceiling Spillway is compared with. Spillway runs twice, each time
+//! against a fresh Redis and ClickHouse: with the default settings, then with
+//! `keyspace.read_ttl = false`.
 //!
 //! Run: `cargo bench --bench alerts` (env BENCH_ALERTS=N, default 1000000).
 
@@ -33,14 +35,66 @@ async fn run(n: u64) {
     for _ in 0..2 {
         ceilings.push(ceiling(&ceiling_items, chunk, parallel).await);
     }
+    let load = load_average();
+    // Spillway with the default settings, then with `keyspace.read_ttl = false`, each against
+    // a fresh Redis and ClickHouse.
+    let with_ttl = archive(n, chunk, parallel, true).await;
+    let without_ttl = archive(n, chunk, parallel, false).await;
+    for _ in 0..2 {
+        ceilings.push(ceiling(&ceiling_items, chunk, parallel).await);
+    }
+    let mut rates: Vec<f64> = ceilings.iter().map(|c| c.0).collect();
+    rates.sort_by(f64::total_cmp);
+    let ceiling = (rates[1] + rates[2]) / 2.0;
+    let list = |f: fn(&(f64, f64)) -> String| {
+        let v: Vec<String> = ceilings.iter().map(f).collect();
+        v.join(" / ")
+    };
+
+    println!();
+    println!(
+        "machine: {} (1-min load average at start: {load:.2})",
+        machine()
+    );
+    println!("alerts: {n} MessagePack alerts, SET ... EX 3600, {parallel} connections x {chunk} pipelined");
+    println!("| measure | default settings | `keyspace.read_ttl = false` |");
+    println!("|---|---|---|");
+    for ((label, a), (_, b)) in with_ttl.rows.iter().zip(&without_ttl.rows) {
+        println!("| {label} | {a} | {b} |");
+    }
+    println!(
+        "| end to end / Redis-alone ceiling (median of the four below) | {:.2} | {:.2} |",
+        with_ttl.rate / ceiling,
+        without_ttl.rate / ceiling
+    );
+    println!(
+        "| Redis alone (notifications on), SET/s: two before, two after the rest | {} ||",
+        list(|c| format!("{:.0}", c.0))
+    );
+    println!(
+        "| Redis alone, redis-server CPU per SET, us (same runs) | {} ||",
+        list(|c| format!("{:.1}", c.1))
+    );
+}
+
+/// What one run of Spillway measured: its end-to-end rate and the table's rows.
+struct Archive {
+    rate: f64,
+    rows: Vec<(String, String)>,
+}
+
+/// Runs Spillway (default settings, with `keyspace.read_ttl` as given) against a fresh Redis
+/// and ClickHouse: N alerts at full speed until all are committed, then half that rate for 10 s
+/// for the latency.
+async fn archive(n: u64, chunk: usize, parallel: usize, read_ttl: bool) -> Archive {
     let redis = RedisServer::start();
     let ch = ClickHouseServer::start();
     // The default batch settings (max delay 1 s).
-    let toml = config_toml(&redis, &ch, "bench", free_port());
+    let mut toml = config_toml(&redis, &ch, "bench", free_port());
+    toml.push_str(&format!("\n[keyspace]\nread_ttl = {read_ttl}\n"));
     let sp = Spillway::start(&toml);
     sp.wait_ready(Duration::from_secs(60)).await;
     let pid = sp.pid().expect("spillway pid");
-    let load = load_average();
     let items = load::alerts("b", n);
     // Who spends the two cores: spillway, Redis, ClickHouse, this producer, all.
     let meter = CpuMeter::start_for(
@@ -78,34 +132,30 @@ async fn run(n: u64) {
     assert_eq!(dead, 0, "dead letters");
 
     let rate = n as f64 / committed_in.as_secs_f64();
-    println!();
-    println!(
-        "machine: {} (1-min load average at start: {load:.2})",
-        machine()
+    let mut rows = Vec::new();
+    let mut row = |label: &str, value: String| rows.push((label.to_string(), value));
+    row(
+        "producer with Spillway running, SET/s",
+        format!("{:.0}", n as f64 / written_in.as_secs_f64()),
     );
-    println!("alerts: {n} MessagePack alerts, SET ... EX 3600, {parallel} connections x {chunk} pipelined");
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!(
-        "| producer with Spillway running, SET/s | {:.0} |",
-        n as f64 / written_in.as_secs_f64()
+    row(
+        "end to end, alerts/s (written until committed, none missing)",
+        format!("{rate:.0}"),
     );
-    println!("| end to end, alerts/s (written until committed, none missing) | {rate:.0} |");
     let span = committed_in.as_secs_f64();
     for (who, c) in &cpu {
-        println!(
-            "| {who} CPU, cores (average until committed); per alert, us | {:.2}; {:.1} |",
-            c / span,
-            c * 1e6 / n as f64
+        row(
+            &format!("{who} CPU, cores (average until committed); per alert, us"),
+            format!("{:.2}; {:.1}", c / span, c * 1e6 / n as f64),
         );
     }
-    println!(
-        "| whole machine CPU, cores busy (of 2) | {:.2} |",
-        all / span
+    row(
+        "whole machine CPU, cores busy (of 2)",
+        format!("{:.2}", all / span),
     );
-    println!(
-        "| Spillway context switches per 1000 alerts | {:.0} |",
-        switches as f64 * 1000.0 / n as f64
+    row(
+        "Spillway context switches per 1000 alerts",
+        format!("{:.0}", switches as f64 * 1000.0 / n as f64),
     );
     // Where Redis spends its one core: the writes (with their notifications) and the reads.
     let stats = redis.cli(&["INFO", "commandstats"]);
@@ -117,28 +167,43 @@ async fn run(n: u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    println!(
-        "| Redis time per alert, us: SET with notifications / read-back (PTTL script, MGET) | {:.1} / {:.1} |",
-        usec("set") / n as f64,
-        (usec("evalsha") + usec("eval") + usec("mget")) / n as f64
+    row(
+        "Redis time per alert, us: SET with notifications / read-back (PTTL script, MGET)",
+        format!(
+            "{:.1} / {:.1}",
+            usec("set") / n as f64,
+            (usec("evalsha") + usec("eval") + usec("mget")) / n as f64
+        ),
     );
-    println!("| Spillway peak resident memory, MB | {peak_rss_mb:.0} |");
-    println!(
-        "| notifications lost: queue full / client ring lagged; values recovered by rescan | {} / {}; {} |",
-        lost("buffer_overrun"),
-        lost("subscriber_lagged"),
-        rescued as u64
+    row(
+        "Spillway peak resident memory, MB",
+        format!("{peak_rss_mb:.0}"),
+    );
+    row(
+        "notifications lost: queue full / client ring lagged; values recovered by rescan",
+        format!(
+            "{} / {}; {}",
+            lost("buffer_overrun"),
+            lost("subscriber_lagged"),
+            rescued as u64
+        ),
     );
     let reads = metric_sum(&metrics, "spillway_redis_read_duration_seconds_count");
     let read_s = metric_sum(&metrics, "spillway_redis_read_duration_seconds_sum");
     let inserts = metric_sum(&metrics, "spillway_insert_duration_seconds_count");
     let insert_s = metric_sum(&metrics, "spillway_insert_duration_seconds_sum");
-    println!("| Redis reads: count, busy s | {reads} {read_s:.2} |");
-    println!("| ClickHouse inserts: count, busy s | {inserts} {insert_s:.2} |");
-    println!(
-        "| time to write / to commit, s | {:.2} / {:.2} |",
-        written_in.as_secs_f64(),
-        committed_in.as_secs_f64()
+    row("Redis reads: count, busy s", format!("{reads} {read_s:.2}"));
+    row(
+        "ClickHouse inserts: count, busy s",
+        format!("{inserts} {insert_s:.2}"),
+    );
+    row(
+        "time to write / to commit, s",
+        format!(
+            "{:.2} / {:.2}",
+            written_in.as_secs_f64(),
+            committed_in.as_secs_f64()
+        ),
     );
 
     // Latency at half the measured rate: a paced producer for 10 s; the event-to-commit
@@ -156,36 +221,15 @@ async fn run(n: u64) {
         .zip(&before)
         .map(|((le, a), (_, b))| (*le, a - b))
         .collect();
-    println!(
-        "| at half rate ({half}/s for 10 s): event-to-commit p50 / p99, s (max batch delay 1 s, the default) | {:.3} / {:.3} |",
-        quantile(&delta, 0.5),
-        quantile(&delta, 0.99)
+    row(
+        "at half rate (10 s): alerts/s; event-to-commit p50 / p99, s (max batch delay 1 s, the default)",
+        format!(
+            "{half}; {:.3} / {:.3}",
+            quantile(&delta, 0.5),
+            quantile(&delta, 0.99)
+        ),
     );
-    drop(sp);
-    drop(ch);
-    drop(redis);
-    for _ in 0..2 {
-        ceilings.push(ceiling(&ceiling_items, chunk, parallel).await);
-    }
-    let mut rates: Vec<f64> = ceilings.iter().map(|c| c.0).collect();
-    rates.sort_by(f64::total_cmp);
-    let ceiling = (rates[1] + rates[2]) / 2.0;
-    let list = |f: fn(&(f64, f64)) -> String| {
-        let v: Vec<String> = ceilings.iter().map(f).collect();
-        v.join(" / ")
-    };
-    println!(
-        "| Redis alone (notifications on), SET/s: two before, two after the rest | {} |",
-        list(|c| format!("{:.0}", c.0))
-    );
-    println!(
-        "| Redis alone, redis-server CPU per SET, us (same runs) | {} |",
-        list(|c| format!("{:.1}", c.1))
-    );
-    println!(
-        "| end to end / Redis-alone ceiling (median of the four) | {:.2} |",
-        rate / ceiling
-    );
+    Archive { rate, rows }
 }
 
 /// Waits until `n` distinct alerts are committed (a value captured twice, by event and by

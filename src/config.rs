@@ -160,6 +160,8 @@ pub struct KeyspaceSettings {
     pub read_batch: NonZeroUsize,
     /// Connections reading values back.
     pub readers: NonZeroUsize,
+    /// Whether each value's remaining TTL is read with it.
+    pub read_ttl: bool,
 }
 
 impl FileConfig {

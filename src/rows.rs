@@ -125,6 +125,10 @@ impl Table {
     }
 }
 
+/// `ttl_ms` of a value read with `keyspace.read_ttl = false`: its TTL was not asked. (The other
+/// values below zero are Redis's own: -1 the key has no TTL, -2 the key was gone.)
+pub const TTL_NOT_READ: i64 = -3;
+
 /// One row, encoded in RowBinary where it was made (so the channel and the batch hold compact
 /// bytes, and encoding runs in the sources' tasks, not the writer's).
 pub struct Row {

@@ -186,7 +186,25 @@ async fn corrupt_values_land_in_dead_letters_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_replaced_by_another_type_before_its_read_is_a_dead_letter() {
-    let (redis, ch, _sp) = stack("ttype", "").await;
+    another_type_or_gone_before_the_read("ttype", "", 3_500_000..=3_600_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ttl_reads_values_are_archived_with_ttl_not_read() {
+    // The read-back is MGET alone: a key found without a string is told apart (gone or
+    // another type) by its TYPE, and the TTL columns say the TTL was not read (-3).
+    another_type_or_gone_before_the_read("tnottl", "[keyspace]\nread_ttl = false\n", -3..=-3).await;
+}
+
+/// A string replaced by a list before Spillway can read it becomes a `read_refused` dead letter;
+/// one deleted before its read is an event, not a dead letter; a plain value written with
+/// `EX 3600` is archived with a `ttl_ms` in `ttl`.
+async fn another_type_or_gone_before_the_read(
+    db: &str,
+    extra: &str,
+    ttl: std::ops::RangeInclusive<i64>,
+) {
+    let (redis, ch, sp) = stack(db, extra).await;
     // Written as a string, then replaced by a list before Spillway can read it (one script:
     // atomic), so the read finds the key but no string; and a string written then deleted.
     let replace = "redis.call('SET', KEYS[1], 'v') redis.call('DEL', KEYS[1]) \
@@ -194,23 +212,41 @@ async fn a_key_replaced_by_another_type_before_its_read_is_a_dead_letter() {
     redis.cli(&["EVAL", replace, "1", "alert:listy"]);
     let delete = "redis.call('SET', KEYS[1], 'v') redis.call('DEL', KEYS[1]) return 1";
     redis.cli(&["EVAL", delete, "1", "alert:gone"]);
-    redis.cli(&["SET", "alert:fine", "archived"]);
+    redis.cli(&["SET", "alert:fine", "archived", "EX", "3600"]);
     wait_count(
         &ch,
-        "SELECT count() FROM ttype.dead_letters WHERE key = 'alert:listy' \
-         AND reason = 'read_refused' AND position(error, 'holds a list') > 0",
+        &format!(
+            "SELECT count() FROM {db}.dead_letters WHERE key = 'alert:listy' \
+             AND reason = 'read_refused' AND position(error, 'holds a list') > 0"
+        ),
         1,
     )
     .await;
-    wait_count(&ch, "SELECT count() FROM ttype.alerts FINAL", 1).await;
+    wait_count(&ch, &format!("SELECT count() FROM {db}.alerts FINAL"), 1).await;
     // The deleted one is no dead letter (it is gone, and its deletion is an event).
     wait_count(
         &ch,
-        "SELECT count() FROM ttype.alert_events FINAL WHERE key = 'alert:gone' AND event = 'deleted'",
+        &format!(
+            "SELECT count() FROM {db}.alert_events FINAL WHERE key = 'alert:gone' AND event = 'deleted'"
+        ),
         1,
     )
     .await;
-    assert_eq!(ch.count("SELECT count() FROM ttype.dead_letters").await, 1);
+    assert_eq!(
+        ch.count(&format!("SELECT count() FROM {db}.dead_letters"))
+            .await,
+        1
+    );
+    for table in ["alerts", "alert_events"] {
+        let sql = format!(
+            "SELECT count() FROM {db}.{table} WHERE key = 'alert:fine' \
+             AND ttl_ms BETWEEN {} AND {}",
+            ttl.start(),
+            ttl.end()
+        );
+        wait_count(&ch, &sql, 1).await;
+    }
+    drop(sp);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,10 @@ pub struct KeyspaceSection {
     pub read_batch: Option<usize>,
     /// Connections reading values back, each with one read in flight; default 4, at most 64.
     pub readers: Option<usize>,
+    /// Read each value's remaining TTL with it (a script of one PTTL per key, pipelined with the
+    /// MGET) into the `ttl_ms` columns and the expiry-risk gauge; default true. false halves
+    /// the read-back's work in Redis; `ttl_ms` is then -3 and the gauge stays at +Inf.
+    pub read_ttl: Option<bool>,
 }
 
 impl RedisSection {
@@ -260,6 +264,7 @@ impl KeyspaceSection {
                     ))
                 }
             }),
+            read_ttl: self.read_ttl.unwrap_or(true),
         })
     }
 }

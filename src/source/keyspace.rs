@@ -1,6 +1,6 @@
 //! The keyspace source: subscribes to the keyevent channels of a Redis instance and reads each
-//! written value back in batches (value and PTTL of up to `read_batch` keys in one round trip);
-//! the [`capture`](super::capture) stage turns them into rows.
+//! written value back in batches (value, and PTTL unless `read_ttl = false`, of up to `read_batch`
+//! keys in one round trip); the [`capture`](super::capture) stage turns them into rows.
 //!
 //! Pub/sub cannot be paused. When the channel to ClickHouse is full, this task waits on it, the
 //! notifications queue in the client's buffer (`keyspace.subscriber_buffer`), and once that
@@ -25,7 +25,7 @@ use super::{notify, Endpoint, Result};
 use crate::config::KeyspaceSettings;
 use crate::metrics as m;
 use crate::pipeline::{KeyspaceSource, LIFECYCLE};
-use crate::rows::{now_ms, Record};
+use crate::rows::{now_ms, Record, TTL_NOT_READ};
 
 /// Capacity of fred's broadcast ring of notifications. fred preallocates it for each of its
 /// several notification channels, so it stays small; a task empties it at once into the
@@ -68,10 +68,20 @@ impl Keyspace {
         let reader = endpoint.client(def.db).await?;
         notify::check(&reader, &endpoint, &def, settings.configure_notifications).await?;
         let read_duration = metrics::histogram!(m::READ_DURATION, "pipeline" => name.to_string());
-        let mut readers = vec![Reader::new(name, reader, read_duration.clone())];
+        let mut readers = vec![Reader::new(
+            name,
+            reader,
+            settings.read_ttl,
+            read_duration.clone(),
+        )];
         for _ in 1..settings.readers.get() {
             let client = endpoint.client(def.db).await?;
-            readers.push(Reader::new(name, client, read_duration.clone()));
+            readers.push(Reader::new(
+                name,
+                client,
+                settings.read_ttl,
+                read_duration.clone(),
+            ));
         }
         let subscriber = endpoint
             .builder(def.db, FRED_BUFFER)?
@@ -362,16 +372,22 @@ struct Request {
 struct Reader {
     name: String,
     client: Client,
-    script: Script,
+    /// The TTL script, when `keyspace.read_ttl`.
+    script: Option<Script>,
     read_duration: metrics::Histogram,
 }
 
 impl Reader {
-    fn new(name: &str, client: Client, read_duration: metrics::Histogram) -> Reader {
+    fn new(
+        name: &str,
+        client: Client,
+        read_ttl: bool,
+        read_duration: metrics::Histogram,
+    ) -> Reader {
         Reader {
             name: name.to_string(),
             client,
-            script: Script::from_lua(TTL_SCRIPT),
+            script: read_ttl.then(|| Script::from_lua(TTL_SCRIPT)),
             read_duration,
         }
     }
@@ -442,12 +458,13 @@ impl Reader {
         }
     }
 
-    /// One round trip: the PTTL of every key (a script), then their values (MGET), pipelined.
-    /// Another client may write between the two: a key written anew then reads as its new
-    /// value with the old TTL (its own notification reads it again, with its TTL), and a key
-    /// removed reads as gone. A key that exists but MGET found no string for is asked its TYPE
-    /// (rare: a key of another type, or removed between the two), and only a key that still
-    /// holds another type is refused.
+    /// One round trip: with `keyspace.read_ttl`, the PTTL of every key (a script), then their
+    /// values (MGET), pipelined; without, the MGET alone. Another client may write between the
+    /// two: a key written anew then reads as its new value with the old TTL (its own
+    /// notification reads it again, with its TTL), and a key removed reads as gone. Keys that
+    /// MGET found no string for, unless the script saw them gone, are asked their TYPE in one
+    /// more round trip (rare: a key of another type, or one removed before its read): only a key
+    /// that still holds another type is refused.
     async fn read(&self, keys: &[Key]) -> std::result::Result<Vec<Read>, Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -455,43 +472,72 @@ impl Reader {
         let started = Instant::now();
         let (ttls, values) = match self.read_once(keys).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                self.script.load(&self.client).await?;
+                if let Some(script) = &self.script {
+                    script.load(&self.client).await?;
+                }
                 self.read_once(keys).await?
             }
             other => other?,
         };
         self.read_duration.record(started.elapsed().as_secs_f64());
-        if values.len() != keys.len() || ttls.len() != keys.len() {
+        if values.len() != keys.len() || ttls.as_ref().is_some_and(|t| t.len() != keys.len()) {
             return Err(Error::new(ErrorKind::Protocol, "read: wrong reply length"));
         }
+        let mut ttls = ttls.map(Vec::into_iter);
         let mut out = Vec::with_capacity(keys.len());
-        for ((value, ttl), key) in values.into_iter().zip(ttls).zip(keys) {
-            let ttl = ttl.as_i64().unwrap_or(-2);
+        let mut unsure = Vec::new();
+        for (i, value) in values.into_iter().enumerate() {
+            let ttl = match &mut ttls {
+                Some(t) => t.next().and_then(|t| t.as_i64()).unwrap_or(-2),
+                None => TTL_NOT_READ,
+            };
             out.push(match value {
                 Value::Null if ttl == -2 => Read::Gone,
-                Value::Null => match self.client.r#type::<String, _>(key.clone()).await?.as_str() {
-                    "none" | "string" => Read::Gone,
-                    other => Read::Refused(format!("the key holds a {other}, not a string")),
-                },
+                Value::Null => {
+                    unsure.push(i);
+                    Read::Gone
+                }
                 // Written between the PTTL and the MGET: its TTL is unknown here.
                 Value::Bytes(b) if ttl == -2 => Read::Value(b, -1),
                 Value::Bytes(b) => Read::Value(b, ttl),
-                Value::String(s) => Read::Value(s.into_inner(), ttl.max(-1)),
+                Value::String(s) if ttl == -2 => Read::Value(s.into_inner(), -1),
+                Value::String(s) => Read::Value(s.into_inner(), ttl),
                 other => Read::Refused(format!("unexpected reply {:?}", other.kind())),
             });
+        }
+        if !unsure.is_empty() {
+            let pipeline = self.client.pipeline();
+            for &i in &unsure {
+                let () = pipeline.r#type(keys[i].clone()).await?;
+            }
+            let types: Vec<String> = pipeline.all().await?;
+            for (&i, kind) in unsure.iter().zip(types) {
+                if !matches!(kind.as_str(), "none" | "string") {
+                    out[i] = Read::Refused(format!("the key holds a {kind}, not a string"));
+                }
+            }
         }
         Ok(out)
     }
 
-    /// The TTL script and the MGET in one pipeline: (TTLs, values).
+    /// The TTL script (when TTLs are read) and the MGET in one pipeline: (TTLs, values).
     async fn read_once(
         &self,
         keys: &[Key],
-    ) -> std::result::Result<(Vec<Value>, Vec<Value>), Error> {
+    ) -> std::result::Result<(Option<Vec<Value>>, Vec<Value>), Error> {
+        let Some(script) = &self.script else {
+            return match self.client.mget::<Value, _>(keys.to_vec()).await? {
+                Value::Array(values) => Ok((None, values)),
+                _ => Err(Error::new(
+                    ErrorKind::Protocol,
+                    "read: unexpected reply to MGET",
+                )),
+            };
+        };
         let pipeline = self.client.pipeline();
         // EVALSHA sha numkeys key...: the pipeline has no LuaInterface, so as a custom command.
         let mut args = Vec::with_capacity(keys.len() + 2);
-        args.push(Value::String(self.script.sha1().clone()));
+        args.push(Value::String(script.sha1().clone()));
         args.push(Value::Integer(keys.len() as i64));
         args.extend(keys.iter().map(|k| Value::Bytes(k.clone().into_bytes())));
         let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
@@ -508,7 +554,7 @@ impl Reader {
         };
         let ttls = array("the TTL script")?;
         let values = array("MGET")?;
-        Ok((ttls, values))
+        Ok((Some(ttls), values))
     }
 }
 
