@@ -151,7 +151,9 @@ fn decode_msgpack_with<'de, S: DeserializeSeed<'de>>(
         reason: "invalid_msgpack",
         detail,
     };
-    let mut de = rmp_serde::Deserializer::new(bytes);
+    // Borrowing from `bytes` (strings are not copied into a scratch buffer first); that reader
+    // does not tell where the value ended, so `msgpack_len` does.
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     let value = seed.deserialize(&mut de).map_err(|e| {
         let detail = e.to_string();
         if detail.contains(EXPECTING_MAP) && complete_value(bytes) {
@@ -163,12 +165,67 @@ fn decode_msgpack_with<'de, S: DeserializeSeed<'de>>(
             invalid(detail)
         }
     })?;
-    match de.get_ref().len() {
-        0 => Ok(value),
-        left => Err(invalid(format!(
+    match msgpack_len(bytes).map(|len| bytes.len() - len) {
+        Some(0) => Ok(value),
+        Some(left) => Err(invalid(format!(
             "{left} bytes left over after a complete MessagePack value"
         ))),
+        None => Err(invalid("MessagePack value cut short".into())),
     }
+}
+
+/// The length in bytes of the first MessagePack value of `bytes`, walking its headers only
+/// (nothing is decoded); None when it is cut short or uses the reserved marker.
+fn msgpack_len(bytes: &[u8]) -> Option<usize> {
+    use rmp::Marker as M;
+    let mut pos = 0usize;
+    // Values still to walk: containers add their items. Each takes at least one byte, so a
+    // huge announced count ends at the end of `bytes`.
+    let mut pending: u64 = 1;
+    let size = |pos: &mut usize, n: usize| -> Option<u64> {
+        let b = bytes.get(*pos..*pos + n)?;
+        *pos += n;
+        Some(b.iter().fold(0, |acc, &x| acc << 8 | u64::from(x)))
+    };
+    while pending > 0 {
+        pending -= 1;
+        let marker = M::from_u8(*bytes.get(pos)?);
+        pos += 1;
+        // (bytes of payload to skip, values inside)
+        let (skip, items): (u64, u64) = match marker {
+            M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False => (0, 0),
+            M::U8 | M::I8 => (1, 0),
+            M::U16 | M::I16 => (2, 0),
+            M::U32 | M::I32 | M::F32 => (4, 0),
+            M::U64 | M::I64 | M::F64 => (8, 0),
+            M::FixStr(n) => (u64::from(n), 0),
+            M::Str8 | M::Bin8 => (size(&mut pos, 1)?, 0),
+            M::Str16 | M::Bin16 => (size(&mut pos, 2)?, 0),
+            M::Str32 | M::Bin32 => (size(&mut pos, 4)?, 0),
+            M::FixArray(n) => (0, u64::from(n)),
+            M::Array16 => (0, size(&mut pos, 2)?),
+            M::Array32 => (0, size(&mut pos, 4)?),
+            M::FixMap(n) => (0, 2 * u64::from(n)),
+            M::Map16 => (0, 2 * size(&mut pos, 2)?),
+            M::Map32 => (0, 2 * size(&mut pos, 4)?),
+            // Extensions: a type byte, then the data.
+            M::FixExt1 => (2, 0),
+            M::FixExt2 => (3, 0),
+            M::FixExt4 => (5, 0),
+            M::FixExt8 => (9, 0),
+            M::FixExt16 => (17, 0),
+            M::Ext8 => (size(&mut pos, 1)? + 1, 0),
+            M::Ext16 => (size(&mut pos, 2)? + 1, 0),
+            M::Ext32 => (size(&mut pos, 4)? + 1, 0),
+            M::Reserved => return None,
+        };
+        pos = pos.checked_add(usize::try_from(skip).ok()?)?;
+        if pos > bytes.len() {
+            return None;
+        }
+        pending += items;
+    }
+    Some(pos)
 }
 
 /// Whether `bytes` are exactly one well-formed MessagePack value (of any type).
@@ -594,6 +651,55 @@ mod tests {
 
     fn mp(v: &impl serde::Serialize) -> Vec<u8> {
         rmp_serde::to_vec_named(v).unwrap()
+    }
+
+    #[test]
+    fn msgpack_len_walks_every_kind_of_value() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(7),
+            json!(-7),
+            json!(200),
+            json!(-200),
+            json!(70000),
+            json!(-70000),
+            json!(5_000_000_000_i64),
+            json!(-5_000_000_000_i64),
+            json!(1.5),
+            json!("short"),
+            json!("x".repeat(40)),
+            json!("y".repeat(300)),
+            json!("z".repeat(70_000)),
+            json!([1, [2, [3, {"a": [4]}]]]),
+            json!((0..20).collect::<Vec<_>>()),
+            json!((0..70_000).collect::<Vec<_>>()),
+            json!({"alert_id": "a1", "nested": {"k": [1, 2.5, "s", null]}}),
+            serde_json::Value::Object((0..20).map(|i| (format!("k{i}"), json!(i))).collect()),
+        ];
+        for v in &values {
+            let bytes = mp(v);
+            assert_eq!(msgpack_len(&bytes), Some(bytes.len()), "{v}");
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(b"tail");
+            assert_eq!(msgpack_len(&longer), Some(bytes.len()), "{v}");
+            assert_eq!(msgpack_len(&bytes[..bytes.len() - 1]), None, "{v}");
+        }
+        // Binary, 32-bit float, extensions (fixed and sized), and the reserved marker.
+        for bytes in [
+            &[0xc4, 2, 1, 2][..],
+            &[0xc5, 0, 1, 9][..],
+            &[0xca, 0, 0, 0, 0][..],
+            &[0xd4, 1, 0][..],
+            &[&[0xd8, 1][..], &[0; 16]].concat()[..],
+            &[0xc7, 2, 5, 0, 0][..],
+        ] {
+            assert_eq!(msgpack_len(bytes), Some(bytes.len()), "{bytes:?}");
+            assert_eq!(msgpack_len(&bytes[..bytes.len() - 1]), None, "{bytes:?}");
+        }
+        assert_eq!(msgpack_len(&[0xc1]), None);
+        // An array announcing four billion items ends with the bytes.
+        assert_eq!(msgpack_len(&[0xdd, 0xff, 0xff, 0xff, 0xff, 1, 2]), None);
     }
 
     #[test]
