@@ -158,31 +158,9 @@ pub fn parse_entries(v: Value) -> Vec<Entry> {
     out
 }
 
-/// The reply of the log-reading script, one per key.
-pub fn parse_logs(v: Value, n: usize) -> Vec<LogRead> {
-    let Value::Array(items) = v else {
-        return vec![LogRead::Missing; n];
-    };
-    items
-        .into_iter()
-        .map(|item| {
-            let Value::Array(mut parts) = item else {
-                return LogRead::Missing;
-            };
-            let kind = parts.first().map(text).unwrap_or_default();
-            match (kind.as_str(), parts.len()) {
-                ("list", 2) => match parts.swap_remove(1) {
-                    Value::Array(entries) => {
-                        LogRead::List(entries.into_iter().filter_map(bytes).collect())
-                    }
-                    _ => LogRead::List(Vec::new()),
-                },
-                ("string", 2) => LogRead::Str(bytes(parts.swap_remove(1)).unwrap_or_default()),
-                ("none", _) => LogRead::Missing,
-                (other, _) => LogRead::Other(other.to_string()),
-            }
-        })
-        .collect()
+/// A LIST log from its LRANGE reply.
+pub fn list_log(items: Vec<Value>) -> LogRead {
+    LogRead::List(items.into_iter().filter_map(bytes).collect())
 }
 
 /// Trades whose logs this process moved lately (bounded): a later close of the same trade finds

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,7 +34,6 @@ pub struct Stream {
     logs: Client,
     tx: mpsc::Sender<Record>,
     inflight: Arc<Mutex<HashSet<String>>>,
-    read_logs: Script,
 }
 
 impl Stream {
@@ -79,7 +77,6 @@ impl Stream {
             logs,
             tx,
             inflight: Default::default(),
-            read_logs: Script::from_lua(READ_LOGS),
         })
     }
 
@@ -348,20 +345,16 @@ impl Stream {
         jobs.send(Job { entries, logs, now }).await.is_ok()
     }
 
-    /// Reads the logs (LIST or STRING) of `keys` in one round trip, retrying with capped
-    /// backoff; None on cancel (the entries stay pending and are read again at the next start).
+    /// Reads the logs (LIST or STRING) of `keys`, retrying with capped backoff; None on cancel
+    /// (the entries stay pending and are read again at the next start).
     async fn read_logs(&self, keys: &[String], cancel: &CancellationToken) -> Option<Vec<LogRead>> {
         if keys.is_empty() {
             return Some(Vec::new());
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self
-                .read_logs
-                .evalsha_with_reload::<Value, _, _>(&self.logs, keys.to_vec(), ())
-                .await
-            {
-                Ok(v) => return Some(super::entries::parse_logs(v, keys.len())),
+            match read_logs(&self.logs, keys).await {
+                Ok(logs) => return Some(logs),
                 Err(e) => {
                     tracing::warn!(pipeline = %self.name, error = %e, retry_in = ?backoff, "reading execution logs failed; retrying");
                     pause(cancel, backoff).await;
@@ -373,6 +366,71 @@ impl Stream {
             }
         }
     }
+}
+
+/// One LRANGE per key, pipelined (most logs are lists; Redis has no empty list, so an empty
+/// reply is a missing key); then a GET of each key that is not a list, and the TYPE of any that
+/// is no string either. Plain commands, not a script: a script copies every entry into a Lua
+/// string and back, which cost Redis about as much as the rest of the move.
+async fn read_logs(client: &Client, keys: &[String]) -> std::result::Result<Vec<LogRead>, Error> {
+    let lists = client.pipeline();
+    for key in keys {
+        let () = lists.lrange(key.as_str(), 0, -1).await?;
+    }
+    let mut out = Vec::with_capacity(keys.len());
+    let mut not_lists = Vec::new();
+    for (i, reply) in lists.try_all::<Value>().await.into_iter().enumerate() {
+        out.push(match reply {
+            Ok(Value::Array(items)) if items.is_empty() => LogRead::Missing,
+            Ok(Value::Array(items)) => super::entries::list_log(items),
+            Ok(Value::Null) => LogRead::Missing,
+            Err(e) if is_wrong_type(&e) => {
+                not_lists.push(i);
+                LogRead::Missing
+            }
+            Err(e) => return Err(e),
+            Ok(other) => return Err(unexpected("LRANGE", &other)),
+        });
+    }
+    if not_lists.is_empty() {
+        return Ok(out);
+    }
+    let strings = client.pipeline();
+    for &i in &not_lists {
+        let () = strings.get(keys[i].as_str()).await?;
+    }
+    let mut others = Vec::new();
+    for (&i, reply) in not_lists.iter().zip(strings.try_all::<Value>().await) {
+        out[i] = match reply {
+            Ok(Value::Null) => LogRead::Missing,
+            Ok(Value::Bytes(b)) => LogRead::Str(b),
+            Ok(Value::String(s)) => LogRead::Str(s.into_inner()),
+            Err(e) if is_wrong_type(&e) => {
+                others.push(i);
+                LogRead::Missing
+            }
+            Err(e) => return Err(e),
+            Ok(other) => return Err(unexpected("GET", &other)),
+        };
+    }
+    for i in others {
+        out[i] = match client.r#type::<String, _>(keys[i].as_str()).await?.as_str() {
+            "none" => LogRead::Missing,
+            kind => LogRead::Other(kind.to_string()),
+        };
+    }
+    Ok(out)
+}
+
+fn is_wrong_type(e: &Error) -> bool {
+    e.details().starts_with("WRONGTYPE")
+}
+
+fn unexpected(command: &str, reply: &Value) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!("unexpected reply to {command}: {:?}", reply.kind()),
+    )
 }
 
 /// A batch read from Redis: the entries and the logs they move, by key.
@@ -427,19 +485,3 @@ async fn pause(cancel: &CancellationToken, d: Duration) {
         _ = tokio::time::sleep(d) => {}
     }
 }
-
-/// Type and content of each key: `{'list', {entries}}`, `{'string', value}` or `{type}`.
-const READ_LOGS: &str = r#"
-local out = {}
-for i, key in ipairs(KEYS) do
-  local t = redis.call('TYPE', key).ok
-  if t == 'list' then
-    out[i] = { 'list', redis.call('LRANGE', key, 0, -1) }
-  elseif t == 'string' then
-    out[i] = { 'string', redis.call('GET', key) }
-  else
-    out[i] = { t }
-  end
-end
-return out
-"#;

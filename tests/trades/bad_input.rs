@@ -180,3 +180,67 @@ async fn bad_input_goes_to_dead_letters_and_the_stream_keeps_moving() {
     }
     assert!(s.sp.exit_status().is_none(), "spillway keeps running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_another_type_is_a_dead_letter_and_stays_in_redis() {
+    let s = Stack::start("twrongtype").await;
+    let (rls, rtrs) = (client(&s.rls.url()).await, client(&s.rtrs.url()).await);
+    // Closed trades whose logs are a HASH, a STRING map, a LIST, and none at all, in one batch.
+    let hashed = trade("hashed", 1, 0);
+    s.rls.cli(&["HSET", &hashed.key(), "seq", "1"]);
+    let (stringed, listed) = (trade("stringed", 2, 1), trade("listed", 3, 2));
+    let entry = |t: &Trade, seq| Value::Bytes(msgpack(&trades::exec(t, seq)));
+    let () = rls
+        .set(stringed.key(), entry(&stringed, 1), None, None, false)
+        .await
+        .expect("SET");
+    rpush(
+        &rls,
+        &listed.key(),
+        (1..=2).map(|q| entry(&listed, q)).collect(),
+    )
+    .await;
+    let none = trade("none", 4, 0);
+    for t in [&hashed, &stringed, &listed, &none] {
+        let fields = vec![
+            ("trade_id", Value::from(t.id.as_str())),
+            ("event", Value::from("closed")),
+            ("payload", Value::Bytes(msgpack(&trades::close(t)))),
+        ];
+        xadd(&rtrs, fields).await;
+    }
+    eventually(WAIT, "all 4 closes acknowledged", || async {
+        s.metric(ACKED).await == 4
+    })
+    .await;
+    let dead = s
+        .tsv("SELECT key, reason, error FROM DB.dead_letters FINAL")
+        .await;
+    assert_eq!(
+        dead.trim(),
+        "trade_execution:hashed\tlog_wrong_type\texecution log is a hash, not a list or string"
+    );
+    let rows = s
+        .tsv("SELECT trade_id, log_state, log_entries FROM DB.trades FINAL ORDER BY trade_id")
+        .await;
+    let want = [
+        "hashed\tmissing\t0",
+        "listed\tmoved\t2",
+        "none\tmissing\t0",
+        "stringed\tmoved\t1",
+    ];
+    assert_eq!(rows.lines().collect::<Vec<_>>(), want, "trades");
+    let seqs = s
+        .tsv("SELECT trade_id, groupArray(seq) FROM (SELECT trade_id, seq FROM DB.trade_executions FINAL ORDER BY trade_id, seq) GROUP BY trade_id ORDER BY trade_id")
+        .await;
+    assert_eq!(
+        seqs.lines().collect::<Vec<_>>(),
+        ["listed\t[1,2]", "stringed\t[1]"],
+        "executions"
+    );
+    // The hash is not Spillway's to remove; the moved logs are gone.
+    assert_eq!(s.rls.cli(&["HLEN", &hashed.key()]), "1");
+    for t in [&stringed, &listed] {
+        assert_eq!(s.rls.cli(&["EXISTS", &t.key()]), "0", "{}", t.key());
+    }
+}
