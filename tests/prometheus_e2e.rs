@@ -146,7 +146,7 @@ async fn prometheus_evaluates_every_panel_and_rule() {
     let pipelines = pipelines(&["alerts", "trades"]);
     let servers = [("rls", &rls), ("rss", &rss), ("rtrs", &rtrs)];
     let toml = format!(
-        "pipelines_dir = \"{}\"\n{}[keyspace]\nsubscriber_buffer = 1\n",
+        "pipelines_dir = \"{}\"\n{}[keyspace]\nsubscriber_buffer = 1\nread_ttl = true\n",
         pipelines.path().display(),
         config_with(&servers, &ch, "tprom")
     );
