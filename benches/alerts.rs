@@ -180,13 +180,8 @@ async fn archive(n: u64, chunk: usize, parallel: usize, read_ttl: bool) -> Archi
         format!("{peak_rss_mb:.0}"),
     );
     row(
-        "notifications lost: queue full / client ring lagged; values recovered by rescan",
-        format!(
-            "{} / {}; {}",
-            lost("buffer_overrun"),
-            lost("subscriber_lagged"),
-            rescued as u64
-        ),
+        "notifications lost (queue full); values recovered by rescan",
+        format!("{}; {}", lost("buffer_overrun"), rescued as u64),
     );
     let reads = metric_sum(&metrics, "spillway_redis_read_duration_seconds_count");
     let read_s = metric_sum(&metrics, "spillway_redis_read_duration_seconds_sum");

@@ -111,7 +111,7 @@ fn describe() {
     );
     describe_counter!(
         EVENTS_LOST,
-        "Keyspace notifications lost before Spillway read them, by reason: buffer_overrun (its queue, keyspace.subscriber_buffer, was full) or subscriber_lagged (the client's small ring overflowed while Spillway got no CPU)."
+        "Keyspace notifications lost before Spillway read them, by reason: buffer_overrun (its queue, keyspace.subscriber_buffer, was full). A subscriber Redis cut off counts in spillway_subscriber_reconnects_total."
     );
     describe_counter!(
         VALUES_CAPTURED,

@@ -22,6 +22,16 @@ async fn stack(db: &str, extra: &str) -> (RedisServer, ClickHouseServer, Spillwa
     (redis, ch, sp)
 }
 
+/// Waits until the process has exited (a start that must fail).
+async fn exited(sp: &Spillway) -> std::process::ExitStatus {
+    loop {
+        if let Some(s) = sp.exit_status() {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_count(ch: &ClickHouseServer, sql: &str, want: u64) {
     eventually(WAIT, &format!("{sql} = {want}"), || async {
         ch.count(sql).await >= want
@@ -257,6 +267,51 @@ async fn another_type_or_gone_before_the_read(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_with_a_password_subscribes_and_a_wrong_password_fails_without_leaking_it() {
+    let redis = RedisServer::start();
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "spill",
+        "on",
+        ">s3cret-pw",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    // The default user may not subscribe: a connection that skipped AUTH would be refused.
+    redis.cli(&["ACL", "SETUSER", "default", "resetchannels"]);
+    let ch = ClickHouseServer::start();
+    let config = |password: &str| {
+        config_toml(&redis, &ch, "tacl", free_port()).replace(
+            &redis.url(),
+            &format!("redis://spill:{password}@127.0.0.1:{}", redis.port),
+        )
+    };
+    // Wrong password: the start fails, saying so, without the password.
+    let sp = Spillway::start(&config("not-the-pw"));
+    let status = exited(&sp).await;
+    assert!(!status.success());
+    let log = sp.log();
+    assert!(
+        log.contains("WRONGPASS") || log.contains("invalid username-password"),
+        "{log}"
+    );
+    assert!(!log.contains("not-the-pw"), "the password leaked: {log}");
+    // The right one: values are captured through the subscription (AUTH user password).
+    let sp = Spillway::start(&config("s3cret-pw"));
+    sp.wait_ready(WAIT).await;
+    redis.cli(&["SET", "alert:acl", "through an ACL user", "EX", "3600"]);
+    wait_count(
+        &ch,
+        "SELECT count() FROM tacl.alerts FINAL WHERE message = 'through an ACL user'",
+        1,
+    )
+    .await;
+    assert!(!sp.log().contains("s3cret-pw"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_recaptures_without_duplicates() {
     let redis = RedisServer::start();
     let ch = ClickHouseServer::start();
@@ -309,12 +364,7 @@ async fn missing_notification_flags_fail_with_the_fix_or_are_set() {
     let ch = ClickHouseServer::start();
     let base = config_toml(&redis, &ch, "tflags", free_port());
     let mut sp = Spillway::start(&base);
-    let status = loop {
-        if let Some(s) = sp.exit_status() {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = exited(&sp).await;
     assert!(!status.success());
     let log = sp.log();
     let current = redis.cli(&["CONFIG", "GET", "notify-keyspace-events"]);

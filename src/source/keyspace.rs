@@ -11,26 +11,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scan::ScanType;
 use fred::types::scripts::Script;
-use fred::types::KeyspaceEvent;
 use fred::types::{ClusterHash, CustomCommand};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::capture::{Capturer, Job, Read};
+use super::subscriber::{Notification, Subscription, Target};
 use super::{notify, Endpoint, Result};
 use crate::config::KeyspaceSettings;
 use crate::metrics as m;
 use crate::pipeline::{KeyspaceSource, LIFECYCLE};
 use crate::rows::{now_ms, Record, TTL_NOT_READ};
-
-/// Capacity of fred's broadcast ring of notifications. fred preallocates it for each of its
-/// several notification channels, so it stays small; a task empties it at once into the
-/// pipeline's own queue (`keyspace.subscriber_buffer`).
-const FRED_BUFFER: usize = 16_384;
 
 /// Batches read but not yet turned into rows: one being captured while the next is read.
 const JOB_QUEUE: usize = 2;
@@ -47,8 +41,9 @@ pub struct Keyspace {
     /// answers every client in turn, a slice of each reply per event-loop round, so reads on
     /// several connections wait side by side behind the writers instead of one after another.
     readers: Vec<Reader>,
-    subscriber: SubscriberClient,
-    notifications: Option<broadcast::Receiver<KeyspaceEvent>>,
+    /// Where the notifications come from, and the connection subscribed at start.
+    target: Target,
+    subscription: Option<Subscription>,
     buffer: usize,
     read_batch: usize,
     capturer: Arc<Capturer>,
@@ -83,26 +78,18 @@ impl Keyspace {
                 read_duration.clone(),
             ));
         }
-        let subscriber = endpoint
-            .builder(def.db, FRED_BUFFER)?
-            .build_subscriber_client()
-            .map_err(endpoint.err("building the subscriber"))?;
-        subscriber
-            .init()
-            .await
-            .map_err(endpoint.err("connecting the subscriber"))?;
-        let events = subscriber.keyspace_event_rx();
-        let channels: Vec<String> = def
+        let events: Vec<String> = def
             .write_events
             .iter()
             .chain(&def.lifecycle_events)
-            .map(|e| format!("__keyevent@{}__:{e}", def.db))
+            .cloned()
             .collect();
-        subscriber
-            .subscribe(channels)
+        let target =
+            Target::new(&endpoint.url, def.db, &events).map_err(endpoint.err("parsing the URL"))?;
+        let subscription = target
+            .subscribe()
             .await
             .map_err(endpoint.err("subscribing to keyevent channels"))?;
-        let _resubscribe = subscriber.manage_subscriptions();
         tracing::info!(pipeline = name, endpoint = ?endpoint, pattern = %def.pattern, "keyspace source subscribed");
         Ok(Keyspace {
             name: name.to_string(),
@@ -111,8 +98,8 @@ impl Keyspace {
             def,
             endpoint,
             readers,
-            subscriber,
-            notifications: Some(events),
+            target,
+            subscription: Some(subscription),
             buffer: settings.subscriber_buffer.get(),
             read_batch: settings.read_batch.get(),
         })
@@ -135,21 +122,30 @@ impl Keyspace {
         // The forwarder runs on a thread of its own: on the shared workers, a burst of rows to
         // decode or compress could keep it waiting while fred's small ring overflows.
         let stop_forwarding = cancel.child_token();
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(tokio::sync::Notify::new());
         let forwarder = {
-            let (rx, def, lost, stop) = (
-                self.notifications.take().expect("run once"),
-                self.def.clone(),
-                lost.clone(),
+            let listener = Listener {
+                name: self.name.clone(),
+                target: self.target.clone(),
+                def: self.def.clone(),
+                tx: forwarded,
+                lost: lost.clone(),
+                reconnects: reconnects.clone(),
+                wake: wake.clone(),
+            };
+            let (sub, stop) = (
+                self.subscription.take().expect("run once"),
                 stop_forwarding.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("{}-notifications", self.name))
                 .spawn(move || {
                     match tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
+                        .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(forward(rx, forwarded, def, lost, stop)),
+                        Ok(rt) => rt.block_on(listener.run(sub, stop)),
                         Err(e) => tracing::error!(error = %e, "notification forwarder not started"),
                     }
                 })
@@ -174,13 +170,6 @@ impl Keyspace {
             })
             .collect();
         self.jobs = Some(jobs);
-        let reconnects = Arc::new(AtomicU64::new(0));
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let watcher = tokio::spawn(count_reconnects(
-            self.subscriber.reconnect_rx(),
-            reconnects.clone(),
-            wake.clone(),
-        ));
         // A gap is a stretch of time in which notifications may have been missed: before the
         // subscription (at start), while the subscriber was disconnected (Redis restarted, or cut
         // it off at its pub/sub output-buffer limit), a buffer overrun, or simply a while
@@ -194,14 +183,9 @@ impl Keyspace {
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            for (counter, reason) in [
-                (&lost.queue_full, "buffer_overrun"),
-                (&lost.ring_lagged, "subscriber_lagged"),
-            ] {
-                match counter.swap(0, Ordering::Relaxed) {
-                    0 => {}
-                    n => gap = self.lost(n, reason, gap),
-                }
+            match lost.queue_full.swap(0, Ordering::Relaxed) {
+                0 => {}
+                n => gap = self.lost(n, "buffer_overrun", gap),
             }
             if reconnects.swap(0, Ordering::Relaxed) > 0 {
                 tracing::warn!(pipeline = %self.name, "subscriber reconnected: notifications of the disconnected time are lost; a rescan follows");
@@ -232,7 +216,6 @@ impl Keyspace {
             }
         }
         stop_forwarding.cancel();
-        watcher.abort();
         // The readers finish the reads they started (and, unless cancelled, the notifications
         // waiting), then the capture stage its jobs.
         drop(backlog);
@@ -242,7 +225,6 @@ impl Keyspace {
         let _ = tokio::task::spawn_blocking(move || forwarder.join()).await;
         self.jobs = None;
         let _ = capture.await;
-        let _ = self.subscriber.quit().await;
         for r in &self.readers {
             let _ = r.client.quit().await;
         }
@@ -333,16 +315,16 @@ return ttls
 
 /// The read of one batch of notifications: the keys written (each once) and the rows of
 /// the lifecycle events.
-fn request(capturer: &Capturer, def: &KeyspaceSource, batch: &mut Vec<KeyspaceEvent>) -> Request {
+fn request(capturer: &Capturer, def: &KeyspaceSource, batch: &mut Vec<Notification>) -> Request {
     let now = now_ms();
     let mut records = Vec::new();
     let mut written: Vec<Key> = Vec::new();
     // Only the pipeline's keys are here: the forwarder filtered them.
     for ev in batch.drain(..) {
         capturer.count_event(&ev.operation);
-        if def.write_events.contains(&ev.operation) {
+        if def.write_events.iter().any(|e| **e == *ev.operation) {
             written.push(ev.key);
-        } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == ev.operation) {
+        } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == &*ev.operation) {
             records.push(Record::alert_event(
                 capturer.event_row(&ev.key, event, now, 0, -2),
             ));
@@ -397,7 +379,7 @@ impl Reader {
     /// the capture stage stops.
     async fn serve(
         self,
-        events: Arc<tokio::sync::Mutex<mpsc::Receiver<KeyspaceEvent>>>,
+        events: Arc<tokio::sync::Mutex<mpsc::Receiver<Notification>>>,
         capturer: Arc<Capturer>,
         def: KeyspaceSource,
         read_batch: usize,
@@ -564,105 +546,78 @@ struct Lost {
     /// The pipeline's queue (`keyspace.subscriber_buffer`) was full: values are read back slower
     /// than they are written.
     queue_full: AtomicU64,
-    /// fred's ring overflowed before the forwarder took them: Spillway got no CPU for a while.
-    ring_lagged: AtomicU64,
 }
 
-/// How often the forwarder looks for notifications while they keep coming.
+/// How long the listener lets notifications gather between reads while they keep coming.
 const FORWARD_POLL: Duration = Duration::from_millis(1);
 
-/// Empty polls in a row after which the forwarder waits to be woken by the next notification.
-const FORWARD_IDLE_POLLS: u32 = 20;
-
-/// Moves notifications of the pipeline's keys from fred's broadcast (a small ring, preallocated)
-/// into the pipeline's own bounded queue (allocated as it fills), at once; counts in `lost` what
-/// neither could hold.
-///
-/// While notifications keep coming it takes what arrived every [`FORWARD_POLL`] instead of
-/// being woken for each one: a wake-up across threads costs more than forwarding a notification
-/// (at 100k a second, waking cost about a tenth of Spillway's CPU). The ring holds 16,384, a
-/// tenth of a second at that rate; once idle it waits to be woken again.
-async fn forward(
-    mut rx: broadcast::Receiver<KeyspaceEvent>,
-    tx: mpsc::Sender<KeyspaceEvent>,
+/// The subscriber's side: reads notifications off its connection and puts those of the
+/// pipeline's keys into the pipeline's queue, counting what the queue cannot hold; reconnects
+/// (and resubscribes) when the connection fails, then reports it for a rescan.
+struct Listener {
+    name: String,
+    target: Target,
     def: KeyspaceSource,
+    tx: mpsc::Sender<Notification>,
     lost: Arc<Lost>,
-    cancel: CancellationToken,
-) {
-    let take = |ev: std::result::Result<KeyspaceEvent, broadcast::error::RecvError>| -> bool {
-        match ev {
-            Ok(ev) if def.matches(ev.key.as_bytes()) => match tx.try_send(ev) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    lost.queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            },
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                lost.ring_lagged.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(broadcast::error::RecvError::Closed) => return false,
-        }
-        true
-    };
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            ev = rx.recv() => ev,
-        };
-        if !take(first) {
-            return;
-        }
-        let mut idle = 0;
-        while idle < FORWARD_IDLE_POLLS {
-            idle += 1;
-            loop {
-                let ev = match rx.try_recv() {
-                    Ok(ev) => Ok(ev),
-                    Err(broadcast::error::TryRecvError::Empty) => break,
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                        Err(broadcast::error::RecvError::Lagged(n))
-                    }
-                    Err(broadcast::error::TryRecvError::Closed) => return,
-                };
-                if !take(ev) {
-                    return;
-                }
-                idle = 0;
-            }
-            if cancel.is_cancelled() {
-                return;
-            }
-            tokio::time::sleep(FORWARD_POLL).await;
-        }
-    }
+    reconnects: Arc<AtomicU64>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
-/// When the rescans after a reconnect start (each after the one before), giving fred's
-/// resubscription time to finish.
-const RESUBSCRIBE_GRACE: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(4)];
-
-/// Counts the subscriber's reconnections (fred resubscribes by itself).
-async fn count_reconnects(
-    mut rx: broadcast::Receiver<fred::types::config::Server>,
-    n: Arc<AtomicU64>,
-    wake: Arc<tokio::sync::Notify>,
-) {
-    loop {
-        match rx.recv().await {
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                // fred resubscribes right after the reconnect: the rescans start once that is
-                // done, so that no write falls between the last SCAN and the first notification;
-                // a second one covers a resubscription slower than the first grace.
-                for grace in RESUBSCRIBE_GRACE {
-                    tokio::time::sleep(grace).await;
-                    n.fetch_add(1, Ordering::Relaxed);
-                    wake.notify_one();
+impl Listener {
+    /// Until `cancel` or the queue closes.
+    ///
+    /// After each read it waits [`FORWARD_POLL`] before the next, so that under load one read
+    /// takes what a millisecond brought instead of one wake-up per notification (a wake-up
+    /// costs more than a notification); idle, the read waits for the next one.
+    async fn run(self, mut sub: Subscription, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let error = loop {
+                let mut closed = false;
+                let read = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    read = sub.next_batch(|n| {
+                        if !self.def.matches(n.key.as_bytes()) {
+                            return;
+                        }
+                        match self.tx.try_send(n) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                self.lost.queue_full.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+                        }
+                    }) => read,
+                };
+                if closed {
+                    return;
                 }
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
+                if let Err(e) = read {
+                    break e;
+                }
+                backoff = Duration::from_millis(100);
+                tokio::time::sleep(FORWARD_POLL).await;
+            };
+            tracing::warn!(pipeline = %self.name, error = %error, "keyevent subscription lost; reconnecting");
+            sub = loop {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                match self.target.subscribe().await {
+                    Ok(sub) => break sub,
+                    Err(e) => {
+                        tracing::warn!(pipeline = %self.name, error = %e, retry_in = ?backoff, "resubscribing failed");
+                    }
+                }
+            };
+            // Subscribed again: a rescan from now on misses nothing.
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.wake.notify_one();
         }
     }
 }

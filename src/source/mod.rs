@@ -7,6 +7,7 @@ pub mod entries;
 pub mod keyspace;
 pub mod notify;
 pub mod stream;
+pub mod subscriber;
 
 use fred::prelude::*;
 use tokio::sync::mpsc;

@@ -1,0 +1,349 @@
+//! The keyevent subscriber: one connection of its own that SUBSCRIBEs to the pipeline's keyevent
+//! channels and parses the `message` pushes itself (RESP2: an array of three bulk strings).
+//!
+//! A general client turns every push into a frame, a message, a keyspace event and a broadcast
+//! slot (fred's path cost about a fifth of Spillway's CPU per alert); here a notification is a
+//! few comparisons and one copy of its key. The connection, AUTH and TLS come from fred's URL
+//! parsing, so `redis://` and `rediss://` URLs mean what they mean for the command clients.
+//!
+//! Reconnects with capped exponential backoff; a reconnect is reported only once the channels
+//! are subscribed again, so that a rescan started then misses nothing written after it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use fred::error::{Error, ErrorKind};
+use fred::types::config::{Config, ServerConfig, TlsConnector};
+use fred::types::Key;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long connecting, authenticating and subscribing may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One keyevent notification: the operation (`set`, `expired`, ...) and the key.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// The event, the channel's suffix.
+    pub operation: Arc<str>,
+    /// The key.
+    pub key: Key,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
+
+/// A subscribed connection.
+pub struct Subscription {
+    stream: Box<dyn Stream>,
+    buf: BytesMut,
+    /// The subscribed channels and their operation names.
+    channels: Vec<(Bytes, Arc<str>)>,
+}
+
+/// Where and how to connect: parsed once from the URL.
+#[derive(Clone)]
+pub struct Target {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    tls: Option<(TlsConnector, String)>,
+    /// `__keyevent@{db}__:{event}` for each event.
+    channels: Vec<String>,
+}
+
+impl Target {
+    /// From a `redis://` or `rediss://` URL and the keyevent channels of `events` on `db`.
+    pub fn new(url: &str, db: u8, events: &[String]) -> Result<Target, Error> {
+        let config = Config::from_url(url)?;
+        let ServerConfig::Centralized { server } = &config.server else {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "keyspace notifications need a single Redis server URL (no cluster or sentinel)",
+            ));
+        };
+        let tls = match &config.tls {
+            Some(tls) => {
+                let name = server
+                    .tls_server_name
+                    .as_ref()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| server.host.to_string());
+                Some((tls.connector.clone(), name))
+            }
+            None => None,
+        };
+        Ok(Target {
+            host: server.host.to_string(),
+            port: server.port,
+            username: config.username.clone(),
+            password: config.password.clone(),
+            tls,
+            channels: events
+                .iter()
+                .map(|e| format!("__keyevent@{db}__:{e}"))
+                .collect(),
+        })
+    }
+
+    /// Connects, authenticates and subscribes, within [`CONNECT_TIMEOUT`].
+    pub async fn subscribe(&self) -> Result<Subscription, Error> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.subscribe_now())
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("no subscription within {CONNECT_TIMEOUT:?}"),
+                )
+            })?
+    }
+
+    async fn subscribe_now(&self) -> Result<Subscription, Error> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match &self.tls {
+            None => Box::new(tcp),
+            Some((connector, name)) => match connector {
+                TlsConnector::Rustls(c) => {
+                    let name = fred::rustls::pki_types::ServerName::try_from(name.clone())
+                        .map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?;
+                    Box::new(c.connect(name, tcp).await?)
+                }
+                #[allow(unreachable_patterns)]
+                _ => return Err(Error::new(ErrorKind::Tls, "only rustls is built in")),
+            },
+        };
+        let mut sub = Subscription {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            channels: self
+                .channels
+                .iter()
+                .map(|c| {
+                    let op = c.rsplit_once(':').map(|x| x.1).unwrap_or(c);
+                    (Bytes::copy_from_slice(c.as_bytes()), Arc::from(op))
+                })
+                .collect(),
+        };
+        if let Some(password) = &self.password {
+            let mut auth = vec!["AUTH"];
+            auth.extend(self.username.as_deref());
+            auth.push(password);
+            sub.send(&auth).await?;
+            let reply = sub.frame().await?;
+            if reply != "+OK" {
+                return Err(Error::new(
+                    ErrorKind::Auth,
+                    format!("AUTH answered {reply}"),
+                ));
+            }
+        }
+        let mut subscribe = vec!["SUBSCRIBE"];
+        subscribe.extend(self.channels.iter().map(String::as_str));
+        sub.send(&subscribe).await?;
+        for _ in &self.channels {
+            let reply = sub.frame().await?;
+            if !reply.starts_with("[subscribe, ") {
+                return Err(protocol(format!("SUBSCRIBE answered {reply}")));
+            }
+        }
+        Ok(sub)
+    }
+}
+
+/// Bytes read from the socket at once (at most).
+const READ_CHUNK: usize = 256 * 1024;
+
+impl Subscription {
+    async fn send(&mut self, args: &[&str]) -> Result<(), Error> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        self.stream.write_all(&out).await?;
+        Ok(self.stream.flush().await?)
+    }
+
+    /// The next whole frame (reading as needed), for the handshake: owned.
+    async fn frame(&mut self) -> Result<String, Error> {
+        loop {
+            if let Some((frame, used)) = parse(&self.buf)? {
+                let text = frame.to_string();
+                self.buf.advance(used);
+                return Ok(text);
+            }
+            self.read().await?;
+        }
+    }
+
+    async fn read(&mut self) -> Result<usize, Error> {
+        self.buf.reserve(READ_CHUNK);
+        match self.stream.read_buf(&mut self.buf).await? {
+            0 => Err(Error::new(ErrorKind::IO, "Redis closed the connection")),
+            n => Ok(n),
+        }
+    }
+
+    /// Waits for bytes, then hands every whole notification buffered to `each`; other frames
+    /// (subscription confirmations) are skipped. An error means the connection is done.
+    pub async fn next_batch(&mut self, mut each: impl FnMut(Notification)) -> Result<(), Error> {
+        self.read().await?;
+        while let Some((frame, used)) = parse(&self.buf)? {
+            if let Frame::Array(items) = &frame {
+                if let [b"message", channel, key] = items.as_slice() {
+                    if let Some((_, op)) = self.channels.iter().find(|(c, _)| c == channel) {
+                        each(Notification {
+                            operation: op.clone(),
+                            key: Key::from(Bytes::copy_from_slice(key)),
+                        });
+                    }
+                }
+            }
+            self.buf.advance(used);
+        }
+        Ok(())
+    }
+}
+
+fn protocol(detail: String) -> Error {
+    Error::new(ErrorKind::Protocol, detail)
+}
+
+/// A RESP2 frame, as far as a subscriber sees them, borrowing from the read buffer.
+#[derive(Debug, PartialEq)]
+enum Frame<'a> {
+    /// `+OK`, `-ERR ...` or `:n`: the line after its type byte.
+    Line(u8, &'a [u8]),
+    /// An array of bulk strings and integers (as text; `$-1` as empty).
+    Array(Vec<&'a [u8]>),
+}
+
+impl std::fmt::Display for Frame<'_> {
+    /// `+OK`, `-ERR ...`, `:1`, or `[subscribe, channel, 1]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Line(kind, text) => {
+                write!(f, "{}{}", *kind as char, String::from_utf8_lossy(text))
+            }
+            Frame::Array(items) => {
+                let items: Vec<_> = items.iter().map(|i| String::from_utf8_lossy(i)).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
+        }
+    }
+}
+
+/// The first whole frame of `buf` and its length; None when more bytes are needed.
+fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Error> {
+    let Some((head, mut at)) = line(buf, 0) else {
+        return Ok(None);
+    };
+    let frame = match head.first() {
+        Some(&kind @ (b'+' | b'-' | b':')) => Frame::Line(kind, &head[1..]),
+        Some(b'*') => {
+            let n = number(&head[1..])?;
+            let mut items = Vec::with_capacity(n.clamp(0, 8) as usize);
+            for _ in 0..n.max(0) {
+                let Some((item, next)) = line(buf, at) else {
+                    return Ok(None);
+                };
+                at = next;
+                match item.first() {
+                    Some(b'$') => {
+                        let len = number(&item[1..])?;
+                        if len < 0 {
+                            items.push(&[][..]);
+                            continue;
+                        }
+                        let end = at + len as usize;
+                        if buf.len() < end + 2 {
+                            return Ok(None);
+                        }
+                        items.push(&buf[at..end]);
+                        at = end + 2;
+                    }
+                    Some(b':') => items.push(&item[1..]),
+                    _ => return Err(protocol(format!("unexpected array item {item:?}"))),
+                }
+            }
+            Frame::Array(items)
+        }
+        _ => return Err(protocol(format!("unexpected frame {head:?}"))),
+    };
+    Ok(Some((frame, at)))
+}
+
+/// The line starting at `from` (without its CRLF) and where the next one starts.
+fn line(buf: &[u8], from: usize) -> Option<(&[u8], usize)> {
+    let rest = buf.get(from..)?;
+    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    Some((&rest[..end], from + end + 2))
+}
+
+fn number(digits: &[u8]) -> Result<i64, Error> {
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| protocol(format!("not a number: {digits:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(channel: &str, key: &str) -> Vec<u8> {
+        format!(
+            "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{key}\r\n",
+            channel.len(),
+            key.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn parses_messages_confirmations_and_errors() {
+        let msg = message("__keyevent@0__:set", "alert:a\r\nb");
+        let (frame, used) = parse(&msg).unwrap().unwrap();
+        assert_eq!(used, msg.len());
+        assert_eq!(
+            frame,
+            Frame::Array(vec![
+                &b"message"[..],
+                &b"__keyevent@0__:set"[..],
+                &b"alert:a\r\nb"[..],
+            ])
+        );
+        let confirm = b"*3\r\n$9\r\nsubscribe\r\n$3\r\nabc\r\n:1\r\n";
+        let (frame, _) = parse(confirm).unwrap().unwrap();
+        assert_eq!(frame.to_string(), "[subscribe, abc, 1]");
+        let (frame, _) = parse(b"-WRONGPASS invalid\r\n").unwrap().unwrap();
+        assert_eq!(frame.to_string(), "-WRONGPASS invalid");
+        assert_eq!(
+            parse(b"+OK\r\n").unwrap().unwrap(),
+            (Frame::Line(b'+', &b"OK"[..]), 5)
+        );
+        assert_eq!(parse(b"*-1\r\n").unwrap().unwrap().0, Frame::Array(vec![]));
+        assert!(parse(b"?\r\n").is_err());
+        assert!(parse(b"*x\r\n").is_err());
+    }
+
+    #[test]
+    fn a_frame_cut_anywhere_waits_for_more_bytes() {
+        let mut two = message("__keyevent@0__:expired", "alert:1");
+        let first = two.len();
+        two.extend(message("__keyevent@0__:set", "alert:2"));
+        for cut in 0..first {
+            assert_eq!(parse(&two[..cut]).unwrap(), None, "cut at {cut}");
+        }
+        let (_, used) = parse(&two).unwrap().unwrap();
+        assert_eq!(used, first);
+        let (frame, used) = parse(&two[first..]).unwrap().unwrap();
+        assert_eq!(used, two.len() - first);
+        let Frame::Array(items) = frame else { panic!() };
+        assert_eq!(items[2], b"alert:2");
+    }
+}
