@@ -312,6 +312,111 @@ async fn an_acl_user_with_a_password_subscribes_and_a_wrong_password_fails_witho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_is_read_and_subscribed_over_tls() {
+    // A CA and a certificate for localhost, made with openssl; Spillway trusts the CA through
+    // SSL_CERT_FILE (read by rustls-native-certs), as a deployment with its own CA would.
+    let certs = tempfile::tempdir().expect("tempdir");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(certs.path())
+            .output()
+            .expect("run openssl (apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Spillway test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "redis.key",
+        "-out",
+        "redis.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        certs.path().join("ext.cnf"),
+        "subjectAltName=DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "redis.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "redis.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let tls_port = free_port().to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("redis.pem"),
+        "--tls-key-file",
+        &path("redis.key"),
+        "--tls-ca-cert-file",
+        &path("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let ch = ClickHouseServer::start();
+    let toml = config_toml(&redis, &ch, "ttls", free_port())
+        .replace(&redis.url(), &format!("rediss://localhost:{tls_port}"));
+    let sp = Spillway::start_with_env(&toml, &[("SSL_CERT_FILE", &path("ca.pem"))]);
+    sp.wait_ready(WAIT).await;
+    redis.cli(&["SET", "alert:tls", "over TLS", "EX", "3600"]);
+    wait_count(
+        &ch,
+        "SELECT count() FROM ttls.alerts FINAL WHERE message = 'over TLS'",
+        1,
+    )
+    .await;
+    // Spillway's clients (readers, subscriber) all came to the TLS port, none to the plain one.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let on = |port: &str| {
+        let laddr = format!(" laddr=127.0.0.1:{port} ");
+        clients
+            .lines()
+            .filter(|l| l.contains(&laddr) && !l.contains("cmd=client|list"))
+            .count()
+    };
+    assert_eq!(on(&redis.port.to_string()), 0, "plain clients:\n{clients}");
+    assert!(on(&tls_port) >= 2, "TLS clients:\n{clients}");
+    assert!(
+        clients.contains("flags=P"),
+        "a subscriber among them:\n{clients}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_recaptures_without_duplicates() {
     let redis = RedisServer::start();
     let ch = ClickHouseServer::start();

@@ -427,6 +427,11 @@ impl Spillway {
     /// Writes `config_toml` to a tempdir and starts spillway with cwd = crate root; the metrics
     /// port is read from `[metrics] addr`. Output goes to a log file (see `log()`).
     pub fn start(config_toml: &str) -> Self {
+        Self::start_with_env(config_toml, &[])
+    }
+
+    /// Like `start`, with environment variables `env` set for the process.
+    pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Self {
         let value: toml::Value = toml::from_str(config_toml).expect("config_toml is not TOML");
         let metrics_port: u16 = value
             .get("metrics")
@@ -451,6 +456,7 @@ impl Spillway {
             if std::env::var_os("RUST_LOG").is_none() {
                 c.env("RUST_LOG", "info");
             }
+            c.envs(env.iter().copied());
         });
         let proc = Proc(Mutex::new(Some(child)));
         Spillway {
