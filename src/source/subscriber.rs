@@ -61,7 +61,8 @@ impl Target {
         let ServerConfig::Centralized { server } = &config.server else {
             return Err(Error::new(
                 ErrorKind::Config,
-                "keyspace notifications need a single Redis server URL (no cluster or sentinel)",
+                "keyspace notifications need the redis:// or rediss:// URL of one server \
+                 (not a cluster, sentinel or unix socket)",
             ));
         };
         let tls = match &config.tls {
@@ -237,6 +238,10 @@ impl std::fmt::Display for Frame<'_> {
     }
 }
 
+/// Redis's own limit on a bulk string (`proto-max-bulk-len`, 512 MB): anything longer is not
+/// Redis talking.
+const MAX_BULK: i64 = 512 << 20;
+
 /// The first whole frame of `buf` and its length; None when more bytes are needed.
 fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Error> {
     let Some((head, mut at)) = line(buf, 0) else {
@@ -258,6 +263,9 @@ fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Error> {
                         if len < 0 {
                             items.push(&[][..]);
                             continue;
+                        }
+                        if len > MAX_BULK {
+                            return Err(protocol(format!("bulk string of {len} bytes")));
                         }
                         let end = at + len as usize;
                         if buf.len() < end + 2 {
@@ -328,6 +336,7 @@ mod tests {
         );
         assert_eq!(parse(b"*-1\r\n").unwrap().unwrap().0, Frame::Array(vec![]));
         assert!(parse(b"?\r\n").is_err());
+        assert!(parse(b"*1\r\n$9223372036854775807\r\n").is_err());
         assert!(parse(b"*x\r\n").is_err());
     }
 
