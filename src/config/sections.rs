@@ -93,8 +93,8 @@ pub struct KeyspaceSection {
     /// Connections reading values back, each with one read in flight; default 4, at most 64.
     pub readers: Option<usize>,
     /// Read each value's remaining TTL with it (a script of one PTTL per key, pipelined with the
-    /// MGET) into the `ttl_ms` columns and the expiry-risk gauge; default false: it would triple
-    /// the read-back's work in Redis, and `ttl_ms` is then -3, the gauge +Inf.
+    /// MGET) into the `ttl_ms` columns and the expiry-risk gauge. Default false: that read
+    /// triples the read-back's work in Redis; without it `ttl_ms` is -3 and the gauge +Inf.
     pub read_ttl: Option<bool>,
 }
 

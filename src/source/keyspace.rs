@@ -1,10 +1,11 @@
-//! The keyspace source: subscribes to the keyevent channels of a Redis instance and reads each
-//! written value back in batches (value, and PTTL unless `read_ttl = false`, of up to `read_batch`
-//! keys in one round trip); the [`capture`](super::capture) stage turns them into rows.
+//! The keyspace source: subscribes to the keyevent channels of a Redis instance (through its own
+//! [`subscriber`](super::subscriber) connection) and reads each written value back in batches
+//! (the values, and with `read_ttl` their PTTL, of up to `read_batch` keys in one round trip); the
+//! [`capture`](super::capture) stage turns them into rows.
 //!
 //! Pub/sub cannot be paused. When the channel to ClickHouse is full, this task waits on it, the
-//! notifications queue in the client's buffer (`keyspace.subscriber_buffer`), and once that
-//! overflows the oldest are dropped and counted in `spillway_events_lost_total`; the values they
+//! notifications queue in the pipeline's queue (`keyspace.subscriber_buffer`), and once that is
+//! full the newest are dropped and counted in `spillway_events_lost_total`; the values they
 //! announced are recovered by the next rescan while their keys live.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,8 +120,9 @@ impl Keyspace {
         // How many notifications wait (the readers hold the receiving end).
         let backlog = forwarded.clone();
         let lost = Arc::new(Lost::default());
-        // The forwarder runs on a thread of its own: on the shared workers, a burst of rows to
-        // decode or compress could keep it waiting while fred's small ring overflows.
+        // The subscriber runs on a thread of its own: on the shared workers, a burst of rows to
+        // decode could keep it waiting while Redis's output buffer for it grows toward the
+        // pub/sub limit (at which Redis cuts the connection).
         let stop_forwarding = cancel.child_token();
         let reconnects = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(tokio::sync::Notify::new());
