@@ -92,10 +92,27 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("spillway: {e:#}");
+            eprintln!("spillway: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, joined with `: `, leaving out a cause whose text an outer message
+/// already carries (Spillway's errors name their source in their own message).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(settings: Settings) -> anyhow::Result<()> {
@@ -103,4 +120,24 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(crate::app::run_until_signal(settings))
+}
+
+#[cfg(test)]
+mod report_tests {
+    #[test]
+    fn a_cause_already_in_its_message_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("Redis rls: subscribing: {source}")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::other("connection refused");
+        let e = anyhow::Error::new(Outer { source: io }).context("starting pipeline alerts");
+        assert_eq!(
+            super::report(&e),
+            "starting pipeline alerts: Redis rls: subscribing: connection refused"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::report(&plain), "outer: inner");
+    }
 }
