@@ -38,9 +38,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 pub struct Subscription {
     stream: Box<dyn Stream>,
     buf: BytesMut,
-    /// The subscribed channels and their operation names.
-    channels: Vec<(Bytes, Arc<str>)>,
+    /// The subscribed channels and their operation names (the target's).
+    channels: Channels,
 }
+
+/// Each keyevent channel (`__keyevent@{db}__:{event}`) and its event.
+type Channels = Arc<[(String, Arc<str>)]>;
 
 /// Where and how to connect: parsed once from the URL.
 #[derive(Clone)]
@@ -50,8 +53,7 @@ pub struct Target {
     username: Option<String>,
     password: Option<String>,
     tls: Option<(TlsConnector, String)>,
-    /// `__keyevent@{db}__:{event}` for each event.
-    channels: Vec<String>,
+    channels: Channels,
 }
 
 impl Target {
@@ -84,7 +86,7 @@ impl Target {
             tls,
             channels: events
                 .iter()
-                .map(|e| format!("__keyevent@{db}__:{e}"))
+                .map(|e| (format!("__keyevent@{db}__:{e}"), Arc::from(e.as_str())))
                 .collect(),
         })
     }
@@ -119,14 +121,7 @@ impl Target {
         let mut sub = Subscription {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            channels: self
-                .channels
-                .iter()
-                .map(|c| {
-                    let op = c.rsplit_once(':').map(|x| x.1).unwrap_or(c);
-                    (Bytes::copy_from_slice(c.as_bytes()), Arc::from(op))
-                })
-                .collect(),
+            channels: self.channels.clone(),
         };
         if let Some(password) = &self.password {
             let mut auth = vec!["AUTH"];
@@ -142,9 +137,9 @@ impl Target {
             }
         }
         let mut subscribe = vec!["SUBSCRIBE"];
-        subscribe.extend(self.channels.iter().map(String::as_str));
+        subscribe.extend(self.channels.iter().map(|(c, _)| c.as_str()));
         sub.send(&subscribe).await?;
-        for _ in &self.channels {
+        for _ in self.channels.iter() {
             let reply = sub.frame().await?;
             if !reply.starts_with("[subscribe, ") {
                 return Err(protocol(format!("SUBSCRIBE answered {reply}")));
@@ -196,7 +191,9 @@ impl Subscription {
         while let Some((frame, used)) = parse(&self.buf)? {
             if let Frame::Array(items) = &frame {
                 if let [b"message", channel, key] = items.as_slice() {
-                    if let Some((_, op)) = self.channels.iter().find(|(c, _)| c == channel) {
+                    if let Some((_, op)) =
+                        self.channels.iter().find(|(c, _)| c.as_bytes() == *channel)
+                    {
                         each(Notification {
                             operation: op.clone(),
                             key: Key::from(Bytes::copy_from_slice(key)),
