@@ -136,21 +136,16 @@ async fn bad_input_goes_to_dead_letters_and_the_stream_keeps_moving() {
     assert_eq!(dead.lines().collect::<Vec<_>>(), want, "dead letters");
     assert_eq!(f.dead_letters, 4);
 
-    let rows = s
-        .tsv("SELECT trade_id, log_state, log_entries FROM DB.trades FINAL WHERE trade_id NOT LIKE 'g-%' ORDER BY trade_id")
-        .await;
+    let (rows, seqs) = s.trades_and_seqs("trade_id NOT LIKE 'g-%'").await;
     // bad-log's 5 entries: 4 archived, 1 in dead_letters; bad-string's one value: in dead_letters.
     let want = [
         "bad-log\tmoved\t5",
         "bad-string\tmoved\t0",
         "no-log\tmissing\t0",
     ];
-    assert_eq!(rows.lines().collect::<Vec<_>>(), want, "trades");
-    let seqs = s
-        .tsv("SELECT trade_id, groupArray(seq) FROM (SELECT trade_id, seq FROM DB.trade_executions FINAL WHERE trade_id NOT LIKE 'g-%' ORDER BY trade_id, seq) GROUP BY trade_id ORDER BY trade_id")
-        .await;
+    assert_eq!(rows, want, "trades");
     let want = ["bad-log\t[1,2,4,5]", "bad-payload\t[1,2,3]"];
-    assert_eq!(seqs.lines().collect::<Vec<_>>(), want, "executions");
+    assert_eq!(seqs, want, "executions");
     assert_eq!(
         s.rls.cli(&["LLEN", &open.key()]),
         "2",
@@ -220,24 +215,15 @@ async fn a_log_of_another_type_is_a_dead_letter_and_stays_in_redis() {
         dead.trim(),
         "trade_execution:hashed\tlog_wrong_type\texecution log is a hash, not a list or string"
     );
-    let rows = s
-        .tsv("SELECT trade_id, log_state, log_entries FROM DB.trades FINAL ORDER BY trade_id")
-        .await;
+    let (rows, seqs) = s.trades_and_seqs("1").await;
     let want = [
         "hashed\tmissing\t0",
         "listed\tmoved\t2",
         "none\tmissing\t0",
         "stringed\tmoved\t1",
     ];
-    assert_eq!(rows.lines().collect::<Vec<_>>(), want, "trades");
-    let seqs = s
-        .tsv("SELECT trade_id, groupArray(seq) FROM (SELECT trade_id, seq FROM DB.trade_executions FINAL ORDER BY trade_id, seq) GROUP BY trade_id ORDER BY trade_id")
-        .await;
-    assert_eq!(
-        seqs.lines().collect::<Vec<_>>(),
-        ["listed\t[1,2]", "stringed\t[1]"],
-        "executions"
-    );
+    assert_eq!(rows, want, "trades");
+    assert_eq!(seqs, ["listed\t[1,2]", "stringed\t[1]"], "executions");
     // The hash is not Spillway's to remove; the moved logs are gone.
     assert_eq!(s.rls.cli(&["HLEN", &hashed.key()]), "1");
     for t in [&stringed, &listed] {

@@ -66,6 +66,19 @@ impl Stack {
         self.ch.query(&format!("{sql} FORMAT TSV")).await
     }
 
+    /// The trades whose id matches `filter` (SQL on `trade_id`), each as `id, log_state,
+    /// log_entries`, and their archived execution `seq`s, as `id, [seq, ...]`; ordered by id.
+    pub async fn trades_and_seqs(&self, filter: &str) -> (Vec<String>, Vec<String>) {
+        let trades = self
+            .tsv(&format!("SELECT trade_id, log_state, log_entries FROM DB.trades FINAL WHERE {filter} ORDER BY trade_id"))
+            .await;
+        let seqs = self
+            .tsv(&format!("SELECT trade_id, groupArray(seq) FROM (SELECT trade_id, seq FROM DB.trade_executions FINAL WHERE {filter} ORDER BY trade_id, seq) GROUP BY trade_id ORDER BY trade_id"))
+            .await;
+        let lines = |t: String| t.lines().map(String::from).collect();
+        (lines(trades), lines(seqs))
+    }
+
     /// Entries of the group delivered and not acknowledged (XPENDING).
     pub fn pending(&self) -> u64 {
         let out = self.rtrs.cli(&["XPENDING", STREAM, GROUP]);
