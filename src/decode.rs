@@ -6,6 +6,9 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+mod flat;
+pub use flat::Flat;
+
 /// How a value was encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -391,11 +394,7 @@ impl Fields {
     /// Removes `name` and returns it as text: strings as they are, numbers and booleans printed,
     /// arrays and maps as JSON; absent or null is empty.
     pub fn text(&mut self, name: &str) -> String {
-        match self.take(name) {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s,
-            Some(other) => other.to_string(),
-        }
+        text_of(self.take(name))
     }
 
     /// Removes `name` if `parse` accepts its value; otherwise leaves it in place (so it is kept
@@ -421,24 +420,12 @@ impl Fields {
     /// Removes `name` if it is an integer (or an integral float, or a decimal string) that fits
     /// i64; otherwise leaves it in place (so it is kept in `extra`) and returns None.
     pub fn int(&mut self, name: &str) -> Option<i64> {
-        self.take_if(name, |v| match v {
-            Value::Number(n) => n.as_i64().or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
-                    .map(|f| f as i64)
-            }),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        })
+        self.take_if(name, int_of)
     }
 
     /// Removes `name` if it is a number (or a decimal string); otherwise leaves it and returns None.
     pub fn float(&mut self, name: &str) -> Option<f64> {
-        self.take_if(name, |v| match v {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        })
+        self.take_if(name, float_of)
     }
 
     /// Every field not taken, as one map.
@@ -457,8 +444,79 @@ impl Fields {
         if self.extra.is_empty() && self.known.iter().all(Option::is_none) {
             return "{}".to_string();
         }
-        // Serialized straight into a string (Display goes through the formatter, slower).
-        serde_json::to_string(&Value::Object(self.into_map())).unwrap_or_else(|_| "{}".into())
+        json_text(self.into_map())
+    }
+}
+
+/// A field's value as text: strings as they are, numbers and booleans printed, arrays and maps
+/// as JSON; absent or null is empty.
+fn text_of(v: Option<Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A field's value as an integer: an integer (or an integral float, or a decimal string) that
+/// fits i64.
+fn int_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+                .map(|f| f as i64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A field's value as a float: a number (or a decimal string).
+fn float_of(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The fields a row did not take, as a JSON object text.
+fn json_text(map: Map<String, Value>) -> String {
+    // Serialized straight into a string (Display goes through the formatter, slower).
+    serde_json::to_string(&Value::Object(map)).unwrap_or_else(|_| "{}".into())
+}
+
+/// What a row takes out of a decoded map, by name: [`Fields`] (any map, values as JSON) and
+/// [`Flat`] (a map of scalars, borrowed from the bytes) give the same answers for the same map.
+pub trait TakeFields {
+    /// Removes `name` (the row has it from elsewhere).
+    fn discard(&mut self, name: &str);
+    /// See [`Fields::text`].
+    fn text(&mut self, name: &str) -> String;
+    /// See [`Fields::int`].
+    fn int(&mut self, name: &str) -> Option<i64>;
+    /// See [`Fields::float`].
+    fn float(&mut self, name: &str) -> Option<f64>;
+    /// See [`Fields::rest`].
+    fn rest(self) -> String;
+}
+
+impl TakeFields for Fields {
+    fn discard(&mut self, name: &str) {
+        self.take(name);
+    }
+    fn text(&mut self, name: &str) -> String {
+        Fields::text(self, name)
+    }
+    fn int(&mut self, name: &str) -> Option<i64> {
+        Fields::int(self, name)
+    }
+    fn float(&mut self, name: &str) -> Option<f64> {
+        Fields::float(self, name)
+    }
+    fn rest(self) -> String {
+        Fields::rest(self)
     }
 }
 

@@ -3,7 +3,9 @@
 
 use serde::Serialize;
 
-use crate::decode::{decode_msgpack_array_of_fields, decode_msgpack_fields, DecodeError, Fields};
+use crate::decode::{
+    decode_msgpack_array_of_fields, decode_msgpack_fields, DecodeError, Fields, Flat, TakeFields,
+};
 
 /// A closed (or rejected) trade (`trades`), identified by `trade_id`.
 #[derive(Debug, Clone, clickhouse::Row, Serialize)]
@@ -173,12 +175,33 @@ pub fn trade_row(
     stream_id: &str,
     now: i64,
 ) -> Result<TradeRow, DecodeError> {
-    let mut f = match payload {
-        Some(p) if !p.is_empty() => decode_msgpack_fields(p, TRADE_FIELDS)?,
-        _ => Fields::default(),
-    };
-    f.take("trade_id");
-    Ok(TradeRow {
+    match payload {
+        Some(p) if !p.is_empty() => match Flat::map(p, TRADE_FIELDS) {
+            Some(f) => Ok(trade_from_fields(trade_id, event, f, stream_id, now)),
+            None => {
+                let f = decode_msgpack_fields(p, TRADE_FIELDS)?;
+                Ok(trade_from_fields(trade_id, event, f, stream_id, now))
+            }
+        },
+        _ => Ok(trade_from_fields(
+            trade_id,
+            event,
+            Fields::default(),
+            stream_id,
+            now,
+        )),
+    }
+}
+
+fn trade_from_fields(
+    trade_id: &str,
+    event: &str,
+    mut f: impl TakeFields,
+    stream_id: &str,
+    now: i64,
+) -> TradeRow {
+    f.discard("trade_id");
+    TradeRow {
         trade_id: trade_id.to_string(),
         event: event.to_string(),
         account_id: f.text("account_id"),
@@ -199,10 +222,11 @@ pub fn trade_row(
         log_state: "kept",
         received_at_ms: now,
         version: 1 << 32,
-    })
+    }
 }
 
-/// Makes the `trade_executions` row of one log entry at `position`.
+/// Makes the `trade_executions` row of one log entry at `position`. An entry of scalars (the
+/// usual shape) is read in place ([`Flat`]); any other goes through the general decoder.
 pub fn execution_row(
     trade_id: &str,
     key: &str,
@@ -210,6 +234,9 @@ pub fn execution_row(
     entry: &[u8],
     now: i64,
 ) -> Result<TradeExecutionRow, DecodeError> {
+    if let Some(fields) = Flat::map(entry, EXECUTION_FIELDS) {
+        return Ok(execution_from_fields(trade_id, key, position, fields, now));
+    }
     let fields = decode_msgpack_fields(entry, EXECUTION_FIELDS)?;
     Ok(execution_from_fields(trade_id, key, position, fields, now))
 }
@@ -218,7 +245,7 @@ fn execution_from_fields(
     trade_id: &str,
     key: &str,
     position: u32,
-    mut f: Fields,
+    mut f: impl TakeFields,
     now: i64,
 ) -> TradeExecutionRow {
     let own_id = f.text("trade_id");
@@ -259,6 +286,13 @@ pub fn string_log_rows(
     value: &[u8],
     now: i64,
 ) -> Result<Vec<TradeExecutionRow>, DecodeError> {
+    let row = |(i, f)| execution_from_fields(trade_id, key, i as u32, f, now);
+    if let Some(fields) = Flat::map(value, EXECUTION_FIELDS) {
+        return Ok(vec![row((0, fields))]);
+    }
+    if let Some(items) = Flat::array(value, EXECUTION_FIELDS) {
+        return Ok(items.into_iter().enumerate().map(row).collect());
+    }
     match decode_msgpack_fields(value, EXECUTION_FIELDS) {
         Ok(fields) => Ok(vec![execution_from_fields(trade_id, key, 0, fields, now)]),
         Err(_) => {

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::trade::{execution_row, string_log_rows, trade_row, TradeExecutionRow};
+use crate::decode::Flat;
+use crate::trade::{
+    execution_row, string_log_rows, trade_row, TradeExecutionRow, EXECUTION_FIELDS,
+};
 
 /// An RLS execution log: a LIST of entries, or a STRING.
 enum Log {
@@ -62,6 +65,16 @@ fn play(seed: u64, ticks: u64, per_tick: u64) -> (HashMap<String, Log>, Vec<Cmd>
 }
 
 fn rows(key: &str, id: &str, log: &Log) -> Vec<TradeExecutionRow> {
+    // The platform's entries are maps of scalars: read in place, not by the general decoder.
+    let flat = match log {
+        Log::List(entries) => entries
+            .iter()
+            .all(|e| Flat::map(e, EXECUTION_FIELDS).is_some()),
+        Log::Str(v) => {
+            Flat::map(v, EXECUTION_FIELDS).is_some() || Flat::array(v, EXECUTION_FIELDS).is_some()
+        }
+    };
+    assert!(flat, "{key} left to the general decoder");
     match log {
         Log::List(entries) => entries
             .iter()
