@@ -156,11 +156,11 @@ impl Batch {
         }
     }
 
-    /// The smallest remaining TTL at `now_ms` among the alert values of the batch, in ms: how
-    /// close a value read but not yet committed is to expiring in Redis (after which a crash
-    /// could not recover it by a rescan).
-    pub fn min_remaining_ttl_ms(&self, now_ms: i64) -> Option<i64> {
-        self.expires_at_ms.map(|at| at - now_ms)
+    /// When the earliest alert value of the batch expires in Redis (epoch ms), if any: how close
+    /// a value read but not yet committed is to expiring (after which a crash could not recover
+    /// it by a rescan).
+    pub fn expires_at_ms(&self) -> Option<i64> {
+        self.expires_at_ms
     }
 
     /// Runs the acknowledgements of a committed batch, in order.

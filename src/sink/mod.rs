@@ -1,11 +1,18 @@
-//! The writing side: one task takes records from the bounded channel, batches them until max
-//! rows, max bytes or max delay, and commits each batch to ClickHouse, retrying with capped
-//! backoff until it is committed (rows are idempotent, so a retry never duplicates).
+//! The writing side: one task takes records from the bounded channel and cuts them into batches
+//! (at max rows, max bytes or max delay); another commits each batch to ClickHouse, retrying
+//! with capped backoff until it is committed (rows are idempotent, so a retry never
+//! duplicates), then runs its acknowledgements. Batches are committed one at a time, in the
+//! order they were cut, so acknowledgements run in order too; the next batch is collected while
+//! one commits. At most two batches are held (one committing, the next collected or waiting for
+//! it); then the channel fills and the sources wait.
 
 pub mod clickhouse;
 pub mod rowbinary;
 pub mod schema;
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -53,9 +60,70 @@ pub struct Batcher {
     /// When the last batch was cut: records found waiting at the next call may have waited
     /// since then (while that batch was committed), and their delay counts from there.
     cut_at: Option<Instant>,
-    /// How long commits take lately (a moving average): a batch is cut that much before
+    /// What the committer tells: how long batches take from their cut to their commit, which
+    /// are not committed yet.
+    progress: Arc<Progress>,
+}
+
+/// Shared by the batcher and the committer.
+#[derive(Default)]
+pub struct Progress {
+    /// From cut to commit, lately (a moving average): a batch is cut that much before
     /// `max_delay`, so that its rows are committed within about `max_delay`.
-    commit_time: Duration,
+    commit_time: Mutex<Duration>,
+    /// Per batch cut and not yet committed, in order: when its earliest alert value expires in
+    /// Redis (epoch ms), if it has one.
+    uncommitted: Mutex<VecDeque<Option<i64>>>,
+    /// Records in the channel and not yet in a batch, as of the last cut.
+    depth: AtomicUsize,
+}
+
+impl Progress {
+    /// Tells how long the last batch took from its cut to its commit: a moving average, each
+    /// commit counted up to `max_delay` (see [`Batcher::next`]).
+    pub fn committed_in(&self, took: Duration, max_delay: Duration) {
+        let mut avg = lock(&self.commit_time);
+        *avg = (*avg * 3 + took.min(max_delay)) / 4;
+    }
+
+    fn commit_time(&self) -> Duration {
+        *lock(&self.commit_time)
+    }
+
+    /// A batch was cut: it is uncommitted until [`Progress::committed`].
+    fn cut(&self, expires_at_ms: Option<i64>, depth: usize) {
+        self.depth.store(depth, Ordering::Relaxed);
+        let mut pending = lock(&self.uncommitted);
+        pending.push_back(expires_at_ms);
+        set_expiry_risk(&pending, false);
+    }
+
+    /// The oldest uncommitted batch was committed.
+    fn committed(&self) {
+        let mut pending = lock(&self.uncommitted);
+        pending.pop_front();
+        set_expiry_risk(&pending, self.depth.load(Ordering::Relaxed) == 0);
+    }
+}
+
+/// Sets the expiry-risk gauge to the smallest remaining TTL among the values of the batches not
+/// yet committed; to +Inf when nothing read is waiting for a commit (`idle` and no batch). Left
+/// as it is when the batches have no TTL to tell.
+fn set_expiry_risk(pending: &VecDeque<Option<i64>>, idle: bool) {
+    match pending.iter().flatten().min() {
+        Some(at) => {
+            let left = at - crate::rows::now_ms();
+            metrics::gauge!(m::EXPIRY_RISK).set(left as f64 / 1000.0);
+        }
+        None if pending.is_empty() && idle => {
+            metrics::gauge!(m::EXPIRY_RISK).set(f64::INFINITY);
+        }
+        None => {}
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Batcher {
@@ -67,24 +135,23 @@ impl Batcher {
             carry: Default::default(),
             buf: Vec::with_capacity(RECV_CHUNK),
             cut_at: None,
-            commit_time: Duration::ZERO,
+            progress: Arc::default(),
         }
     }
 
-    /// Tells how long the last batch took to commit. A batch is then cut earlier by the recent
-    /// commit time (a moving average, each commit counted up to `max_delay`), so that rows are
-    /// committed about `max_delay` after they arrived; never earlier than half `max_delay`, so
-    /// that a slow ClickHouse does not get ever smaller batches.
-    pub fn committed_in(&mut self, took: Duration) {
-        let took = took.min(self.cfg.max_delay);
-        self.commit_time = (self.commit_time * 3 + took) / 4;
+    /// What the committer reports to this batcher.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
     }
 
-    /// How long after its first record a batch is cut.
+    /// How long after its first record a batch is cut: `max_delay` less the time batches take
+    /// lately from cut to commit, so that rows are committed about `max_delay` after they
+    /// arrived; never less than half `max_delay`, so that a slow ClickHouse does not get ever
+    /// smaller batches.
     fn delay(&self) -> Duration {
         self.cfg
             .max_delay
-            .saturating_sub(self.commit_time)
+            .saturating_sub(self.progress.commit_time())
             .max(self.cfg.max_delay / 2)
     }
 
@@ -96,8 +163,8 @@ impl Batcher {
     /// Waits for the first record, then collects until max rows, max bytes or max delay. None
     /// when the channel is closed and everything was handed out.
     /// The delay counts from the oldest record's arrival: records found waiting count from the
-    /// last cut, so time spent in a slow commit is not added to `max_delay`; and the batch is
-    /// cut early by the time commits take lately (see [`Batcher::committed_in`]).
+    /// last cut, so time spent waiting for a slow commit is not added to `max_delay`; and the
+    /// batch is cut early by the time commits take lately (see [`Progress::committed_in`]).
     pub async fn next(&mut self) -> Option<(Batch, Cut)> {
         let cut = self.next_uncounted().await;
         self.cut_at = Some(Instant::now());
@@ -145,39 +212,52 @@ impl Batcher {
 
 /// Runs until the channel is closed and drained: every record received is committed.
 pub async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettings) {
-    let mut batcher = Batcher::new(rx, cfg);
-    while let Some((mut batch, cut)) = batcher.next().await {
-        metrics::gauge!(m::CHANNEL_DEPTH).set(batcher.depth() as f64);
-        metrics::counter!(m::FLUSHES, "trigger" => cut.label()).increment(1);
-        if let Some(ttl) = batch.min_remaining_ttl_ms(crate::rows::now_ms()) {
-            metrics::gauge!(m::EXPIRY_RISK).set(ttl as f64 / 1000.0);
-        }
-        let started = Instant::now();
-        commit(&sink, &batch, || batcher.depth()).await;
-        batcher.committed_in(started.elapsed());
+    let batcher = Batcher::new(rx, cfg);
+    let progress = batcher.progress();
+    let (tx, mut batches) = mpsc::channel(1);
+    let cutter = tokio::spawn(cut_batches(batcher, tx));
+    while let Some((mut batch, cut_at)) = batches.recv().await {
+        commit(&sink, &batch).await;
+        progress.committed_in(cut_at.elapsed(), cfg.max_delay);
+        progress.committed();
         batch.observe_commit(crate::rows::now_ms());
         batch.acknowledge();
-        if batcher.depth() == 0 {
-            // Nothing read is waiting for a commit: no value is at risk.
-            metrics::gauge!(m::EXPIRY_RISK).set(f64::INFINITY);
-        }
-        metrics::gauge!(m::CHANNEL_DEPTH).set(batcher.depth() as f64);
+    }
+    let _ = cutter.await;
+    tracing::info!("writer drained the channel and stopped");
+}
+
+/// Cuts batches and queues them for the committer, with the time of their cut. While the queue
+/// is full (the committer is busy), the channel depth gauge keeps being updated every second.
+async fn cut_batches(mut batcher: Batcher, tx: mpsc::Sender<(Batch, Instant)>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        // A place in the queue first: the next batch is collected only once the committer took
+        // the previous one, so that at most two batches are held.
+        let depth = || batcher.depth();
+        let Ok(place) = reporting_depth(tx.reserve(), &mut tick, &depth).await else {
+            break;
+        };
+        let Some((batch, cut)) = batcher.next().await else {
+            break;
+        };
+        let depth = batcher.depth();
+        metrics::gauge!(m::CHANNEL_DEPTH).set(depth as f64);
+        metrics::counter!(m::FLUSHES, "trigger" => cut.label()).increment(1);
+        batcher.progress.cut(batch.expires_at_ms(), depth);
+        place.send((batch, Instant::now()));
         if cut == Cut::Closed {
             break;
         }
     }
-    tracing::info!("writer drained the channel and stopped");
 }
 
 /// Commits a batch, retrying until ClickHouse accepts it.
-/// While it waits for ClickHouse (however long an outage lasts), the channel depth gauge keeps
-/// being updated from `depth` every second.
-async fn commit(sink: &Sink, batch: &Batch, depth: impl Fn() -> usize) {
+async fn commit(sink: &Sink, batch: &Batch) {
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        match reporting_depth(sink.write(batch), &mut tick, &depth).await {
+        match sink.write(batch).await {
             Ok(()) => {
                 metrics::gauge!(m::LAST_FLUSH).set(crate::rows::now_ms() as f64 / 1000.0);
                 if failures > 0 {
@@ -194,7 +274,7 @@ async fn commit(sink: &Sink, batch: &Batch, depth: impl Fn() -> usize) {
                 metrics::counter!(m::INSERT_RETRIES).increment(1);
                 let wait = jitter(backoff);
                 tracing::warn!(error = %e, rows = batch.rows(), retry_in = ?wait, "insert failed; retrying");
-                reporting_depth(tokio::time::sleep(wait), &mut tick, &depth).await;
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
@@ -314,13 +394,47 @@ mod tests {
             let started = Instant::now();
             b.next().await.unwrap();
             waited.push(started.elapsed().as_millis());
-            b.committed_in(Duration::from_millis(took));
+            b.progress()
+                .committed_in(Duration::from_millis(took), Duration::from_millis(1000));
         }
         // 1000 ms, then 1000 - the average commit time (moving towards 200 ms) ...
         assert_eq!(&waited[..4], [1000, 950, 913, 885]);
         assert!((800..830).contains(&waited[8]), "{waited:?}");
         // ... and with slow commits never less than half the delay.
         assert_eq!(waited[11], 500, "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn collects_the_next_batch_while_one_commits_but_not_a_third() {
+        let (tx, b) = batcher(10, 1 << 20, 1000, 10).await;
+        let (queue, mut batches) = mpsc::channel(1);
+        let cutter = tokio::spawn(cut_batches(b, queue));
+        let in_channel = |tx: &mpsc::Sender<Record>| tx.max_capacity() - tx.capacity();
+        // The committer takes the first batch and commits it (for as long as this test likes).
+        let (first, _) = batches.recv().await.unwrap();
+        assert_eq!(first.rows(), 10);
+        // Meanwhile the next batch is collected and queued...
+        for i in 0..10 {
+            tx.send(event(&format!("b{i}"))).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(batches.len(), 1);
+        // ... but no third: its records stay in the channel, where the sources feel them.
+        for i in 0..5 {
+            tx.send(event(&format!("c{i}"))).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(in_channel(&tx), 5);
+        // Once the committer takes the second batch, the third is collected.
+        let (second, _) = batches.recv().await.unwrap();
+        assert_eq!(second.rows(), 10);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(in_channel(&tx), 0);
+        drop(tx);
+        let (third, _) = batches.recv().await.unwrap();
+        assert_eq!(third.rows(), 5);
+        assert!(batches.recv().await.is_none());
+        cutter.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
