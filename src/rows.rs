@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::decode::{Decoded, Fields, Format};
+use crate::decode::{Decoded, Fields, Format, TakeFields};
 
 /// A distinct value written to an alert key (`alerts`).
 #[derive(Debug, Clone, clickhouse::Row, Serialize)]
@@ -262,14 +262,19 @@ pub struct CapturedAlert<'a> {
 impl CapturedAlert<'_> {
     /// Turns a decoded value (decoded with [`ALERT_FIELDS`]) into an [`AlertRow`].
     pub fn into_row(self, payload: Decoded) -> AlertRow {
-        let (format, mut f) = match payload {
-            Decoded::Object(format, fields) => (format, fields),
+        match payload {
+            Decoded::Object(format, fields) => self.row_of(format, fields),
             Decoded::Text(text) => {
                 let mut m = serde_json::Map::new();
                 m.insert("message".into(), serde_json::Value::String(text));
-                (Format::Text, Fields::from_map(ALERT_FIELDS, m))
+                self.row_of(Format::Text, Fields::from_map(ALERT_FIELDS, m))
             }
-        };
+        }
+    }
+
+    /// The row of a value whose fields (named [`ALERT_FIELDS`]) are `f`: a MessagePack map of
+    /// scalars can be read in place ([`crate::decode::Flat`]) instead of through [`Decoded`].
+    pub fn row_of(self, format: Format, mut f: impl TakeFields) -> AlertRow {
         let alert_id = match f.text("alert_id") {
             id if id.is_empty() => self.id_from_key.to_string(),
             id => id,

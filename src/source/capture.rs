@@ -8,7 +8,7 @@ use bytes::Bytes;
 use fred::types::Key;
 use tokio::sync::mpsc;
 
-use crate::decode::decode_value_fields;
+use crate::decode::{decode_value_fields, Flat, Format};
 use crate::metrics as m;
 use crate::pipeline::KeyspaceSource;
 use crate::rows::{
@@ -149,23 +149,26 @@ impl Capturer {
             }
         };
         let hash = content_hash(&raw);
-        let record = match decode_value_fields(&raw, ALERT_FIELDS) {
-            Ok(payload) => {
+        let captured = CapturedAlert {
+            key: &key_str,
+            id_from_key: self.id_of(&key_str),
+            raw: &raw,
+            ttl_ms,
+            captured_at_ms: now,
+            captured_by: by,
+        };
+        // A MessagePack map of scalars (the usual alert) is read in place.
+        let row = match Flat::map(&raw, ALERT_FIELDS) {
+            Some(fields) => Ok(captured.row_of(Format::MsgPack, fields)),
+            None => decode_value_fields(&raw, ALERT_FIELDS).map(|p| captured.into_row(p)),
+        };
+        let record = match row {
+            Ok(row) => {
                 match by {
                     "scan" => self.counters.captured_scan.increment(1),
                     _ => self.counters.captured_event.increment(1),
                 }
-                Record::alert(
-                    CapturedAlert {
-                        key: &key_str,
-                        id_from_key: self.id_of(&key_str),
-                        raw: &raw,
-                        ttl_ms,
-                        captured_at_ms: now,
-                        captured_by: by,
-                    }
-                    .into_row(payload),
-                )
+                Record::alert(row)
             }
             Err(e) => self.dead_letter(&key_str, raw.to_vec(), e.reason, e.detail, now),
         };
