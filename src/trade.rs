@@ -286,12 +286,17 @@ pub fn string_log_rows(
     value: &[u8],
     now: i64,
 ) -> Result<Vec<TradeExecutionRow>, DecodeError> {
-    let row = |(i, f)| execution_from_fields(trade_id, key, i as u32, f, now);
+    let row = |i, f| execution_from_fields(trade_id, key, i, f, now);
     if let Some(fields) = Flat::map(value, EXECUTION_FIELDS) {
-        return Ok(vec![row((0, fields))]);
+        return Ok(vec![row(0, fields)]);
     }
-    if let Some(items) = Flat::array(value, EXECUTION_FIELDS) {
-        return Ok(items.into_iter().enumerate().map(row).collect());
+    let mut position = 0;
+    let rows = Flat::array(value, EXECUTION_FIELDS, |f| {
+        position += 1;
+        row(position - 1, f)
+    });
+    if let Some(rows) = rows {
+        return Ok(rows);
     }
     match decode_msgpack_fields(value, EXECUTION_FIELDS) {
         Ok(fields) => Ok(vec![execution_from_fields(trade_id, key, 0, fields, now)]),
@@ -352,6 +357,7 @@ mod tests {
         let arr = mp(json!([{"seq": 1}, {"seq": 2, "step": "closed"}]));
         let rows = string_log_rows("T1", "k", &arr, 5).unwrap();
         assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(rows.iter().map(|r| r.position).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(string_log_rows("T1", "k", &e, 5).unwrap().len(), 1);
         assert!(string_log_rows("T1", "k", b"not msgpack", 5).is_err());
         assert!(string_log_rows("T1", "k", &mp(json!([{"seq": 1}, 2])), 5).is_err());

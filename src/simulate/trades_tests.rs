@@ -71,7 +71,8 @@ fn rows(key: &str, id: &str, log: &Log) -> Vec<TradeExecutionRow> {
             .iter()
             .all(|e| Flat::map(e, EXECUTION_FIELDS).is_some()),
         Log::Str(v) => {
-            Flat::map(v, EXECUTION_FIELDS).is_some() || Flat::array(v, EXECUTION_FIELDS).is_some()
+            Flat::map(v, EXECUTION_FIELDS).is_some()
+                || Flat::array(v, EXECUTION_FIELDS, drop).is_some()
         }
     };
     assert!(flat, "{key} left to the general decoder");
