@@ -12,9 +12,9 @@
 //! below checks on random maps.
 
 use rmp::Marker as M;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{find, float, float_of, int_of, json_text, text_of, TakeFields};
+use super::{find, float, float_of, int_of, text_of, TakeFields};
 
 /// Most names a [`Flat`] can be asked to take out.
 const MAX_NAMES: usize = 32;
@@ -253,21 +253,48 @@ impl TakeFields for Flat<'_> {
         })
     }
 
-    fn rest(self) -> String {
+    fn rest(mut self) -> String {
         let untaken = self.names.iter().zip(&self.known[..self.names.len()]);
-        if self.others.is_empty() && untaken.clone().all(|(_, v)| v.is_none()) {
+        self.others
+            .extend(untaken.filter_map(|(name, v)| Some((*name, (*v)?))));
+        if self.others.is_empty() {
             return "{}".to_string();
         }
-        let mut map = Map::new();
-        for (k, v) in self.others {
-            map.insert(k.to_owned(), v.to_value());
-        }
-        for (name, v) in untaken {
-            if let Some(v) = v {
-                map.insert((*name).to_string(), v.to_value());
+        // As a JSON map orders its keys (by their bytes), a later value of a key replacing an
+        // earlier one; written straight from the scalars.
+        self.others.sort_by_key(|(k, _)| *k);
+        let mut fields = self.others;
+        fields.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                *earlier = *later;
             }
+            same
+        });
+        serde_json::to_string(&Object(&fields)).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// Fields written as a JSON object, in order.
+struct Object<'s, 'a>(&'s [(&'a str, Scalar<'a>)]);
+
+impl serde::Serialize for Object<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// A scalar as JSON, as the general decoder's value of it ([`Scalar::to_value`]) is written.
+impl serde::Serialize for Scalar<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Scalar::Int(i) => s.serialize_i64(i),
+            Scalar::UInt(u) => s.serialize_u64(u),
+            Scalar::F64(f) if f.is_finite() => s.serialize_f64(f),
+            Scalar::Str(v) => s.serialize_str(v),
+            // Rare: null, booleans, 32-bit and non-finite floats.
+            other => other.to_value().serialize(s),
         }
-        json_text(map)
     }
 }
 
