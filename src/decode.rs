@@ -5,6 +5,7 @@
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 mod flat;
 pub use flat::Flat;
@@ -489,11 +490,15 @@ fn json_text(map: Map<String, Value>) -> String {
 
 /// What a row takes out of a decoded map, by name: [`Fields`] (any map, values as JSON) and
 /// [`Flat`] (a map of scalars, borrowed from the bytes) give the same answers for the same map.
-pub trait TakeFields {
+pub trait TakeFields<'a> {
     /// Removes `name` (the row has it from elsewhere).
     fn discard(&mut self, name: &str);
+    /// See [`Fields::text`]; borrowed from the bytes decoded where it can be.
+    fn str(&mut self, name: &str) -> Cow<'a, str>;
     /// See [`Fields::text`].
-    fn text(&mut self, name: &str) -> String;
+    fn text(&mut self, name: &str) -> String {
+        self.str(name).into_owned()
+    }
     /// See [`Fields::int`].
     fn int(&mut self, name: &str) -> Option<i64>;
     /// See [`Fields::float`].
@@ -502,12 +507,12 @@ pub trait TakeFields {
     fn rest(self) -> String;
 }
 
-impl TakeFields for Fields {
+impl<'a> TakeFields<'a> for Fields {
     fn discard(&mut self, name: &str) {
         self.take(name);
     }
-    fn text(&mut self, name: &str) -> String {
-        Fields::text(self, name)
+    fn str(&mut self, name: &str) -> Cow<'a, str> {
+        Cow::Owned(Fields::text(self, name))
     }
     fn int(&mut self, name: &str) -> Option<i64> {
         Fields::int(self, name)

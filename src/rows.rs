@@ -200,7 +200,7 @@ impl Record {
         Record::Row(Row::new(Table::Trades, &r, r.received_at_ms))
     }
     /// Into `trade_executions`.
-    pub fn trade_execution(r: crate::trade::TradeExecutionRow) -> Record {
+    pub fn trade_execution(r: crate::trade::TradeExecutionRow<'_>) -> Record {
         Record::Row(Row::new(Table::TradeExecutions, &r, r.archived_at_ms))
     }
 }
@@ -274,7 +274,7 @@ impl CapturedAlert<'_> {
 
     /// The row of a value whose fields (named [`ALERT_FIELDS`]) are `f`: a MessagePack map of
     /// scalars can be read in place ([`crate::decode::Flat`]) instead of through [`Decoded`].
-    pub fn row_of(self, format: Format, mut f: impl TakeFields) -> AlertRow {
+    pub fn row_of<'b>(self, format: Format, mut f: impl TakeFields<'b>) -> AlertRow {
         let alert_id = match f.text("alert_id") {
             id if id.is_empty() => self.id_from_key.to_string(),
             id => id,

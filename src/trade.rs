@@ -1,6 +1,8 @@
 //! Trades and their execution logs: the rows of `trades` and `trade_executions`, and the pure
 //! functions that make them from a `trade_results` stream entry and a `trade_execution:{id}` log.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::decode::{
@@ -68,25 +70,26 @@ impl TradeRow {
     }
 }
 
-/// One entry of a trade's execution log (`trade_executions`), identified by `trade_id, seq`.
+/// One entry of a trade's execution log (`trade_executions`), identified by `trade_id, seq`;
+/// its text borrowed from the entry's bytes where it can be.
 #[derive(Debug, Clone, clickhouse::Row, Serialize)]
-pub struct TradeExecutionRow {
+pub struct TradeExecutionRow<'a> {
     /// The trade (the entry's field, or the key's).
-    pub trade_id: String,
+    pub trade_id: Cow<'a, str>,
     /// The entry's `seq`, or its position in the log.
     pub seq: i64,
     /// The entry's `ts_ms`, or 0.
     pub ts_ms: i64,
     /// Entry fields.
-    pub step: String,
+    pub step: Cow<'a, str>,
     /// Entry fields.
-    pub instance_id: String,
+    pub instance_id: Cow<'a, str>,
     /// Entry fields.
-    pub account_id: String,
+    pub account_id: Cow<'a, str>,
     /// Entry fields.
-    pub symbol: String,
+    pub symbol: Cow<'a, str>,
     /// Entry fields.
-    pub side: String,
+    pub side: Cow<'a, str>,
     /// Lots.
     pub volume: Option<f64>,
     /// Entry fields.
@@ -104,13 +107,13 @@ pub struct TradeExecutionRow {
     /// Entry fields.
     pub latency_us: Option<i64>,
     /// Entry fields.
-    pub comment: String,
+    pub comment: Cow<'a, str>,
     /// Other fields, as a JSON object text.
     pub extra: String,
     /// Position of the entry in the log (0-based).
     pub position: u32,
     /// The Redis key it was moved from.
-    pub source_key: String,
+    pub source_key: Cow<'a, str>,
     /// When Spillway archived it (epoch ms).
     pub archived_at_ms: i64,
 }
@@ -193,10 +196,10 @@ pub fn trade_row(
     }
 }
 
-fn trade_from_fields(
+fn trade_from_fields<'a>(
     trade_id: &str,
     event: &str,
-    mut f: impl TakeFields,
+    mut f: impl TakeFields<'a>,
     stream_id: &str,
     now: i64,
 ) -> TradeRow {
@@ -227,13 +230,13 @@ fn trade_from_fields(
 
 /// Makes the `trade_executions` row of one log entry at `position`. An entry of scalars (the
 /// usual shape) is read in place ([`Flat`]); any other goes through the general decoder.
-pub fn execution_row(
-    trade_id: &str,
-    key: &str,
+pub fn execution_row<'a>(
+    trade_id: &'a str,
+    key: &'a str,
     position: u32,
-    entry: &[u8],
+    entry: &'a [u8],
     now: i64,
-) -> Result<TradeExecutionRow, DecodeError> {
+) -> Result<TradeExecutionRow<'a>, DecodeError> {
     if let Some(fields) = Flat::map(entry, EXECUTION_FIELDS) {
         return Ok(execution_from_fields(trade_id, key, position, fields, now));
     }
@@ -241,27 +244,27 @@ pub fn execution_row(
     Ok(execution_from_fields(trade_id, key, position, fields, now))
 }
 
-fn execution_from_fields(
-    trade_id: &str,
-    key: &str,
+fn execution_from_fields<'a>(
+    trade_id: &'a str,
+    key: &'a str,
     position: u32,
-    mut f: impl TakeFields,
+    mut f: impl TakeFields<'a>,
     now: i64,
-) -> TradeExecutionRow {
-    let own_id = f.text("trade_id");
+) -> TradeExecutionRow<'a> {
+    let own_id = f.str("trade_id");
     TradeExecutionRow {
         trade_id: if own_id.is_empty() {
-            trade_id.to_string()
+            Cow::Borrowed(trade_id)
         } else {
             own_id
         },
         seq: f.int("seq").unwrap_or(position as i64),
         ts_ms: f.int("ts_ms").unwrap_or(0),
-        step: f.text("step"),
-        instance_id: f.text("instance_id"),
-        account_id: f.text("account_id"),
-        symbol: f.text("symbol"),
-        side: f.text("side"),
+        step: f.str("step"),
+        instance_id: f.str("instance_id"),
+        account_id: f.str("account_id"),
+        symbol: f.str("symbol"),
+        side: f.str("side"),
         volume: f.float("volume"),
         price: f.float("price"),
         sl: f.float("sl"),
@@ -270,22 +273,22 @@ fn execution_from_fields(
         deal_ticket: f.int("deal_ticket"),
         retcode: f.int("retcode"),
         latency_us: f.int("latency_us"),
-        comment: f.text("comment"),
+        comment: f.str("comment"),
         extra: f.rest(),
         position,
-        source_key: key.to_string(),
+        source_key: Cow::Borrowed(key),
         archived_at_ms: now,
     }
 }
 
 /// Splits a STRING log (one MessagePack map, or an array of maps) into its entries' rows.
 /// Returns the rows and, per undecodable entry, its position and error.
-pub fn string_log_rows(
-    trade_id: &str,
-    key: &str,
-    value: &[u8],
+pub fn string_log_rows<'a>(
+    trade_id: &'a str,
+    key: &'a str,
+    value: &'a [u8],
     now: i64,
-) -> Result<Vec<TradeExecutionRow>, DecodeError> {
+) -> Result<Vec<TradeExecutionRow<'a>>, DecodeError> {
     let row = |i, f| execution_from_fields(trade_id, key, i, f, now);
     if let Some(fields) = Flat::map(value, EXECUTION_FIELDS) {
         return Ok(vec![row(0, fields)]);
@@ -345,14 +348,12 @@ mod tests {
         let e = mp(json!({"seq": 3, "step": "filled", "price": 1.1, "order_ticket": 55, "x": 1}));
         let r = execution_row("T1", "trade_execution:T1", 0, &e, 5).unwrap();
         assert_eq!(
-            (r.seq, r.step.as_str(), r.price, r.order_ticket),
+            (r.seq, &*r.step, r.price, r.order_ticket),
             (3, "filled", Some(1.1), Some(55))
         );
-        assert_eq!(
-            (r.trade_id.as_str(), r.extra.as_str()),
-            ("T1", r#"{"x":1}"#)
-        );
-        let no_seq = execution_row("T1", "k", 4, &mp(json!({"step": "modified"})), 5).unwrap();
+        assert_eq!((&*r.trade_id, r.extra.as_str()), ("T1", r#"{"x":1}"#));
+        let modified = mp(json!({"step": "modified"}));
+        let no_seq = execution_row("T1", "k", 4, &modified, 5).unwrap();
         assert_eq!(no_seq.seq, 4);
         let arr = mp(json!([{"seq": 1}, {"seq": 2, "step": "closed"}]));
         let rows = string_log_rows("T1", "k", &arr, 5).unwrap();

@@ -96,19 +96,21 @@ async fn simulator_writes_what_the_contract_describes() {
         }
         let key = format!("trade_execution:{id}");
         let kind: String = c.custom(cmd!("TYPE"), vec![key.as_str()]).await.unwrap();
-        let log: Vec<TradeExecutionRow> = match kind.as_str() {
-            "list" => {
-                let items: Vec<Bytes> = c.lrange(key.as_str(), 0, -1).await.unwrap();
+        let (items, string): (Vec<Bytes>, Option<Bytes>) = match kind.as_str() {
+            "list" => (c.lrange(key.as_str(), 0, -1).await.unwrap(), None),
+            "string" => (Vec::new(), Some(c.get(key.as_str()).await.unwrap())),
+            other => panic!("{key} is a {other}"),
+        };
+        let log: Vec<TradeExecutionRow> = match &string {
+            None => {
                 let rows = items.iter().enumerate();
                 rows.map(|(i, b)| execution_row(&id, &key, i as u32, b, 0).unwrap())
                     .collect()
             }
-            "string" => {
+            Some(v) => {
                 strings += 1;
-                let v: Bytes = c.get(key.as_str()).await.unwrap();
-                string_log_rows(&id, &key, &v, 0).unwrap()
+                string_log_rows(&id, &key, v, 0).unwrap()
             }
-            other => panic!("{key} is a {other}"),
         };
         let seqs: Vec<i64> = log.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (1..=log.len() as i64).collect::<Vec<_>>(), "{key}");

@@ -11,6 +11,8 @@
 //! [`super::Fields`] does (the same coercions, the same `extra` text), which a property test
 //! below checks on random maps.
 
+use std::borrow::Cow;
+
 use rmp::Marker as M;
 use serde_json::Value;
 
@@ -224,15 +226,15 @@ impl<'a> Flat<'a> {
     }
 }
 
-impl TakeFields for Flat<'_> {
+impl<'a> TakeFields<'a> for Flat<'a> {
     fn discard(&mut self, name: &str) {
         self.take(name);
     }
 
-    fn text(&mut self, name: &str) -> String {
+    fn str(&mut self, name: &str) -> Cow<'a, str> {
         match self.take(name) {
-            Some(Scalar::Str(s)) => s.to_owned(),
-            v => text_of(v.map(Scalar::to_value)),
+            Some(Scalar::Str(s)) => Cow::Borrowed(s),
+            v => Cow::Owned(text_of(v.map(Scalar::to_value))),
         }
     }
 
@@ -397,7 +399,7 @@ mod tests {
         Skip,
     }
 
-    fn answers(mut f: impl TakeFields, asks: &[Ask]) -> Vec<String> {
+    fn answers<'a>(mut f: impl TakeFields<'a>, asks: &[Ask]) -> Vec<String> {
         let mut out: Vec<String> = NAMES
             .iter()
             .zip(asks)

@@ -64,7 +64,7 @@ fn play(seed: u64, ticks: u64, per_tick: u64) -> (HashMap<String, Log>, Vec<Cmd>
     (logs, stream, g.counts)
 }
 
-fn rows(key: &str, id: &str, log: &Log) -> Vec<TradeExecutionRow> {
+fn rows<'a>(key: &'a str, id: &'a str, log: &'a Log) -> Vec<TradeExecutionRow<'a>> {
     // The platform's entries are maps of scalars: read in place, not by the general decoder.
     let flat = match log {
         Log::List(entries) => entries
