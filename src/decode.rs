@@ -1,6 +1,10 @@
 //! Decoding of Redis values: a MessagePack map (decoded completely, nothing left over), a JSON
 //! object, or plain UTF-8 text. Anything else is an error that names its reason, so the value
 //! can go to `dead_letters` with its raw bytes. Nothing here panics on data.
+//!
+//! A MessagePack map of scalars, the usual shape, is read in place by [`Flat`] (`flat.rs`);
+//! everything else goes through rmp-serde here, and both give a row the same fields
+//! ([`TakeFields`]).
 
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -445,7 +449,8 @@ impl Fields {
         if self.extra.is_empty() && self.known.iter().all(Option::is_none) {
             return "{}".to_string();
         }
-        json_text(self.into_map())
+        // Serialized straight into a string (Display goes through the formatter, slower).
+        serde_json::to_string(&Value::Object(self.into_map())).unwrap_or_else(|_| "{}".into())
     }
 }
 
@@ -480,12 +485,6 @@ fn float_of(v: &Value) -> Option<f64> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
-}
-
-/// The fields a row did not take, as a JSON object text.
-fn json_text(map: Map<String, Value>) -> String {
-    // Serialized straight into a string (Display goes through the formatter, slower).
-    serde_json::to_string(&Value::Object(map)).unwrap_or_else(|_| "{}".into())
 }
 
 /// What a row takes out of a decoded map, by name: [`Fields`] (any map, values as JSON) and
