@@ -163,7 +163,7 @@ pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Resul
     }
     readers.close();
     let writer = tokio::spawn(run_writer(rx, sink, settings.batch));
-    crate::observe::spawn(&settings, cancel.clone());
+    crate::metrics::redis_info::spawn(&settings, cancel.clone());
     tracing::info!(pipelines = settings.pipelines.len(), "spillway running");
 
     readers.wait().await;

@@ -78,9 +78,9 @@ pub fn main() -> ExitCode {
             database,
         } => {
             use std::io::Write as _;
-            let generation = crate::sink::schema::Generation::from_version(&clickhouse_version);
+            let generation = crate::rows::schema::Generation::from_version(&clickhouse_version);
             let mut out = format!("CREATE DATABASE IF NOT EXISTS {database};\n\n");
-            for t in crate::sink::schema::TABLES {
+            for t in crate::rows::schema::TABLES {
                 out.push_str(&format!("{};\n\n", t.create_sql(&database, generation)));
             }
             // A closed pipe (`| head`) is not an error worth a panic.

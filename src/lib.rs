@@ -9,13 +9,9 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod decode;
-#[cfg(test)]
-mod fuzz;
 pub mod metrics;
-pub mod observe;
 pub mod pipeline;
 pub mod rows;
 pub mod simulate;
 pub mod sink;
 pub mod source;
-pub mod trade;

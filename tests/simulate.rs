@@ -12,7 +12,7 @@ use bytes::Bytes;
 use fred::cmd;
 use fred::prelude::*;
 use spillway::decode::{decode_value, Payload};
-use spillway::trade::{execution_row, string_log_rows, trade_row, TradeExecutionRow};
+use spillway::rows::trade::{execution_row, string_log_rows, trade_row, TradeExecutionRow};
 
 use common::{load::client, RedisServer};
 

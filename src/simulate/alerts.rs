@@ -182,7 +182,7 @@ impl AlertGen {
 mod tests {
     use super::*;
     use crate::decode::{decode_value_fields, Decoded, Format};
-    use crate::rows::{CapturedAlert, ALERT_FIELDS};
+    use crate::rows::alert::{CapturedAlert, CapturedBy, ALERT_FIELDS};
 
     fn row(a: &Alert) -> (crate::rows::AlertRow, Format) {
         let payload = decode_value_fields(&a.value, ALERT_FIELDS).expect("decodes");
@@ -199,9 +199,9 @@ mod tests {
             raw: &a.value,
             ttl_ms: 3_600_000,
             captured_at_ms: 5,
-            captured_by: "event",
+            captured_by: CapturedBy::Event,
         };
-        (captured.into_row(payload), format)
+        (captured.decode().expect("decodes"), format)
     }
 
     #[test]

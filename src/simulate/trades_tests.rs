@@ -1,11 +1,11 @@
 //! Tests of the trade generator: what it writes, replayed into a map standing for RLS, decodes
-//! with [`crate::trade`] into the rows Spillway archives.
+//! with [`crate::rows::trade`] into the rows Spillway archives.
 
 use std::collections::HashMap;
 
 use super::*;
 use crate::decode::Flat;
-use crate::trade::{
+use crate::rows::trade::{
     execution_row, string_log_rows, trade_row, TradeExecutionRow, EXECUTION_FIELDS,
 };
 

@@ -1,13 +1,8 @@
 //! Sources: the readers that turn Redis data into [`Record`](crate::rows::Record)s and push them
 //! into the bounded channel.
 
-pub mod ack;
-pub mod capture;
-pub mod entries;
 pub mod keyspace;
-pub mod notify;
 pub mod stream;
-pub mod subscriber;
 
 use fred::prelude::*;
 use tokio::sync::mpsc;
@@ -54,7 +49,7 @@ pub enum SourceError {
     },
     /// Keyspace notifications are not enabled as needed.
     #[error(transparent)]
-    Notify(#[from] Box<notify::NotifyError>),
+    Notify(#[from] Box<keyspace::notify::NotifyError>),
 }
 
 /// Result alias of this module.

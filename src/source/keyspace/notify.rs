@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use fred::prelude::*;
 
-use super::Endpoint;
-use crate::pipeline::KeyspaceSource;
+use super::config::KeyspaceSource;
+use crate::source::Endpoint;
 
 /// Keyspace notifications are not enabled as the pipelines need.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ pub async fn check(
     endpoint: &Endpoint,
     def: &KeyspaceSource,
     configure: bool,
-) -> super::Result<()> {
+) -> crate::source::Result<()> {
     let (_, current): (String, String) = client
         .config_get("notify-keyspace-events")
         .await

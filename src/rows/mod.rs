@@ -5,63 +5,14 @@
 //! `ReplacingMergeTree` ordered by that identity, so writing a row twice (retry, restart,
 //! rescan) never shows a duplicate under `FINAL`.
 
+pub mod alert;
+pub mod rowbinary;
+pub mod schema;
+pub mod trade;
+
 use serde::Serialize;
 
-use crate::decode::{Decoded, Fields, Format, TakeFields};
-
-/// A distinct value written to an alert key (`alerts`).
-#[derive(Debug, Clone, clickhouse::Row, Serialize)]
-pub struct AlertRow {
-    /// The Redis key.
-    pub key: String,
-    /// xxh3-64 of the raw value: with `key`, the identity of the row.
-    pub content_hash: u64,
-    /// `alert_id` field, or the key's suffix.
-    pub alert_id: String,
-    /// `ts_ms` field, or the time Spillway saw the write (epoch ms).
-    pub ts_ms: i64,
-    /// `severity` field.
-    pub severity: String,
-    /// `kind` field.
-    pub kind: String,
-    /// `message` field, or the whole text of a plain-text alert.
-    pub message: String,
-    /// `account_id` field.
-    pub account_id: String,
-    /// `instance_id` field.
-    pub instance_id: String,
-    /// `symbol` field.
-    pub symbol: String,
-    /// `trade_id` field.
-    pub trade_id: String,
-    /// All other fields, as a JSON object text.
-    pub extra: String,
-    /// `msgpack`, `json` or `text`.
-    pub format: &'static str,
-    /// Remaining TTL when read, in ms (-1: none).
-    pub ttl_ms: i64,
-    /// When Spillway read the value (epoch ms).
-    pub captured_at_ms: i64,
-    /// `event` (keyspace notification) or `scan` (rescan).
-    pub captured_by: &'static str,
-}
-
-/// A lifecycle event of an alert key (`alert_events`).
-#[derive(Debug, Clone, clickhouse::Row, Serialize)]
-pub struct AlertEventRow {
-    /// The Redis key.
-    pub key: String,
-    /// The key's suffix after the pipeline's `id_prefix`.
-    pub alert_id: String,
-    /// `written`, `expired`, `evicted` or `deleted`.
-    pub event: &'static str,
-    /// When Spillway received the notification (epoch ms).
-    pub event_ms: i64,
-    /// For `written`: the hash of the value read (0 if it was gone); else 0.
-    pub content_hash: u64,
-    /// For `written`: remaining TTL when read, in ms; else -2.
-    pub ttl_ms: i64,
-}
+pub use alert::{AlertEventRow, AlertRow};
 
 /// A value or message that could not be decoded (`dead_letters`).
 #[derive(Debug, Clone, clickhouse::Row, Serialize)]
@@ -153,7 +104,7 @@ impl Row {
         let bytes = SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             // Every row type is plain fields of supported types (unit tests encode each one).
-            crate::sink::rowbinary::encode(row, scratch).expect("rows encode");
+            crate::rows::rowbinary::encode(row, scratch).expect("rows encode");
             scratch.clone()
         });
         Row {
@@ -166,8 +117,8 @@ impl Row {
 
     /// The row's columns, read back (tests, dead letters).
     pub fn to_json(&self) -> serde_json::Value {
-        let columns = crate::sink::schema::table(self.table.name()).columns;
-        crate::sink::rowbinary::to_json(columns, &self.bytes)
+        let columns = crate::rows::schema::table(self.table.name()).columns;
+        crate::rows::rowbinary::to_json(columns, &self.bytes)
     }
 }
 
@@ -196,11 +147,11 @@ impl Record {
         Record::Row(Row::new(Table::DeadLetters, &r, r.received_at_ms))
     }
     /// Into `trades`.
-    pub fn trade(r: crate::trade::TradeRow) -> Record {
+    pub fn trade(r: crate::rows::trade::TradeRow) -> Record {
         Record::Row(Row::new(Table::Trades, &r, r.received_at_ms))
     }
     /// Into `trade_executions`.
-    pub fn trade_execution(r: crate::trade::TradeExecutionRow<'_>) -> Record {
+    pub fn trade_execution(r: crate::rows::trade::TradeExecutionRow<'_>) -> Record {
         Record::Row(Row::new(Table::TradeExecutions, &r, r.archived_at_ms))
     }
 }
@@ -230,130 +181,24 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The fields of an alert value that have columns of their own in `alerts`.
-pub const ALERT_FIELDS: &[&str] = &[
-    "alert_id",
-    "ts_ms",
-    "severity",
-    "kind",
-    "message",
-    "account_id",
-    "instance_id",
-    "symbol",
-    "trade_id",
-];
-
-/// What a captured alert value is, before it becomes a row.
-pub struct CapturedAlert<'a> {
-    /// The key.
-    pub key: &'a str,
-    /// The key's suffix (default alert id).
-    pub id_from_key: &'a str,
-    /// The raw value.
-    pub raw: &'a [u8],
-    /// Remaining TTL in ms.
-    pub ttl_ms: i64,
-    /// When it was read.
-    pub captured_at_ms: i64,
-    /// `event` or `scan`.
-    pub captured_by: &'static str,
-}
-
-impl CapturedAlert<'_> {
-    /// Turns a decoded value (decoded with [`ALERT_FIELDS`]) into an [`AlertRow`].
-    pub fn into_row(self, payload: Decoded) -> AlertRow {
-        match payload {
-            Decoded::Object(format, fields) => self.row_of(format, fields),
-            Decoded::Text(text) => {
-                let mut m = serde_json::Map::new();
-                m.insert("message".into(), serde_json::Value::String(text));
-                self.row_of(Format::Text, Fields::from_map(ALERT_FIELDS, m))
-            }
-        }
-    }
-
-    /// The row of a value whose fields (named [`ALERT_FIELDS`]) are `f`: a MessagePack map of
-    /// scalars can be read in place ([`crate::decode::Flat`]) instead of through [`Decoded`].
-    pub fn row_of<'b>(self, format: Format, mut f: impl TakeFields<'b>) -> AlertRow {
-        let alert_id = match f.text("alert_id") {
-            id if id.is_empty() => self.id_from_key.to_string(),
-            id => id,
-        };
-        AlertRow {
-            key: self.key.to_string(),
-            content_hash: content_hash(self.raw),
-            alert_id,
-            ts_ms: f.int("ts_ms").unwrap_or(self.captured_at_ms),
-            severity: f.text("severity"),
-            kind: f.text("kind"),
-            message: f.text("message"),
-            account_id: f.text("account_id"),
-            instance_id: f.text("instance_id"),
-            symbol: f.text("symbol"),
-            trade_id: f.text("trade_id"),
-            extra: f.rest(),
-            format: format.as_str(),
-            ttl_ms: self.ttl_ms,
-            captured_at_ms: self.captured_at_ms,
-            captured_by: self.captured_by,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::decode_value_fields;
-
-    fn capture(raw: &[u8]) -> AlertRow {
-        let c = CapturedAlert {
-            key: "alert:k1",
-            id_from_key: "k1",
-            raw,
-            ttl_ms: 3_600_000,
-            captured_at_ms: 42,
-            captured_by: "event",
-        };
-        c.into_row(decode_value_fields(raw, ALERT_FIELDS).unwrap())
-    }
-
-    #[test]
-    fn text_alert_defaults() {
-        let r = capture(b"Trade execution failed");
-        assert_eq!(r.message, "Trade execution failed");
-        assert_eq!(r.alert_id, "k1");
-        assert_eq!(r.ts_ms, 42);
-        assert_eq!(r.format, "text");
-        assert_eq!(r.extra, "{}");
-    }
-
-    #[test]
-    fn msgpack_alert_fields_and_extra() {
-        let v = serde_json::json!({"alert_id": "A", "ts_ms": 7, "severity": "critical",
-            "message": "m", "symbol": "EURUSD", "venue": "x", "ts_ms_bad": 1});
-        let raw = rmp_serde::to_vec_named(&v).unwrap();
-        let r = capture(&raw);
-        assert_eq!(
-            (r.alert_id.as_str(), r.ts_ms, r.severity.as_str()),
-            ("A", 7, "critical")
-        );
-        assert_eq!(r.symbol, "EURUSD");
-        assert_eq!(r.format, "msgpack");
-        assert_eq!(r.extra, r#"{"ts_ms_bad":1,"venue":"x"}"#);
-        assert_eq!(r.content_hash, content_hash(&raw));
-    }
-
-    #[test]
-    fn unusable_ts_is_kept_in_extra() {
-        let r = capture(br#"{"ts_ms": "yesterday"}"#);
-        assert_eq!(r.ts_ms, 42);
-        assert_eq!(r.extra, r#"{"ts_ms":"yesterday"}"#);
-    }
+    use alert::{CapturedAlert, CapturedBy};
 
     #[test]
     fn every_row_type_encodes_and_reads_back_whole() {
         let raw = rmp_serde::to_vec_named(&serde_json::json!({"alert_id": "A", "seq": 2})).unwrap();
-        let alert = capture(&raw);
+        let alert = CapturedAlert {
+            key: "alert:k1",
+            id_from_key: "k1",
+            raw: &raw,
+            ttl_ms: 3_600_000,
+            captured_at_ms: 42,
+            captured_by: CapturedBy::Event,
+        }
+        .decode()
+        .unwrap();
         let event = AlertEventRow {
             key: "alert:k1".into(),
             alert_id: "k1".into(),
@@ -373,8 +218,8 @@ mod tests {
             error: "bad".into(),
             received_at_ms: 6,
         };
-        let trade = crate::trade::trade_row("T", "closed", None, "1-0", 7).unwrap();
-        let exec = crate::trade::execution_row("T", "k", 0, &raw, 8).unwrap();
+        let trade = crate::rows::trade::trade_row("T", "closed", None, "1-0", 7).unwrap();
+        let exec = crate::rows::trade::execution_row("T", "k", 0, &raw, 8).unwrap();
         let records = [
             Record::alert(alert),
             Record::alert_event(event),
@@ -384,7 +229,7 @@ mod tests {
         ];
         for r in &records {
             let Record::Row(row) = r else { panic!() };
-            let columns = crate::sink::schema::table(row.table.name()).columns;
+            let columns = crate::rows::schema::table(row.table.name()).columns;
             let json = row.to_json();
             assert_eq!(json.as_object().unwrap().len(), columns.len(), "{r:?}");
         }

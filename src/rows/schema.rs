@@ -275,10 +275,10 @@ mod tests {
             ("alerts", crate::rows::AlertRow::COLUMN_NAMES),
             ("alert_events", crate::rows::AlertEventRow::COLUMN_NAMES),
             ("dead_letters", crate::rows::DeadLetterRow::COLUMN_NAMES),
-            ("trades", crate::trade::TradeRow::COLUMN_NAMES),
+            ("trades", crate::rows::trade::TradeRow::COLUMN_NAMES),
             (
                 "trade_executions",
-                crate::trade::TradeExecutionRow::COLUMN_NAMES,
+                crate::rows::trade::TradeExecutionRow::COLUMN_NAMES,
             ),
         ] {
             let table = TABLES.iter().find(|x| x.name == t).unwrap();

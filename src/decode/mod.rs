@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 
 mod flat;
+#[cfg(test)]
+mod proptests;
 pub use flat::Flat;
 
 /// How a value was encoded.

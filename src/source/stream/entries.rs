@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use fred::prelude::Value;
 
+use super::config::StreamSource;
 use crate::decode::DecodeError;
 use crate::metrics as m;
-use crate::pipeline::StreamSource;
+use crate::rows::trade::{execution_row, string_log_rows, trade_row, LogState};
 use crate::rows::{content_hash, DeadLetterRow, Record};
-use crate::trade::{execution_row, string_log_rows, trade_row};
 
 /// One stream entry.
 #[derive(Debug, Clone, Default)]
@@ -255,7 +255,7 @@ pub fn rows(
             continue;
         }
         let payload = e.field("payload").map(|b| b.as_ref());
-        let mut state = "kept";
+        let mut state = LogState::Kept;
         let mut moved = 0u32;
         if let Some(key) = e.log_key(def) {
             let log_instance = def.log_instance.as_str();
@@ -271,7 +271,7 @@ pub fn rows(
                         }
                     }
                     moved = items.len() as u32;
-                    state = "moved";
+                    state = LogState::Moved;
                     remember(&mut w.logs, &key, "list", items.len());
                 }
                 Some(LogRead::Str(v)) => {
@@ -286,7 +286,7 @@ pub fn rows(
                                 .push(dead(&key, &e.id, v.to_vec(), err, log_instance))
                         }
                     }
-                    state = "moved";
+                    state = LogState::Moved;
                     remember(&mut w.logs, &key, "string", v.len());
                 }
                 Some(LogRead::Other(t)) => {
@@ -296,19 +296,19 @@ pub fn rows(
                     };
                     w.records
                         .push(dead(&key, &e.id, Vec::new(), err, log_instance));
-                    state = "missing";
+                    state = LogState::Missing;
                 }
                 Some(LogRead::Missing) | None if recent.set.contains(&trade_id) => {
                     metrics::counter!(m::LOGS_ALREADY_MOVED, "pipeline" => name.to_string())
                         .increment(1);
-                    state = "missing";
+                    state = LogState::Missing;
                 }
                 Some(LogRead::Missing) | None => {
                     metrics::counter!(m::LOGS_MISSING, "pipeline" => name.to_string()).increment(1);
-                    state = "missing";
+                    state = LogState::Missing;
                 }
             }
-            if state == "moved" {
+            if state == LogState::Moved {
                 metrics::counter!(m::LOGS_MOVED, "pipeline" => name.to_string()).increment(1);
                 recent.insert(&trade_id);
             }
@@ -388,7 +388,7 @@ mod tests {
     use serde_json::json;
 
     fn def() -> StreamSource {
-        let text = include_str!("../../pipelines/trades.toml");
+        let text = include_str!("../../../pipelines/trades.toml");
         match parse(std::path::Path::new("trades.toml"), text)
             .unwrap()
             .source

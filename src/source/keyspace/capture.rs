@@ -8,12 +8,10 @@ use bytes::Bytes;
 use fred::types::Key;
 use tokio::sync::mpsc;
 
-use crate::decode::{decode_value_fields, Flat, Format};
+use super::config::KeyspaceSource;
 use crate::metrics as m;
-use crate::pipeline::KeyspaceSource;
-use crate::rows::{
-    content_hash, AlertEventRow, CapturedAlert, DeadLetterRow, Record, ALERT_FIELDS,
-};
+use crate::rows::alert::{CapturedAlert, CapturedBy};
+use crate::rows::{content_hash, AlertEventRow, DeadLetterRow, Record};
 
 /// What a read found for one key.
 pub enum Read {
@@ -30,7 +28,7 @@ pub struct Job {
     /// When the batch was received or scanned (epoch ms).
     pub now: i64,
     /// `event` or `scan`.
-    pub by: &'static str,
+    pub by: CapturedBy,
     /// The keys read, each once.
     pub keys: Vec<Key>,
     /// What the read found, one per key.
@@ -94,7 +92,7 @@ impl Capturer {
                 self.event_row(key, "written", now, hash, ttl),
             ));
         }
-        super::send_all(&self.tx, records).await
+        crate::source::send_all(&self.tx, records).await
     }
 
     /// A lifecycle row.
@@ -134,7 +132,7 @@ impl Capturer {
         key: &Key,
         read: Read,
         now: i64,
-        by: &'static str,
+        by: CapturedBy,
     ) -> (Option<Record>, u64, i64) {
         let key_str = key.as_str_lossy();
         let (raw, ttl_ms) = match read {
@@ -157,16 +155,11 @@ impl Capturer {
             captured_at_ms: now,
             captured_by: by,
         };
-        // A MessagePack map of scalars (the usual alert) is read in place.
-        let row = match Flat::map(&raw, ALERT_FIELDS) {
-            Some(fields) => Ok(captured.row_of(Format::MsgPack, fields)),
-            None => decode_value_fields(&raw, ALERT_FIELDS).map(|p| captured.into_row(p)),
-        };
-        let record = match row {
+        let record = match captured.decode() {
             Ok(row) => {
                 match by {
-                    "scan" => self.counters.captured_scan.increment(1),
-                    _ => self.counters.captured_event.increment(1),
+                    CapturedBy::Scan => self.counters.captured_scan.increment(1),
+                    CapturedBy::Event => self.counters.captured_event.increment(1),
                 }
                 Record::alert(row)
             }

@@ -3,7 +3,7 @@
 //! structs with a heap string per field; a retry sends the same bytes again.
 //!
 //! The `clickhouse` crate's encoder is private, and this is the small subset the rows of
-//! [`crate::rows`] and [`crate::trade`] use: integers and floats little-endian, strings and bytes
+//! [`crate::rows`] and [`crate::rows::trade`] use: integers and floats little-endian, strings and bytes
 //! with a LEB128 length, `Option` as a null flag then the value, structs as their fields in order.
 
 use serde::ser::{self, Impossible, Serialize};

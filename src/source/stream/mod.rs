@@ -8,6 +8,10 @@
 //! Backpressure: the next XREADGROUP is issued only after the previous entries' rows entered the
 //! bounded channel, so when ClickHouse is slow the entries wait in Redis.
 
+mod ack;
+pub mod config;
+pub mod entries;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,12 +21,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ack::{acknowledge, watch_group, AckWork};
-use super::entries::{parse_entries, Entry, LogRead, RecentMoves};
-use super::{Endpoint, Result};
 use crate::metrics as m;
-use crate::pipeline::StreamSource;
 use crate::rows::{now_ms, Record};
+use crate::source::{Endpoint, Result};
+use ack::{acknowledge, watch_group, AckWork};
+use config::StreamSource;
+use entries::{parse_entries, Entry, LogRead, RecentMoves};
 
 /// A connected stream pipeline.
 pub struct Stream {
@@ -256,7 +260,7 @@ impl Stream {
     async fn subscribe_closes(
         &self,
         cancel: &CancellationToken,
-    ) -> std::result::Result<mpsc::Receiver<Entry>, super::SourceError> {
+    ) -> std::result::Result<mpsc::Receiver<Entry>, crate::source::SourceError> {
         let (tx, rx) = mpsc::channel((self.def.count as usize * 20).max(1));
         if self.def.pubsub_channel.is_empty() {
             return Ok(rx);
@@ -295,7 +299,7 @@ impl Stream {
                     Err(_) => break,
                 };
                 metrics::counter!(m::PUBSUB_CLOSES, "pipeline" => name.clone()).increment(1);
-                if tx.try_send(super::entries::close_message(raw)).is_err() {
+                if tx.try_send(entries::close_message(raw)).is_err() {
                     metrics::counter!(m::PUBSUB_CLOSES_DROPPED, "pipeline" => name.clone())
                         .increment(1);
                 }
@@ -382,7 +386,7 @@ async fn read_logs(client: &Client, keys: &[String]) -> std::result::Result<Vec<
     for (i, reply) in lists.try_all::<Value>().await.into_iter().enumerate() {
         out.push(match reply {
             Ok(Value::Array(items)) if items.is_empty() => LogRead::Missing,
-            Ok(Value::Array(items)) => super::entries::list_log(items),
+            Ok(Value::Array(items)) => entries::list_log(items),
             Ok(Value::Null) => LogRead::Missing,
             Err(e) if is_wrong_type(&e) => {
                 not_lists.push(i);
@@ -454,7 +458,7 @@ struct RowBuilder {
 impl RowBuilder {
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         while let Some(job) = jobs.recv().await {
-            let work = super::entries::rows(
+            let work = entries::rows(
                 &self.name,
                 &self.def,
                 &self.instance,
@@ -472,7 +476,7 @@ impl RowBuilder {
             records.push(Record::Ack(Box::new(move || {
                 let _ = to.send(ack);
             })));
-            if !super::send_all(&self.tx, records).await {
+            if !crate::source::send_all(&self.tx, records).await {
                 return;
             }
         }

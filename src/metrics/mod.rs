@@ -1,20 +1,18 @@
-//! Metrics: every name Spillway exports (all `spillway_*`, base units, `_total` on counters,
-//! bounded labels), their descriptions, and the HTTP endpoint serving `/metrics`, `/healthz`
-//! and `/readyz`.
+//! Metrics: every name Spillway exports, in this one module (all `spillway_*`, base units,
+//! `_total` on counters, bounded labels), and their descriptions. The endpoints that serve them
+//! are in [`http`], the Redis `INFO` poller in [`redis_info`], the process figures in
+//! [`process`].
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+pub mod http;
+pub mod process;
+pub mod redis_info;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
+use std::sync::OnceLock;
+
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio_util::sync::CancellationToken;
+
+pub use http::{bind, serve, Check};
 
 /// Keyspace notifications received, by pipeline and event.
 pub const EVENTS_RECEIVED: &str = "spillway_events_received_total";
@@ -79,6 +77,29 @@ pub const EXPIRY_RISK: &str = "spillway_uncommitted_min_ttl_seconds";
 /// Build information.
 pub const BUILD_INFO: &str = "spillway_build_info";
 
+/// 1 when the last `INFO` of the instance succeeded, else 0.
+pub const REDIS_UP: &str = "spillway_redis_up";
+/// `used_memory` of the instance, in bytes.
+pub const REDIS_MEMORY_USED: &str = "spillway_redis_memory_used_bytes";
+/// `maxmemory` of the instance, in bytes (0: no limit).
+pub const REDIS_MEMORY_MAX: &str = "spillway_redis_memory_max_bytes";
+/// `maxmemory_policy` of the instance as a label; the value is 1.
+pub const REDIS_POLICY: &str = "spillway_redis_maxmemory_policy_info";
+/// `evicted_keys` of the instance (since its start).
+pub const REDIS_EVICTED: &str = "spillway_redis_evicted_keys_total";
+/// `expired_keys` of the instance (since its start).
+pub const REDIS_EXPIRED: &str = "spillway_redis_expired_keys_total";
+/// `mem_fragmentation_ratio` of the instance.
+pub const REDIS_FRAGMENTATION: &str = "spillway_redis_mem_fragmentation_ratio";
+/// `connected_clients` of the instance.
+pub const REDIS_CLIENTS: &str = "spillway_redis_connected_clients";
+/// Resident memory of the Spillway process, in bytes.
+pub const PROCESS_RESIDENT: &str = "spillway_process_resident_memory_bytes";
+/// CPU time (user + system) of the Spillway process, in seconds.
+pub const PROCESS_CPU: &str = "spillway_process_cpu_seconds_total";
+/// Unix time the Spillway process started observing, in seconds.
+pub const PROCESS_START: &str = "spillway_process_start_time_seconds";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder once and describes every metric. Later calls return the same handle.
@@ -99,6 +120,7 @@ pub fn install() -> PrometheusHandle {
                     PrometheusBuilder::new().build_recorder().handle()
                 });
             describe();
+            process::start();
             handle
         })
         .clone()
@@ -208,7 +230,7 @@ fn describe() {
         PUBSUB_CLOSES_DROPPED,
         "Trade close messages dropped (at-most-once channel): the stream still moves those logs."
     );
-    describe_counter!(SUBSCRIBER_RECONNECTS, "Reconnections of a keyspace subscriber; the notifications of the disconnected time are recovered by a rescan.");
+    describe_gauge!(SUBSCRIBER_RECONNECTS, "Reconnections of a keyspace subscriber; the notifications of the disconnected time are recovered by a rescan.");
     describe_histogram!(
         EVENT_TO_COMMIT,
         Unit::Seconds,
@@ -219,98 +241,37 @@ fn describe() {
         Unit::Seconds,
         "Smallest remaining TTL among alert values read but not yet committed; +Inf when none is waiting."
     );
+    describe_gauge!(
+        REDIS_UP,
+        "1 when the last INFO of the Redis instance succeeded, else 0."
+    );
+    describe_gauge!(
+        REDIS_MEMORY_USED,
+        Unit::Bytes,
+        "used_memory of the Redis instance."
+    );
+    describe_gauge!(
+        REDIS_MEMORY_MAX,
+        Unit::Bytes,
+        "maxmemory of the Redis instance (0: no limit)."
+    );
+    describe_gauge!(
+        REDIS_POLICY,
+        "maxmemory-policy of the Redis instance, as the policy label; the value is 1."
+    );
+    describe_counter!(
+        REDIS_EVICTED,
+        "Keys the Redis instance evicted since it started (its evicted_keys)."
+    );
+    describe_counter!(
+        REDIS_EXPIRED,
+        "Keys the Redis instance expired since it started (its expired_keys)."
+    );
+    describe_gauge!(
+        REDIS_FRAGMENTATION,
+        "mem_fragmentation_ratio of the Redis instance (resident / used memory)."
+    );
+    describe_gauge!(REDIS_CLIENTS, "Clients connected to the Redis instance.");
     describe_gauge!(BUILD_INFO, "Spillway build information; the value is 1.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-}
-
-/// A readiness check: resolves to true when a dependency answers.
-pub type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
-#[derive(Clone)]
-struct AppState {
-    handle: PrometheusHandle,
-    checks: Arc<Vec<(String, Check)>>,
-}
-
-/// How often histogram samples are folded into their buckets when nobody scrapes.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `cancel`.
-///
-/// The recorder keeps every histogram sample (one per committed row) until it is folded into
-/// the buckets, which a scrape does; without scrapes (no Prometheus yet, or it is down) they
-/// would pile up by megabytes a second, so a task folds them every [`UPKEEP_EVERY`] too.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    handle: PrometheusHandle,
-    checks: Vec<(String, Check)>,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    let upkeep = {
-        let (handle, cancel) = (handle.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(UPKEEP_EVERY);
-            while cancel.run_until_cancelled(every.tick()).await.is_some() {
-                handle.run_upkeep();
-            }
-        })
-    };
-    let _stop_upkeep = tokio_util::task::AbortOnDropHandle::new(upkeep);
-    let state = AppState {
-        handle,
-        checks: Arc::new(checks),
-    };
-    let app = Router::new()
-        .route("/metrics", get(render))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-}
-
-/// Binds the metrics address, naming it in the error.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on metrics.addr {addr}: {e}; fix: free the port or set SPILLWAY_METRICS_ADDR"))
-    })
-}
-
-async fn render(
-    State(s): State<AppState>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    s.handle.run_upkeep();
-    let mut body = s.handle.render();
-    crate::observe::render_process(&mut body);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        body,
-    )
-}
-
-async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
-    let mut body = String::new();
-    let mut ok = true;
-    for (name, check) in s.checks.iter() {
-        let up = tokio::time::timeout(Duration::from_secs(2), check())
-            .await
-            .unwrap_or(false);
-        ok &= up;
-        body.push_str(&format!(
-            "{name} {}\n",
-            if up { "ok" } else { "unreachable" }
-        ));
-    }
-    (
-        if ok {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        body,
-    )
 }

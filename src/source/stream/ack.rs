@@ -10,8 +10,8 @@ use fred::types::scripts::Script;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::config::StreamSource;
 use crate::metrics as m;
-use crate::pipeline::StreamSource;
 
 /// What to do once a batch of entries is committed.
 pub struct AckWork {
@@ -52,7 +52,7 @@ pub async fn acknowledge(
     name: String,
 ) {
     let remove = Script::from_lua(REMOVE_LOGS);
-    let grace = if def.after_commit == "expire" {
+    let grace = if def.after_commit == super::config::AfterCommit::Expire {
         def.expire_grace_secs.max(1)
     } else {
         0

@@ -1,95 +1,31 @@
-//! Observation: a poller that reads `INFO` from every configured Redis instance (the six of the
-//! contract; any may be absent) and exports its memory, eviction and client figures labelled by
-//! `instance`, plus Spillway's own process figures (resident memory, CPU), rendered at scrape time.
+//! The Redis `INFO` poller: reads `INFO` from every configured Redis instance (the six of the
+//! platform; any may be absent) and exports its memory, eviction and client figures labelled by
+//! `instance`.
 //!
 //! An unreachable instance is `spillway_redis_up{instance} 0`, never an error: the poller keeps one
 //! client per instance and connects it again, with a short timeout, after every failed poll.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::InfoKind;
-use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics::{counter, gauge};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::{
+    REDIS_CLIENTS, REDIS_EVICTED, REDIS_EXPIRED, REDIS_FRAGMENTATION, REDIS_MEMORY_MAX,
+    REDIS_MEMORY_USED, REDIS_POLICY, REDIS_UP,
+};
 use crate::config::{redact_url, Settings};
-
-/// 1 when the last `INFO` of the instance succeeded, else 0.
-pub const REDIS_UP: &str = "spillway_redis_up";
-/// `used_memory` of the instance, in bytes.
-pub const REDIS_MEMORY_USED: &str = "spillway_redis_memory_used_bytes";
-/// `maxmemory` of the instance, in bytes (0: no limit).
-pub const REDIS_MEMORY_MAX: &str = "spillway_redis_memory_max_bytes";
-/// `maxmemory_policy` of the instance as a label; the value is 1.
-pub const REDIS_POLICY: &str = "spillway_redis_maxmemory_policy_info";
-/// `evicted_keys` of the instance (since its start).
-pub const REDIS_EVICTED: &str = "spillway_redis_evicted_keys_total";
-/// `expired_keys` of the instance (since its start).
-pub const REDIS_EXPIRED: &str = "spillway_redis_expired_keys_total";
-/// `mem_fragmentation_ratio` of the instance.
-pub const REDIS_FRAGMENTATION: &str = "spillway_redis_mem_fragmentation_ratio";
-/// `connected_clients` of the instance.
-pub const REDIS_CLIENTS: &str = "spillway_redis_connected_clients";
-/// Resident memory of the Spillway process, in bytes.
-pub const PROCESS_RESIDENT: &str = "spillway_process_resident_memory_bytes";
-/// CPU time (user + system) of the Spillway process, in seconds.
-pub const PROCESS_CPU: &str = "spillway_process_cpu_seconds_total";
-/// Unix time the Spillway process started observing, in seconds.
-pub const PROCESS_START: &str = "spillway_process_start_time_seconds";
 
 /// How long one connect or one `INFO` may take before the instance counts as down.
 const TIMEOUT: Duration = Duration::from_secs(2);
-/// Clock ticks per second of `/proc/self/stat` (`USER_HZ`, 100 on every Linux architecture).
-const USER_HZ: f64 = 100.0;
-
-static START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-
-/// Describes every metric of this module (HELP text) and records the start time.
-pub fn describe() {
-    START.get_or_init(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64())
-    });
-    describe_gauge!(
-        REDIS_UP,
-        "1 when the last INFO of the Redis instance succeeded, else 0."
-    );
-    describe_gauge!(
-        REDIS_MEMORY_USED,
-        Unit::Bytes,
-        "used_memory of the Redis instance."
-    );
-    describe_gauge!(
-        REDIS_MEMORY_MAX,
-        Unit::Bytes,
-        "maxmemory of the Redis instance (0: no limit)."
-    );
-    describe_gauge!(
-        REDIS_POLICY,
-        "maxmemory-policy of the Redis instance, as the policy label; the value is 1."
-    );
-    describe_counter!(
-        REDIS_EVICTED,
-        "Keys the Redis instance evicted since it started (its evicted_keys)."
-    );
-    describe_counter!(
-        REDIS_EXPIRED,
-        "Keys the Redis instance expired since it started (its expired_keys)."
-    );
-    describe_gauge!(
-        REDIS_FRAGMENTATION,
-        "mem_fragmentation_ratio of the Redis instance (resident / used memory)."
-    );
-    describe_gauge!(REDIS_CLIENTS, "Clients connected to the Redis instance.");
-}
 
 /// Starts one poller per configured Redis instance, each reading `INFO` every
 /// `settings.observe.interval` until `cancel`.
 pub fn spawn(settings: &Settings, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
-    describe();
     let interval = settings.observe.interval;
     settings
         .redis
@@ -279,60 +215,6 @@ impl Poller {
     }
 }
 
-/// Appends Spillway's process metrics (resident memory, CPU seconds, start time) to a
-/// Prometheus text body, read from `/proc/self` at the time of the scrape (Linux; elsewhere
-/// only the start time).
-pub fn render_process(out: &mut String) {
-    let mut family = |name: &str, kind: &str, help: &str, value: Option<f64>| {
-        if let Some(v) = value {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n\n"
-            ));
-        }
-    };
-    let stat = std::fs::read_to_string("/proc/self/stat").ok();
-    let status = std::fs::read_to_string("/proc/self/status").ok();
-    family(
-        PROCESS_RESIDENT,
-        "gauge",
-        "Resident memory of the Spillway process, in bytes.",
-        status
-            .as_deref()
-            .and_then(parse_status_rss)
-            .map(|b| b as f64),
-    );
-    family(
-        PROCESS_CPU,
-        "counter",
-        "CPU time (user and system) of the Spillway process, in seconds.",
-        stat.as_deref().and_then(parse_stat_cpu),
-    );
-    family(
-        PROCESS_START,
-        "gauge",
-        "Unix time the Spillway process started, in seconds.",
-        START.get().copied(),
-    );
-}
-
-/// `VmRSS` of `/proc/self/status`, in bytes.
-fn parse_status_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// `utime + stime` of `/proc/self/stat`, in seconds. The command name (field 2) may hold spaces
-/// and parentheses, so fields are counted after its last `)`.
-fn parse_stat_cpu(stat: &str) -> Option<f64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, utime field 14, stime field 15.
-    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
-    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    Some((utime + stime) as f64 / USER_HZ)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,36 +247,5 @@ mod tests {
         assert_eq!(info.maxmemory, Some(0));
         assert_eq!(info.maxmemory_policy, None);
         assert_eq!(parse_info(""), RedisInfo::default());
-    }
-
-    #[test]
-    fn parses_proc_stat_with_odd_command_name() {
-        let stat = "9934 (my (odd) prog) R 9892 9892 8183 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0 310570";
-        assert_eq!(parse_stat_cpu(stat), Some(3.0));
-        assert_eq!(parse_stat_cpu("garbage"), None);
-        let status = "Name:\tspillway\nVmPeak:\t  9000 kB\nVmRSS:\t   23456 kB\n";
-        assert_eq!(parse_status_rss(status), Some(23_456 * 1024));
-        assert_eq!(parse_status_rss("Name: x\n"), None);
-    }
-
-    #[test]
-    fn process_metrics_render_from_this_process() {
-        describe();
-        let mut out = String::new();
-        render_process(&mut out);
-        assert!(
-            out.contains("# TYPE spillway_process_cpu_seconds_total counter\n"),
-            "{out}"
-        );
-        let rss = out
-            .lines()
-            .find_map(|l| l.strip_prefix("spillway_process_resident_memory_bytes "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .expect("resident memory line");
-        assert!(rss > 1e6, "{out}");
-        assert!(
-            out.contains("spillway_process_start_time_seconds 1"),
-            "{out}"
-        );
     }
 }

@@ -54,10 +54,10 @@ proptest! {
         let _ = decode_value(&bytes);
         let _ = decode_msgpack_map(&bytes);
         let _ = decode_msgpack_array_of_maps(&bytes);
-        let _ = crate::trade::trade_row("t", "closed", Some(&bytes), "1-0", 0);
-        let _ = crate::trade::execution_row("t", "k", 0, &bytes, 0);
-        let _ = crate::trade::string_log_rows("t", "k", &bytes, 0);
-        let _ = crate::source::entries::close_message(bytes::Bytes::from(bytes.clone()));
+        let _ = crate::rows::trade::trade_row("t", "closed", Some(&bytes), "1-0", 0);
+        let _ = crate::rows::trade::execution_row("t", "k", 0, &bytes, 0);
+        let _ = crate::rows::trade::string_log_rows("t", "k", &bytes, 0);
+        let _ = crate::source::stream::entries::close_message(bytes::Bytes::from(bytes.clone()));
     }
 
     #[test]

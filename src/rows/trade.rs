@@ -46,8 +46,8 @@ pub struct TradeRow {
     pub stream_id: String,
     /// Entries of the execution log archived with it.
     pub log_entries: u32,
-    /// `moved`, `missing` (no log in RLS), `kept` (events that do not move the log).
-    pub log_state: &'static str,
+    /// What became of the trade's execution log.
+    pub log_state: LogState,
     /// When Spillway read the entry (epoch ms).
     pub received_at_ms: i64,
     /// Which row of a trade `FINAL` keeps (`ReplacingMergeTree(version)`): one whose log was
@@ -58,15 +58,44 @@ pub struct TradeRow {
 
 impl TradeRow {
     /// Sets the log's fate and the row's version from it.
-    pub fn set_log(&mut self, state: &'static str, entries: u32) {
+    pub fn set_log(&mut self, state: LogState, entries: u32) {
         let rank: u64 = match state {
-            "moved" => 2,
-            "kept" => 1,
-            _ => 0,
+            LogState::Moved => 2,
+            LogState::Kept => 1,
+            LogState::Missing => 0,
         };
         self.log_state = state;
         self.log_entries = entries;
         self.version = rank << 32 | u64::from(entries);
+    }
+}
+
+/// What became of a trade's execution log when its close (or another event) was archived:
+/// written in `trades.log_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogState {
+    /// Its entries were archived with the trade (and the key removed after commit).
+    Moved,
+    /// The event does not move the log (e.g. `rejected` without `move_log_on`).
+    Kept,
+    /// No log was found in RLS (never written, or moved already), or it could not be read.
+    Missing,
+}
+
+impl LogState {
+    /// The name written in `trades.log_state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogState::Moved => "moved",
+            LogState::Kept => "kept",
+            LogState::Missing => "missing",
+        }
+    }
+}
+
+impl Serialize for LogState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -116,19 +145,6 @@ pub struct TradeExecutionRow<'a> {
     pub source_key: Cow<'a, str>,
     /// When Spillway archived it (epoch ms).
     pub archived_at_ms: i64,
-}
-
-/// The fields of a `trade_results` entry.
-#[derive(Debug, Clone, Default)]
-pub struct StreamEntry {
-    /// Entry id.
-    pub id: String,
-    /// `trade_id` field.
-    pub trade_id: Option<String>,
-    /// `event` field.
-    pub event: Option<String>,
-    /// `payload` field (MessagePack map).
-    pub payload: Option<Vec<u8>>,
 }
 
 /// The payload fields that have columns of their own in `trades`.
@@ -222,7 +238,7 @@ fn trade_from_fields<'a>(
         extra: f.rest(),
         stream_id: stream_id.to_string(),
         log_entries: 0,
-        log_state: "kept",
+        log_state: LogState::Kept,
         received_at_ms: now,
         version: 1 << 32,
     }

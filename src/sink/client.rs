@@ -1,0 +1,170 @@
+//! The ClickHouse side: connecting, creating and checking the tables, and inserting one batch of
+//! rows per table in RowBinary through the `clickhouse` crate.
+
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+
+use super::batch::Rows;
+use crate::config::{redact_url, ClickHouseSettings};
+use crate::metrics as m;
+use crate::rows::schema::{self, Generation, TABLES};
+
+/// Errors of the ClickHouse side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// ClickHouse could not be reached or answered with an error.
+    #[error("ClickHouse at {url}: {action}: {source}")]
+    Client {
+        /// The server (password redacted).
+        url: String,
+        /// What Spillway was doing.
+        action: String,
+        /// The client's error.
+        source: clickhouse::error::Error,
+    },
+    /// An existing table does not have the columns Spillway writes.
+    #[error("table {database}.{table} exists with columns {found:?}, Spillway writes {expected:?}; fix: rename or drop the old table (Spillway then creates it), or point SPILLWAY_CLICKHOUSE_DATABASE at another database")]
+    Schema {
+        /// Database.
+        database: String,
+        /// Table.
+        table: String,
+        /// Its columns.
+        found: Vec<String>,
+        /// What Spillway writes.
+        expected: Vec<String>,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, SinkError>;
+
+/// A connected ClickHouse with its tables in place.
+#[derive(Clone)]
+pub struct Sink {
+    client: Client,
+    url: String,
+    insert_timeout: Duration,
+    /// Which DDL was used.
+    pub generation: Generation,
+    /// The server's version string.
+    pub version: String,
+}
+
+impl Sink {
+    /// Connects, creates the database and the tables when missing, and checks existing tables.
+    pub async fn connect(s: &ClickHouseSettings) -> Result<Sink> {
+        let url = redact_url(&s.url);
+        let base = Client::default()
+            .with_url(&s.url)
+            .with_user(&s.user)
+            .with_password(&s.password)
+            .with_compression(if s.compression {
+                clickhouse::Compression::Lz4
+            } else {
+                clickhouse::Compression::None
+            })
+            .with_validation(false);
+        let err = |action: &str| {
+            let (url, action) = (url.clone(), action.to_string());
+            move |source| SinkError::Client {
+                url,
+                action,
+                source,
+            }
+        };
+        let version: String = base
+            .query("SELECT version()")
+            .fetch_one()
+            .await
+            .map_err(err("asking its version"))?;
+        let generation = Generation::from_version(&version);
+        base.query(&format!("CREATE DATABASE IF NOT EXISTS {}", s.database))
+            .execute()
+            .await
+            .map_err(err("creating the database"))?;
+        for t in TABLES {
+            base.query(&t.create_sql(&s.database, generation))
+                .execute()
+                .await
+                .map_err(err(&format!("creating table {}", t.name)))?;
+            let found: Vec<String> = base
+                .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+                .bind(&s.database)
+                .bind(t.name)
+                .fetch_all()
+                .await
+                .map_err(err(&format!("reading the columns of {}", t.name)))?;
+            let expected = t.column_names();
+            if expected.iter().any(|c| !found.iter().any(|f| f == c)) {
+                return Err(SinkError::Schema {
+                    database: s.database.clone(),
+                    table: t.name.into(),
+                    found,
+                    expected: expected.iter().map(|c| c.to_string()).collect(),
+                });
+            }
+        }
+        tracing::info!(%url, %version, ?generation, database = %s.database, "ClickHouse ready");
+        Ok(Sink {
+            client: base.with_database(&s.database),
+            url,
+            insert_timeout: s.insert_timeout,
+            generation,
+            version,
+        })
+    }
+
+    /// Whether ClickHouse answers `SELECT 1`.
+    pub async fn ping(&self) -> bool {
+        self.client
+            .query("SELECT 1")
+            .fetch_one::<u8>()
+            .await
+            .is_ok()
+    }
+
+    pub(super) async fn insert(
+        &self,
+        table: &'static str,
+        rows: &Rows,
+        range: std::ops::Range<usize>,
+    ) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.insert_rows(table, rows.bytes(&range)).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(m::INSERT_DURATION, "table" => table, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::INSERT_BATCHES, "table" => table, "outcome" => outcome).increment(1);
+        if result.is_ok() {
+            metrics::counter!(m::ROWS_WRITTEN, "table" => table).increment(range.len() as u64);
+        }
+        result.map_err(|source| SinkError::Client {
+            url: self.url.clone(),
+            action: format!("inserting {} rows into {table}", range.len()),
+            source,
+        })
+    }
+
+    /// One INSERT of RowBinary rows, sent in pieces (each compressed when compression is on).
+    async fn insert_rows(
+        &self,
+        table: &'static str,
+        data: Vec<&[u8]>,
+    ) -> clickhouse::error::Result<()> {
+        let columns = schema::table(table).column_names().join(", ");
+        let mut insert = self
+            .client
+            .insert_formatted_with(format!("INSERT INTO {table} ({columns}) FORMAT RowBinary"))
+            .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
+        for piece in data {
+            insert.send(bytes::Bytes::copy_from_slice(piece)).await?;
+        }
+        insert.end().await
+    }
+}

@@ -1,0 +1,112 @@
+//! The stream source's definition (a `source = "stream"` pipeline file): the stream and its
+//! consumer group, which events are archived and which move the execution log, and what happens
+//! to the log key after commit.
+
+use serde::Deserialize;
+
+/// A stream pipeline (trade close): `trade_results` entries read by a consumer group; on a
+/// close, the trade's execution log moves from the log instance to ClickHouse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSource {
+    /// Redis instance of the stream (short name).
+    pub instance: String,
+    /// Database number of the stream's instance.
+    #[serde(default)]
+    pub db: u8,
+    /// The stream key.
+    pub stream: String,
+    /// Consumer group, created when missing.
+    pub group: String,
+    /// This consumer's name; keep it stable across restarts so its pending entries are resumed.
+    pub consumer: String,
+    /// Where a new group starts: `0` (the whole stream) or `$` (new entries only).
+    #[serde(default = "zero")]
+    pub start_id: String,
+    /// Entries per XREADGROUP.
+    #[serde(default = "default_count")]
+    pub count: u64,
+    /// How long one XREADGROUP blocks, ms.
+    #[serde(default = "default_block")]
+    pub block_ms: u64,
+    /// Entries pending longer than this (a dead consumer's) are claimed, s.
+    #[serde(default = "default_claim")]
+    pub claim_idle_secs: u64,
+    /// Events archived as rows of `trades`; other events are acknowledged and counted.
+    pub archive_events: Vec<String>,
+    /// Events that move the execution log (a subset of `archive_events`).
+    pub move_log_on: Vec<String>,
+    /// Redis instance of the execution logs.
+    pub log_instance: String,
+    /// Database number of the log instance.
+    #[serde(default)]
+    pub log_db: u8,
+    /// Log key = this prefix + trade id.
+    pub log_key_prefix: String,
+    /// After commit: `delete` the log key, or `expire` it after `expire_grace_secs`.
+    #[serde(default)]
+    pub after_commit: AfterCommit,
+    /// Grace period for `after_commit = "expire"`, s.
+    #[serde(default = "default_grace")]
+    pub expire_grace_secs: u64,
+    /// Pub/sub channel with close messages (at-most-once, a second trigger); empty: none.
+    #[serde(default)]
+    pub pubsub_channel: String,
+}
+
+fn zero() -> String {
+    "0".into()
+}
+fn default_count() -> u64 {
+    500
+}
+fn default_block() -> u64 {
+    1000
+}
+fn default_claim() -> u64 {
+    60
+}
+fn default_grace() -> u64 {
+    300
+}
+
+impl StreamSource {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        for (field, v) in [
+            ("stream", &self.stream),
+            ("group", &self.group),
+            ("consumer", &self.consumer),
+            ("log_key_prefix", &self.log_key_prefix),
+        ] {
+            if v.is_empty() {
+                return Err(format!(
+                    "`{field}` is empty; fix: set it (see pipelines/trades.toml)"
+                ));
+            }
+        }
+        if self.count == 0 || self.block_ms == 0 {
+            return Err("`count` and `block_ms` must be greater than 0".into());
+        }
+        if let Some(e) = self
+            .move_log_on
+            .iter()
+            .find(|e| !self.archive_events.contains(e))
+        {
+            return Err(format!(
+                "`move_log_on` has {e:?}, which is not in `archive_events`; fix: add it there"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What becomes of an execution log key once its rows are committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterCommit {
+    /// `DEL` the key.
+    #[default]
+    Delete,
+    /// Give it a short TTL (`expire_grace_secs`), for readers still looking.
+    Expire,
+}
