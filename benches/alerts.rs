@@ -8,21 +8,16 @@
 //!
 //! Run: `cargo bench --bench alerts` (env BENCH_ALERTS=N, default 1000000).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/common/procstat.rs"]
-mod procstat;
-
 use std::time::{Duration, Instant};
 
-use common::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillway};
-use procstat::{
+use spillway_testkit::procstat::{
     context_switches, cpu_seconds, load_average, machine, metric_sum, peak_rss_kb, pid_listening,
     CpuMeter,
 };
+use spillway_testkit::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillway};
 
 fn main() {
-    procstat::bench_main("alerts", "BENCH_ALERTS", 1_000_000, run);
+    spillway_testkit::procstat::bench_main("alerts", "BENCH_ALERTS", 1_000_000, run);
 }
 
 async fn run(n: u64) {

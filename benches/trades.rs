@@ -7,19 +7,14 @@
 //!
 //! Run: `cargo bench --bench trades` (env BENCH_TRADES=N, default 50000).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/common/procstat.rs"]
-mod procstat;
-
 use std::time::{Duration, Instant};
 
-use common::trades::{self, GROUP, STREAM};
-use common::{ClickHouseServer, RedisServer, Spillway};
-use procstat::{load_average, machine, metric_sum, peak_rss_kb, CpuMeter};
+use spillway_testkit::procstat::{load_average, machine, metric_sum, peak_rss_kb, CpuMeter};
+use spillway_testkit::trades::{self, GROUP, STREAM};
+use spillway_testkit::{ClickHouseServer, RedisServer, Spillway};
 
 fn main() {
-    procstat::bench_main("trades", "BENCH_TRADES", 50_000, run);
+    spillway_testkit::procstat::bench_main("trades", "BENCH_TRADES", 50_000, run);
 }
 
 async fn run(n: u64) {

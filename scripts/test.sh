@@ -76,8 +76,8 @@ fi
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check || die "formatting differs: run 'cargo fmt --all'"
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings || die "clippy found problems (see above)"
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings || die "clippy found problems (see above)"
 
 step "cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast || die "tests failed (see above)"

@@ -19,7 +19,7 @@ use crate::source::stream::Stream;
 use crate::source::Endpoint;
 
 /// Runs until SIGTERM or Ctrl-C, then drains within `shutdown_timeout`. A second signal exits at once.
-pub async fn run_until_signal(settings: Settings) -> anyhow::Result<()> {
+pub(crate) async fn run_until_signal(settings: Settings) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let signals = cancel.clone();
     tokio::spawn(async move {
@@ -68,7 +68,7 @@ fn ping(name: String, client: fred::prelude::Client) -> (String, Check) {
 }
 
 /// Resolves at SIGTERM or Ctrl-C.
-pub async fn wait_signal() {
+pub(crate) async fn wait_signal() {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -84,7 +84,7 @@ pub async fn wait_signal() {
 
 /// Runs Spillway until `cancel`, then drains. Errors at start (unreachable servers, missing
 /// notification flags, bad tables) are returned before anything runs.
-pub async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow::Result<()> {
     let handle = m::install();
     let sink = Sink::connect(&settings.clickhouse)
         .await

@@ -11,12 +11,12 @@ use serde::Deserialize;
 use crate::pipeline::{self, Pipeline};
 
 mod sections;
-pub use sections::*;
+pub(crate) use sections::*;
 
 /// Errors of loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -49,10 +49,10 @@ pub enum ConfigError {
 }
 
 /// Result alias of this module.
-pub type Result<T> = std::result::Result<T, ConfigError>;
+pub(crate) type Result<T> = std::result::Result<T, ConfigError>;
 
 /// The six Redis instances of the platform, by their short names.
-pub const INSTANCES: [(&str, u16); 6] = [
+pub(crate) const INSTANCES: [(&str, u16); 6] = [
     ("rts", 6379),
     ("ris", 6380),
     ("rtss", 6381),
@@ -64,7 +64,7 @@ pub const INSTANCES: [(&str, u16); 6] = [
 /// The config file, as written by an operator. Every field has a default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     /// Redis instances by short name (`rls`, `rtrs`, `rts`, `ris`, `rtss`, `rss`).
     pub redis: RedisSection,
     /// Where rows are written.
@@ -166,7 +166,7 @@ pub struct KeyspaceSettings {
 
 impl FileConfig {
     /// Reads and parses a config file (no validation yet).
-    pub fn from_file(path: &Path) -> Result<Self> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -181,7 +181,7 @@ impl FileConfig {
     }
 
     /// Parses config text.
-    pub fn from_toml(text: &str) -> Result<Self> {
+    pub(crate) fn from_toml(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<text>"),
             message: e.to_string(),
@@ -189,7 +189,7 @@ impl FileConfig {
     }
 
     /// Applies the `SPILLWAY_*` environment overrides read through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+    pub(crate) fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
         for (name, _) in INSTANCES {
             if let Some(url) = get(&format!("SPILLWAY_{}_URL", name.to_uppercase())) {
                 *self.redis.slot(name) = Some(RedisInstance { url });
@@ -212,7 +212,7 @@ impl FileConfig {
     /// Checks every field and returns typed settings, loading the pipelines from `pipelines_dir`
     /// (relative to `base`, the config file's directory), else from `./pipelines` when it exists,
     /// else the built-in ones.
-    pub fn validate(self, base: &Path) -> Result<Settings> {
+    pub(crate) fn validate(self, base: &Path) -> Result<Settings> {
         let redis = self.redis.urls()?;
         let clickhouse = self.clickhouse.validate()?;
         let metrics_addr = self.metrics.validate()?;
@@ -273,7 +273,7 @@ pub(crate) fn invalid(field: &str, problem: String, fix: impl Into<String>) -> C
 }
 
 /// A URL with its password replaced by `***`, for logs and errors.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

@@ -5,13 +5,13 @@
 //! [`sink`] batches them and commits them to ClickHouse; [`metrics`] exports what happened.
 //! [`app::run`] wires it together; [`cli`] is the command line.
 
-pub mod app;
+pub(crate) mod app;
 pub mod cli;
-pub mod config;
+pub(crate) mod config;
 pub mod decode;
-pub mod metrics;
-pub mod pipeline;
+pub(crate) mod metrics;
+pub(crate) mod pipeline;
 pub mod rows;
-pub mod simulate;
-pub mod sink;
-pub mod source;
+pub(crate) mod simulate;
+pub(crate) mod sink;
+pub(crate) mod source;

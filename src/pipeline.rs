@@ -11,7 +11,7 @@ use crate::source::stream::config::StreamSource;
 /// Errors of loading a pipeline definition.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PipelineError {
+pub(crate) enum PipelineError {
     /// The directory or a file could not be read.
     #[error("cannot read pipeline definitions at {path}: {source}")]
     Read {
@@ -34,7 +34,7 @@ pub enum PipelineError {
 }
 
 /// Result alias of this module.
-pub type Result<T> = std::result::Result<T, PipelineError>;
+pub(crate) type Result<T> = std::result::Result<T, PipelineError>;
 
 /// The definitions shipped with Spillway, used when no `pipelines/` directory exists.
 const BUILTIN: &[(&str, &str)] = &[
@@ -81,7 +81,7 @@ struct FileDef {
 }
 
 /// Parses one definition.
-pub fn parse(path: &Path, text: &str) -> Result<Pipeline> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Pipeline> {
     let bad = |message: String| PipelineError::Invalid {
         path: path.to_owned(),
         message,
@@ -125,7 +125,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Pipeline> {
 }
 
 /// Loads every `*.toml` in `dir`, sorted by file name.
-pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>> {
+pub(crate) fn load_dir(dir: &Path) -> Result<Vec<Pipeline>> {
     let read = |source| PipelineError::Read {
         path: dir.to_owned(),
         source,
@@ -152,7 +152,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>> {
 }
 
 /// The built-in definitions (copies of the repository's `pipelines/`).
-pub fn builtin() -> Result<Vec<Pipeline>> {
+pub(crate) fn builtin() -> Result<Vec<Pipeline>> {
     BUILTIN
         .iter()
         .map(|(name, text)| parse(Path::new(name), text))

@@ -14,9 +14,9 @@
 //! closed. A writer with more than four seconds' worth of trades in flight starts no new one.
 //! Values are a function of the seed (`--seed`), timestamps of the clock.
 
-pub mod alerts;
-pub mod rng;
-pub mod trades;
+pub(crate) mod alerts;
+pub(crate) mod rng;
+pub(crate) mod trades;
 mod writer;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -34,7 +34,7 @@ use trades::{Counts, TradeGen};
 use writer::Writer;
 
 /// The stream closes go to.
-pub const STREAM: &str = "trade_results";
+pub(crate) const STREAM: &str = "trade_results";
 
 /// Options of `spillway simulate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -83,7 +83,7 @@ pub struct SimulateArgs {
 
 /// A command for Redis.
 #[derive(Debug, Clone)]
-pub enum Cmd {
+pub(crate) enum Cmd {
     /// `SET key value EX ttl` (an alert).
     SetEx(String, Bytes),
     /// `RPUSH key value` (an execution log entry).
@@ -103,7 +103,7 @@ pub enum Cmd {
 
 /// What a run wrote.
 #[derive(Debug, Default)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// `SET alert:...` commands.
     pub alerts: AtomicU64,
     /// Execution log entries.
@@ -133,7 +133,7 @@ impl Totals {
 
 /// Entry point of `spillway simulate`: runs until `--duration` passes or Ctrl-C/SIGTERM (a second
 /// signal exits at once).
-pub fn main(args: SimulateArgs) -> anyhow::Result<()> {
+pub(crate) fn main(args: SimulateArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -155,7 +155,10 @@ pub fn main(args: SimulateArgs) -> anyhow::Result<()> {
 
 /// Runs the simulation until `--duration` passes or `stop` is cancelled, printing one line per
 /// second; returns what was written.
-pub async fn run(args: SimulateArgs, stop: CancellationToken) -> anyhow::Result<Arc<Totals>> {
+pub(crate) async fn run(
+    args: SimulateArgs,
+    stop: CancellationToken,
+) -> anyhow::Result<Arc<Totals>> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.repeat),
         "--repeat must be between 0 and 1"

@@ -14,7 +14,7 @@ use super::{
 /// One Redis instance.
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
-pub struct RedisInstance {
+pub(crate) struct RedisInstance {
     /// `redis://` or `rediss://` URL, credentials allowed.
     pub url: String,
 }
@@ -22,7 +22,7 @@ pub struct RedisInstance {
 /// The `[redis.*]` tables.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RedisSection {
+pub(crate) struct RedisSection {
     /// Redis-Trade-State.
     pub rts: Option<RedisInstance>,
     /// Redis-Instance-State.
@@ -40,7 +40,7 @@ pub struct RedisSection {
 /// The `[clickhouse]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ClickHouseSection {
+pub(crate) struct ClickHouseSection {
     /// HTTP URL of ClickHouse, default `http://127.0.0.1:8123`.
     pub url: Option<String>,
     /// User, default `default`.
@@ -58,7 +58,7 @@ pub struct ClickHouseSection {
 /// The `[metrics]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct MetricsSection {
+pub(crate) struct MetricsSection {
     /// host:port to listen on, default `127.0.0.1:9464`.
     pub addr: Option<String>,
 }
@@ -66,7 +66,7 @@ pub struct MetricsSection {
 /// The `[batch]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct BatchSection {
+pub(crate) struct BatchSection {
     /// Capacity of the channel between readers and the writer, in rows; default 50000.
     pub channel_capacity: Option<usize>,
     /// Flush when this many rows are buffered; default 100000.
@@ -80,7 +80,7 @@ pub struct BatchSection {
 /// The `[keyspace]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct KeyspaceSection {
+pub(crate) struct KeyspaceSection {
     /// Let Spillway add the missing `notify-keyspace-events` flags itself with `CONFIG SET`;
     /// default false (Spillway then fails at start and prints the line to run).
     pub configure_notifications: Option<bool>,
@@ -272,7 +272,7 @@ impl KeyspaceSection {
 /// The `[observe]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ObserveSection {
+pub(crate) struct ObserveSection {
     /// Seconds between two `INFO` polls of every Redis instance; default 5.
     pub interval_secs: Option<u64>,
 }

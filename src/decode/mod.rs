@@ -38,9 +38,10 @@ impl Format {
     }
 }
 
-/// A decoded value.
+/// A decoded value, every field as JSON (the tests' view of a value).
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
+pub(crate) enum Payload {
     /// The fields of a map or object, values as JSON.
     Object(Format, Map<String, Value>),
     /// Plain text.
@@ -71,8 +72,9 @@ pub struct DecodeError {
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, DecodeError>;
 
-/// Decodes a value that may be a MessagePack map, a JSON object or text.
-pub fn decode_value(bytes: &[u8]) -> Result<Payload> {
+/// Decodes a value that may be a MessagePack map, a JSON object or text, every field as JSON.
+#[cfg(test)]
+pub(crate) fn decode_value(bytes: &[u8]) -> Result<Payload> {
     Ok(match decode_value_fields(bytes, &[])? {
         Decoded::Object(format, fields) => Payload::Object(format, fields.into_map()),
         Decoded::Text(text) => Payload::Text(text),
@@ -131,7 +133,8 @@ pub fn decode_msgpack_fields(bytes: &[u8], names: &'static [&'static str]) -> Re
 }
 
 /// Decodes bytes that must be exactly one MessagePack array of maps (a STRING execution log).
-pub fn decode_msgpack_array_of_maps(bytes: &[u8]) -> Result<Vec<Map<String, Value>>> {
+#[cfg(test)]
+pub(crate) fn decode_msgpack_array_of_maps(bytes: &[u8]) -> Result<Vec<Map<String, Value>>> {
     decode_msgpack_array_of_fields(bytes, &[])
         .map(|items| items.into_iter().map(Fields::into_map).collect())
 }

@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A readiness check: resolves to true when a dependency answers.
-pub type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+pub(crate) type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 #[derive(Clone)]
 struct AppState {
@@ -31,7 +31,7 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// The recorder keeps every histogram sample (one per committed row) until it is folded into
 /// the buckets, which a scrape does; without scrapes (no Prometheus yet, or it is down) they
 /// would pile up by megabytes a second, so a task folds them every [`UPKEEP_EVERY`] too.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
     checks: Vec<(String, Check)>,
@@ -62,7 +62,7 @@ pub async fn serve(
 }
 
 /// Binds the metrics address, naming it in the error.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on metrics.addr {addr}: {e}; fix: free the port or set SPILLWAY_METRICS_ADDR"))
     })

@@ -3,107 +3,107 @@
 //! are in [`http`], the Redis `INFO` poller in [`redis_info`], the process figures in
 //! [`process`].
 
-pub mod http;
-pub mod process;
-pub mod redis_info;
+pub(crate) mod http;
+pub(crate) mod process;
+pub(crate) mod redis_info;
 
 use std::sync::OnceLock;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub use http::{bind, serve, Check};
+pub(crate) use http::{bind, serve, Check};
 
 /// Keyspace notifications received, by pipeline and event.
-pub const EVENTS_RECEIVED: &str = "spillway_events_received_total";
+pub(crate) const EVENTS_RECEIVED: &str = "spillway_events_received_total";
 /// Notifications lost before Spillway read them (subscriber buffer overrun), by pipeline.
-pub const EVENTS_LOST: &str = "spillway_events_lost_total";
+pub(crate) const EVENTS_LOST: &str = "spillway_events_lost_total";
 /// Values read from Redis and turned into rows, by pipeline and how (`event`, `scan`).
-pub const VALUES_CAPTURED: &str = "spillway_values_captured_total";
+pub(crate) const VALUES_CAPTURED: &str = "spillway_values_captured_total";
 /// Values gone when read (expired, evicted or deleted first), by pipeline and reason.
-pub const VALUES_GONE: &str = "spillway_values_gone_total";
+pub(crate) const VALUES_GONE: &str = "spillway_values_gone_total";
 /// Values that could not be decoded, by pipeline and reason.
-pub const DEAD_LETTERS: &str = "spillway_dead_letters_total";
+pub(crate) const DEAD_LETTERS: &str = "spillway_dead_letters_total";
 /// Rows committed to ClickHouse, by table.
-pub const ROWS_WRITTEN: &str = "spillway_rows_written_total";
+pub(crate) const ROWS_WRITTEN: &str = "spillway_rows_written_total";
 /// INSERT statements, by table and outcome.
-pub const INSERT_BATCHES: &str = "spillway_insert_batches_total";
+pub(crate) const INSERT_BATCHES: &str = "spillway_insert_batches_total";
 /// Batches flushed, by what ended them (`rows`, `bytes`, `delay`, `drain`).
-pub const FLUSHES: &str = "spillway_flushes_total";
+pub(crate) const FLUSHES: &str = "spillway_flushes_total";
 /// Failed batch commits that were retried.
-pub const INSERT_RETRIES: &str = "spillway_insert_retries_total";
+pub(crate) const INSERT_RETRIES: &str = "spillway_insert_retries_total";
 /// INSERT latency, by table and outcome.
-pub const INSERT_DURATION: &str = "spillway_insert_duration_seconds";
+pub(crate) const INSERT_DURATION: &str = "spillway_insert_duration_seconds";
 /// Rows waiting in the channel.
-pub const CHANNEL_DEPTH: &str = "spillway_channel_depth";
+pub(crate) const CHANNEL_DEPTH: &str = "spillway_channel_depth";
 /// Capacity of the channel.
-pub const CHANNEL_CAPACITY: &str = "spillway_channel_capacity";
+pub(crate) const CHANNEL_CAPACITY: &str = "spillway_channel_capacity";
 /// Time of the last committed batch.
-pub const LAST_FLUSH: &str = "spillway_last_flush_timestamp_seconds";
+pub(crate) const LAST_FLUSH: &str = "spillway_last_flush_timestamp_seconds";
 /// Round trips reading values back, by pipeline.
-pub const READ_DURATION: &str = "spillway_redis_read_duration_seconds";
+pub(crate) const READ_DURATION: &str = "spillway_redis_read_duration_seconds";
 /// Stream entries read, by pipeline and event.
-pub const STREAM_ENTRIES: &str = "spillway_stream_entries_total";
+pub(crate) const STREAM_ENTRIES: &str = "spillway_stream_entries_total";
 /// Stream entries acknowledged (XACK) after commit, by pipeline.
-pub const STREAM_ACKED: &str = "spillway_stream_acked_total";
+pub(crate) const STREAM_ACKED: &str = "spillway_stream_acked_total";
 /// Stream entries claimed from other consumers (XAUTOCLAIM), by pipeline.
-pub const STREAM_CLAIMED: &str = "spillway_stream_claimed_total";
+pub(crate) const STREAM_CLAIMED: &str = "spillway_stream_claimed_total";
 /// Consumer-group lag (entries not yet delivered), by pipeline.
-pub const STREAM_LAG: &str = "spillway_stream_lag_entries";
+pub(crate) const STREAM_LAG: &str = "spillway_stream_lag_entries";
 /// Entries delivered but not acknowledged, by pipeline.
-pub const STREAM_PENDING: &str = "spillway_stream_pending_entries";
+pub(crate) const STREAM_PENDING: &str = "spillway_stream_pending_entries";
 /// Idle time of the oldest pending entry, by pipeline.
-pub const STREAM_OLDEST_PENDING: &str = "spillway_stream_oldest_pending_seconds";
+pub(crate) const STREAM_OLDEST_PENDING: &str = "spillway_stream_oldest_pending_seconds";
 /// Execution logs moved to ClickHouse, by pipeline.
-pub const LOGS_MOVED: &str = "spillway_logs_moved_total";
+pub(crate) const LOGS_MOVED: &str = "spillway_logs_moved_total";
 /// Closes whose execution log was not in Redis, by pipeline.
-pub const LOGS_MISSING: &str = "spillway_logs_missing_total";
+pub(crate) const LOGS_MISSING: &str = "spillway_logs_missing_total";
 /// Closes whose log this process had moved already (pub/sub before stream), by pipeline.
-pub const LOGS_ALREADY_MOVED: &str = "spillway_logs_already_moved_total";
+pub(crate) const LOGS_ALREADY_MOVED: &str = "spillway_logs_already_moved_total";
 /// Log keys removed (or given their grace expiry) after commit, by pipeline.
-pub const LOG_KEYS_REMOVED: &str = "spillway_log_keys_removed_total";
+pub(crate) const LOG_KEYS_REMOVED: &str = "spillway_log_keys_removed_total";
 /// Logs that grew between reading and removal (the new entries are kept in Redis), by pipeline.
-pub const LOGS_CHANGED: &str = "spillway_logs_changed_total";
+pub(crate) const LOGS_CHANGED: &str = "spillway_logs_changed_total";
 /// Close messages received on the pub/sub channel, by pipeline.
-pub const PUBSUB_CLOSES: &str = "spillway_pubsub_closes_total";
+pub(crate) const PUBSUB_CLOSES: &str = "spillway_pubsub_closes_total";
 /// Close messages dropped (subscriber lagging or queue full), by pipeline.
-pub const PUBSUB_CLOSES_DROPPED: &str = "spillway_pubsub_closes_dropped_total";
+pub(crate) const PUBSUB_CLOSES_DROPPED: &str = "spillway_pubsub_closes_dropped_total";
 /// Reconnections of a keyspace subscriber (each a gap closed by a rescan), by pipeline.
-pub const SUBSCRIBER_RECONNECTS: &str = "spillway_subscriber_reconnects_total";
+pub(crate) const SUBSCRIBER_RECONNECTS: &str = "spillway_subscriber_reconnects_total";
 /// Time from a Redis event (as Spillway received it) to the commit of its row, by table.
-pub const EVENT_TO_COMMIT: &str = "spillway_event_to_commit_seconds";
+pub(crate) const EVENT_TO_COMMIT: &str = "spillway_event_to_commit_seconds";
 /// Smallest remaining TTL among alert values read but not yet committed (+Inf: none).
-pub const EXPIRY_RISK: &str = "spillway_uncommitted_min_ttl_seconds";
+pub(crate) const EXPIRY_RISK: &str = "spillway_uncommitted_min_ttl_seconds";
 /// Build information.
-pub const BUILD_INFO: &str = "spillway_build_info";
+pub(crate) const BUILD_INFO: &str = "spillway_build_info";
 
 /// 1 when the last `INFO` of the instance succeeded, else 0.
-pub const REDIS_UP: &str = "spillway_redis_up";
+pub(crate) const REDIS_UP: &str = "spillway_redis_up";
 /// `used_memory` of the instance, in bytes.
-pub const REDIS_MEMORY_USED: &str = "spillway_redis_memory_used_bytes";
+pub(crate) const REDIS_MEMORY_USED: &str = "spillway_redis_memory_used_bytes";
 /// `maxmemory` of the instance, in bytes (0: no limit).
-pub const REDIS_MEMORY_MAX: &str = "spillway_redis_memory_max_bytes";
+pub(crate) const REDIS_MEMORY_MAX: &str = "spillway_redis_memory_max_bytes";
 /// `maxmemory_policy` of the instance as a label; the value is 1.
-pub const REDIS_POLICY: &str = "spillway_redis_maxmemory_policy_info";
+pub(crate) const REDIS_POLICY: &str = "spillway_redis_maxmemory_policy_info";
 /// `evicted_keys` of the instance (since its start).
-pub const REDIS_EVICTED: &str = "spillway_redis_evicted_keys_total";
+pub(crate) const REDIS_EVICTED: &str = "spillway_redis_evicted_keys_total";
 /// `expired_keys` of the instance (since its start).
-pub const REDIS_EXPIRED: &str = "spillway_redis_expired_keys_total";
+pub(crate) const REDIS_EXPIRED: &str = "spillway_redis_expired_keys_total";
 /// `mem_fragmentation_ratio` of the instance.
-pub const REDIS_FRAGMENTATION: &str = "spillway_redis_mem_fragmentation_ratio";
+pub(crate) const REDIS_FRAGMENTATION: &str = "spillway_redis_mem_fragmentation_ratio";
 /// `connected_clients` of the instance.
-pub const REDIS_CLIENTS: &str = "spillway_redis_connected_clients";
+pub(crate) const REDIS_CLIENTS: &str = "spillway_redis_connected_clients";
 /// Resident memory of the Spillway process, in bytes.
-pub const PROCESS_RESIDENT: &str = "spillway_process_resident_memory_bytes";
+pub(crate) const PROCESS_RESIDENT: &str = "spillway_process_resident_memory_bytes";
 /// CPU time (user + system) of the Spillway process, in seconds.
-pub const PROCESS_CPU: &str = "spillway_process_cpu_seconds_total";
+pub(crate) const PROCESS_CPU: &str = "spillway_process_cpu_seconds_total";
 /// Unix time the Spillway process started observing, in seconds.
-pub const PROCESS_START: &str = "spillway_process_start_time_seconds";
+pub(crate) const PROCESS_START: &str = "spillway_process_start_time_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder once and describes every metric. Later calls return the same handle.
-pub fn install() -> PrometheusHandle {
+pub(crate) fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()

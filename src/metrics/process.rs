@@ -11,7 +11,7 @@ const USER_HZ: f64 = 100.0;
 static START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
 /// Records the process's start time (once).
-pub fn start() {
+pub(crate) fn start() {
     START.get_or_init(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -22,7 +22,7 @@ pub fn start() {
 /// Appends Spillway's process metrics (resident memory, CPU seconds, start time) to a
 /// Prometheus text body, read from `/proc/self` at the time of the scrape (Linux; elsewhere
 /// only the start time).
-pub fn render_process(out: &mut String) {
+pub(crate) fn render_process(out: &mut String) {
     let mut family = |name: &str, kind: &str, help: &str, value: Option<f64>| {
         if let Some(v) = value {
             out.push_str(&format!(

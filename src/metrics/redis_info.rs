@@ -25,7 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Starts one poller per configured Redis instance, each reading `INFO` every
 /// `settings.observe.interval` until `cancel`.
-pub fn spawn(settings: &Settings, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
+pub(crate) fn spawn(settings: &Settings, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
     let interval = settings.observe.interval;
     settings
         .redis
@@ -39,7 +39,7 @@ pub fn spawn(settings: &Settings, cancel: CancellationToken) -> Vec<JoinHandle<(
 
 /// The figures Spillway exports from one `INFO` reply; a field the server did not report is `None`.
 #[derive(Debug, Default, PartialEq)]
-pub struct RedisInfo {
+pub(crate) struct RedisInfo {
     /// `used_memory`.
     pub used_memory: Option<u64>,
     /// `maxmemory`.
@@ -57,7 +57,7 @@ pub struct RedisInfo {
 }
 
 /// Parses the text of `INFO` (`# Section` headers, `field:value` lines, CRLF or LF).
-pub fn parse_info(text: &str) -> RedisInfo {
+pub(crate) fn parse_info(text: &str) -> RedisInfo {
     let fields: HashMap<&str, &str> = text
         .lines()
         .map(str::trim)

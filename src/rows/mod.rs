@@ -6,8 +6,8 @@
 //! rescan) never shows a duplicate under `FINAL`.
 
 pub mod alert;
-pub mod rowbinary;
-pub mod schema;
+pub(crate) mod rowbinary;
+pub(crate) mod schema;
 pub mod trade;
 
 use serde::Serialize;

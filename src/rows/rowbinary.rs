@@ -23,7 +23,7 @@ impl ser::Error for Unsupported {
 }
 
 /// Appends the RowBinary encoding of `row` to `out`. On error `out` is left as it was.
-pub fn encode<T: Serialize>(row: &T, out: &mut Vec<u8>) -> Result<(), Unsupported> {
+pub(crate) fn encode<T: Serialize>(row: &T, out: &mut Vec<u8>) -> Result<(), Unsupported> {
     let start = out.len();
     let result = row.serialize(&mut Encoder(out));
     if result.is_err() {
@@ -198,7 +198,7 @@ impl ser::SerializeStruct for &mut Encoder<'_> {
 /// Reads one encoded row back as a JSON object of its columns (for a row ClickHouse refused,
 /// kept in `dead_letters`). Strings that are not UTF-8 are read lossily; a truncated row gives
 /// the columns read so far.
-pub fn to_json(columns: &[(&'static str, Col)], mut row: &[u8]) -> Value {
+pub(crate) fn to_json(columns: &[(&'static str, Col)], mut row: &[u8]) -> Value {
     let mut map = Map::new();
     for (name, col) in columns {
         let Some(v) = read_value(*col, &mut row) else {

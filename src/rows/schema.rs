@@ -4,7 +4,7 @@
 
 /// A column type, rendered by server generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Col {
+pub(crate) enum Col {
     /// `String`.
     Str,
     /// `LowCardinality(String)` on current servers, `String` on old ones.
@@ -27,7 +27,7 @@ pub enum Col {
 
 /// Which ClickHouse the tables are made for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Generation {
+pub(crate) enum Generation {
     /// Before 20.1 (no DateTime64, LowCardinality experimental): 18.16 as shipped by Debian.
     Legacy,
     /// 20.1 and later.
@@ -36,7 +36,7 @@ pub enum Generation {
 
 impl Generation {
     /// Picks the generation from `SELECT version()`, e.g. `18.16.1` or `24.8.4.13`.
-    pub fn from_version(version: &str) -> Generation {
+    pub(crate) fn from_version(version: &str) -> Generation {
         let mut parts = version
             .trim()
             .split('.')
@@ -69,7 +69,7 @@ impl Generation {
 
 /// One table.
 #[derive(Debug)]
-pub struct Table {
+pub(crate) struct Table {
     /// Name.
     pub name: &'static str,
     /// Columns in order.
@@ -89,7 +89,7 @@ pub struct Table {
 /// time, and a value captured again months later must still fall in the same partition to be
 /// deduplicated (a trade's rows are written again when a close is redelivered). `alert_events`
 /// is identified by its event time, so it is partitioned by month.
-pub const TABLES: &[Table] = &[
+pub(crate) const TABLES: &[Table] = &[
     Table {
         name: "alerts",
         columns: &[
@@ -205,7 +205,7 @@ pub const TABLES: &[Table] = &[
 ];
 
 /// The table named `name` (one of [`TABLES`]).
-pub fn table(name: &str) -> &'static Table {
+pub(crate) fn table(name: &str) -> &'static Table {
     TABLES
         .iter()
         .find(|t| t.name == name)
@@ -214,7 +214,7 @@ pub fn table(name: &str) -> &'static Table {
 
 impl Table {
     /// `CREATE TABLE IF NOT EXISTS` for `database` on a server of `generation`.
-    pub fn create_sql(&self, database: &str, generation: Generation) -> String {
+    pub(crate) fn create_sql(&self, database: &str, generation: Generation) -> String {
         let cols: Vec<String> = self
             .columns
             .iter()
@@ -237,7 +237,7 @@ impl Table {
     }
 
     /// The column names in order.
-    pub fn column_names(&self) -> Vec<&'static str> {
+    pub(crate) fn column_names(&self) -> Vec<&'static str> {
         self.columns.iter().map(|(n, _)| *n).collect()
     }
 }

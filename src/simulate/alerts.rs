@@ -1,4 +1,4 @@
-//! Alerts as the platform writes them (CONTRACT.md, RLS `alert:{alert_id}`): mostly MessagePack
+//! Alerts as the platform writes them (docs/reference.md, RLS `alert:{alert_id}`): mostly MessagePack
 //! maps, some JSON objects (older producers), some plain text; a small fraction of writes reuse
 //! a recent key with a new value (a new occurrence of the same alert).
 
@@ -9,15 +9,15 @@ use serde::Serialize;
 use super::rng::{self, Rng, SYMBOLS};
 
 /// Share of alerts written as JSON objects.
-pub const JSON_SHARE: f64 = 0.10;
+pub(crate) const JSON_SHARE: f64 = 0.10;
 /// Share of alerts written as plain text.
-pub const TEXT_SHARE: f64 = 0.10;
+pub(crate) const TEXT_SHARE: f64 = 0.10;
 /// Recent alert ids a repeated write picks from.
 const RECENT: usize = 1024;
 
 /// How an alert value is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Form {
+pub(crate) enum Form {
     /// A MessagePack map (the normal case).
     MsgPack,
     /// A JSON object.
@@ -28,14 +28,16 @@ pub enum Form {
 
 /// One `SET alert:{id} <value> EX ttl`.
 #[derive(Debug, Clone)]
-pub struct Alert {
+pub(crate) struct Alert {
     /// `alert:{id}`.
     pub key: String,
     /// The value's bytes.
     pub value: Vec<u8>,
-    /// Its encoding.
+    /// Its encoding (checked by the tests against what Spillway decodes).
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the tests"))]
     pub form: Form,
     /// Whether the key was written before (a new occurrence).
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by the tests"))]
     pub repeated: bool,
 }
 
@@ -63,7 +65,7 @@ struct Fields<'a> {
 /// Writes the alerts of one writer: ids `{run}-{n * stride + offset}`, so writers sharing a run
 /// never collide.
 #[derive(Debug)]
-pub struct AlertGen {
+pub(crate) struct AlertGen {
     rng: Rng,
     run: String,
     stride: u64,
@@ -77,7 +79,7 @@ pub struct AlertGen {
 impl AlertGen {
     /// A generator for writer `offset` of `stride`, repeating a recent key with probability
     /// `repeat`.
-    pub fn new(seed: u64, run: &str, offset: u64, stride: u64, repeat: f64) -> Self {
+    pub(crate) fn new(seed: u64, run: &str, offset: u64, stride: u64, repeat: f64) -> Self {
         AlertGen {
             rng: Rng::new(rng::mix(seed ^ 0xA1E7) ^ offset),
             run: run.to_string(),
@@ -90,7 +92,7 @@ impl AlertGen {
     }
 
     /// The next alert, stamped `now_ms`.
-    pub fn next(&mut self, now_ms: i64) -> Alert {
+    pub(crate) fn next(&mut self, now_ms: i64) -> Alert {
         let r = &mut self.rng;
         let (n, occurrence) = if !self.recent.is_empty() && r.chance(self.repeat) {
             let i = r.below(self.recent.len() as u64) as usize;

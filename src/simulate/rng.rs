@@ -4,43 +4,43 @@
 
 /// SplitMix64: fast, good enough for test traffic, and the same sequence on every platform.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed)
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         mix(self.0)
     }
 
     /// A number in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
 
     /// A number in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
     }
 
     /// One element of a non-empty slice.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
 }
 
 /// The SplitMix64 output function: also a good 64-bit hash of a seed.
-pub fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -49,7 +49,7 @@ pub fn mix(mut z: u64) -> u64 {
 /// A traded symbol: its name, a typical price, the decimals it is quoted with and the units
 /// in one lot (for the profit of a close).
 #[derive(Debug, Clone, Copy)]
-pub struct Symbol {
+pub(crate) struct Symbol {
     /// e.g. `EURUSD`.
     pub name: &'static str,
     /// A typical price.
@@ -61,7 +61,7 @@ pub struct Symbol {
 }
 
 /// The symbols traded.
-pub const SYMBOLS: [Symbol; 12] = [
+pub(crate) const SYMBOLS: [Symbol; 12] = [
     sym("EURUSD", 1.0842, 5, 100_000.0),
     sym("GBPUSD", 1.2710, 5, 100_000.0),
     sym("USDJPY", 151.32, 3, 100_000.0),
@@ -86,22 +86,22 @@ const fn sym(name: &'static str, price: f64, digits: i32, contract: f64) -> Symb
 }
 
 /// Trading accounts: `ACC-10000` .. `ACC-14999`.
-pub const ACCOUNTS: u64 = 5_000;
+pub(crate) const ACCOUNTS: u64 = 5_000;
 /// MT5 terminal instances: `mt5-01` .. `mt5-48`.
-pub const INSTANCES: u64 = 48;
+pub(crate) const INSTANCES: u64 = 48;
 
 /// A random account id.
-pub fn account(rng: &mut Rng) -> String {
+pub(crate) fn account(rng: &mut Rng) -> String {
     format!("ACC-{}", 10_000 + rng.below(ACCOUNTS))
 }
 
 /// A random MT5 instance id.
-pub fn instance(rng: &mut Rng) -> String {
+pub(crate) fn instance(rng: &mut Rng) -> String {
     format!("mt5-{:02}", 1 + rng.below(INSTANCES))
 }
 
 /// `x` rounded to `digits` decimals.
-pub fn round(x: f64, digits: i32) -> f64 {
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
 }

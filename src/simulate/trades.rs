@@ -13,17 +13,17 @@ use super::rng::{self, Rng, Symbol, SYMBOLS};
 use super::Cmd;
 
 /// Share of trades the broker rejects.
-pub const REJECT_SHARE: f64 = 0.02;
+pub(crate) const REJECT_SHARE: f64 = 0.02;
 /// Share of trades whose log is a STRING instead of a LIST.
-pub const STRING_SHARE: f64 = 0.10;
+pub(crate) const STRING_SHARE: f64 = 0.10;
 /// Share of filled trades announced with an `opened` event.
-pub const OPENED_SHARE: f64 = 0.25;
+pub(crate) const OPENED_SHARE: f64 = 0.25;
 /// Time between two steps of a trade: 100 ms to this many times 100 ms.
 const MAX_GAP_STEPS: u64 = 5;
 
 /// An execution step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// The order went to the broker.
     OrderSent,
     /// Part of the volume was filled.
@@ -42,7 +42,7 @@ pub enum Step {
 
 impl Step {
     /// The `step` field.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Step::OrderSent => "order_sent",
             Step::PartialFill => "partial_fill",
@@ -131,7 +131,7 @@ struct Open {
 
 /// What a generator has written so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Execution log entries.
     pub entries: u64,
     /// `closed` events.
@@ -144,7 +144,7 @@ pub struct Counts {
 
 /// Plays the trades of one writer: ids `{run}-{n * stride + offset}`.
 #[derive(Debug)]
-pub struct TradeGen {
+pub(crate) struct TradeGen {
     rng: Rng,
     run: String,
     stride: u64,
@@ -157,7 +157,7 @@ pub struct TradeGen {
 
 impl TradeGen {
     /// A generator for writer `offset` of `stride`.
-    pub fn new(seed: u64, run: &str, offset: u64, stride: u64) -> Self {
+    pub(crate) fn new(seed: u64, run: &str, offset: u64, stride: u64) -> Self {
         TradeGen {
             rng: Rng::new(rng::mix(seed ^ 0x7EAD) ^ offset),
             run: run.to_string(),
@@ -170,12 +170,12 @@ impl TradeGen {
     }
 
     /// Trades in flight.
-    pub fn open_trades(&self) -> usize {
+    pub(crate) fn open_trades(&self) -> usize {
         self.open.len()
     }
 
     /// Starts a trade: its first step goes to `rls` now.
-    pub fn start(&mut self, now_ms: i64, rls: &mut Vec<Cmd>, rtrs: &mut Vec<Cmd>) {
+    pub(crate) fn start(&mut self, now_ms: i64, rls: &mut Vec<Cmd>, rtrs: &mut Vec<Cmd>) {
         let r = &mut self.rng;
         let n = self.next * self.stride + self.offset;
         self.next += 1;
@@ -227,7 +227,7 @@ impl TradeGen {
     }
 
     /// At `now_ms`, every trade whose next step is due writes it.
-    pub fn advance(&mut self, now_ms: i64, rls: &mut Vec<Cmd>, rtrs: &mut Vec<Cmd>) {
+    pub(crate) fn advance(&mut self, now_ms: i64, rls: &mut Vec<Cmd>, rtrs: &mut Vec<Cmd>) {
         let mut open = std::mem::take(&mut self.open);
         open.retain_mut(|t| t.due_ms > now_ms || !self.step(t, now_ms, rls, rtrs));
         self.open = open;
@@ -235,7 +235,7 @@ impl TradeGen {
 
     /// Writes every remaining step of up to `max` trades in flight (at the end of a run);
     /// returns how many are still in flight.
-    pub fn finish(
+    pub(crate) fn finish(
         &mut self,
         max: usize,
         now_ms: i64,

@@ -22,7 +22,7 @@ const MAX_BURST_SECS: f64 = 0.25;
 const MAX_IN_FLIGHT_SECS: f64 = 4.0;
 
 /// One writer: its generators, its connections and its share of the rates.
-pub struct Writer {
+pub(super) struct Writer {
     pub alerts: AlertGen,
     pub trades: TradeGen,
     pub args: SimulateArgs,
@@ -37,7 +37,7 @@ pub struct Writer {
 
 impl Writer {
     /// Runs until the deadline or `stop`, then closes its trades in flight.
-    pub async fn run(mut self, start: Instant) -> anyhow::Result<()> {
+    pub(super) async fn run(mut self, start: Instant) -> anyhow::Result<()> {
         let stop = self.stop.clone();
         let share = self.args.connections as f64;
         let alert_rate = self.args.alerts_per_sec as f64 / share;

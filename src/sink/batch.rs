@@ -67,7 +67,7 @@ impl Rows {
 
 /// Rows of one batch, grouped by table.
 #[derive(Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub(super) tables: [Rows; Table::ALL.len()],
     acks: Vec<AckFn>,
     /// The earliest time an alert value of the batch expires in Redis (epoch ms).
@@ -78,7 +78,7 @@ pub struct Batch {
 
 impl Batch {
     /// Adds a record.
-    pub fn push(&mut self, r: Record) {
+    pub(crate) fn push(&mut self, r: Record) {
         match r {
             Record::Row(row) => {
                 if let Some(at) = row.expires_at_ms {
@@ -94,7 +94,7 @@ impl Batch {
 
     /// Records, for every committed row, the time from its Redis event (as Spillway received
     /// it) to `now_ms`, its commit.
-    pub fn observe_commit(&self, now_ms: i64) {
+    pub(crate) fn observe_commit(&self, now_ms: i64) {
         for (table, rows) in Table::ALL.iter().zip(&self.tables) {
             if *table == Table::DeadLetters {
                 continue;
@@ -109,30 +109,25 @@ impl Batch {
     /// When the earliest alert value of the batch expires in Redis (epoch ms), if any: how close
     /// a value read but not yet committed is to expiring (after which a crash could not recover
     /// it by a rescan).
-    pub fn expires_at_ms(&self) -> Option<i64> {
+    pub(crate) fn expires_at_ms(&self) -> Option<i64> {
         self.expires_at_ms
     }
 
     /// Runs the acknowledgements of a committed batch, in order.
-    pub fn acknowledge(&mut self) {
+    pub(crate) fn acknowledge(&mut self) {
         for ack in self.acks.drain(..) {
             ack();
         }
     }
 
     /// Rows buffered.
-    pub fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.rows
     }
 
     /// Bytes buffered (RowBinary).
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
-    }
-
-    /// Whether nothing is buffered (neither rows nor acknowledgements).
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0 && self.acks.is_empty()
     }
 }
 

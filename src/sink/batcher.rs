@@ -21,7 +21,7 @@ const RECV_CHUNK: usize = 4096;
 
 /// What ended a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cut {
+pub(crate) enum Cut {
     /// `max_rows` reached.
     Rows,
     /// `max_bytes` reached.
@@ -44,7 +44,7 @@ impl Cut {
 }
 
 /// Cuts the stream of records from the channel into batches.
-pub struct Batcher {
+pub(crate) struct Batcher {
     rx: mpsc::Receiver<Record>,
     cfg: BatchSettings,
     /// Records taken from the channel but not yet in a batch (beyond the last cut).
@@ -60,7 +60,7 @@ pub struct Batcher {
 
 /// Shared by the batcher and the committer.
 #[derive(Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// From cut to commit, lately (a moving average): a batch is cut that much before
     /// `max_delay`, so that its rows are committed within about `max_delay`.
     commit_time: Mutex<Duration>,
@@ -74,7 +74,7 @@ pub struct Progress {
 impl Progress {
     /// Tells how long the last batch took from its cut to its commit: a moving average, each
     /// commit counted up to `max_delay` (see [`Batcher::next`]).
-    pub fn committed_in(&self, took: Duration, max_delay: Duration) {
+    pub(crate) fn committed_in(&self, took: Duration, max_delay: Duration) {
         let mut avg = lock(&self.commit_time);
         *avg = (*avg * 3 + took.min(max_delay)) / 4;
     }
@@ -121,7 +121,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Batcher {
     /// A batcher over `rx`.
-    pub fn new(rx: mpsc::Receiver<Record>, cfg: BatchSettings) -> Self {
+    pub(crate) fn new(rx: mpsc::Receiver<Record>, cfg: BatchSettings) -> Self {
         Batcher {
             rx,
             cfg,
@@ -133,7 +133,7 @@ impl Batcher {
     }
 
     /// What the committer reports to this batcher.
-    pub fn progress(&self) -> Arc<Progress> {
+    pub(crate) fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
     }
 
@@ -149,7 +149,7 @@ impl Batcher {
     }
 
     /// Rows waiting in the channel.
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.rx.len() + self.carry.len()
     }
 
@@ -158,7 +158,7 @@ impl Batcher {
     /// The delay counts from the oldest record's arrival: records found waiting count from the
     /// last cut, so time spent waiting for a slow commit is not added to `max_delay`; and the
     /// batch is cut early by the time commits take lately (see [`Progress::committed_in`]).
-    pub async fn next(&mut self) -> Option<(Batch, Cut)> {
+    pub(crate) async fn next(&mut self) -> Option<(Batch, Cut)> {
         let cut = self.next_uncounted().await;
         self.cut_at = Some(Instant::now());
         cut

@@ -13,7 +13,7 @@ use crate::rows::schema::{self, Generation, TABLES};
 /// Errors of the ClickHouse side.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SinkError {
+pub(crate) enum SinkError {
     /// ClickHouse could not be reached or answered with an error.
     #[error("ClickHouse at {url}: {action}: {source}")]
     Client {
@@ -39,23 +39,19 @@ pub enum SinkError {
 }
 
 /// Result alias of this module.
-pub type Result<T> = std::result::Result<T, SinkError>;
+pub(crate) type Result<T> = std::result::Result<T, SinkError>;
 
 /// A connected ClickHouse with its tables in place.
 #[derive(Clone)]
-pub struct Sink {
+pub(crate) struct Sink {
     client: Client,
     url: String,
     insert_timeout: Duration,
-    /// Which DDL was used.
-    pub generation: Generation,
-    /// The server's version string.
-    pub version: String,
 }
 
 impl Sink {
     /// Connects, creates the database and the tables when missing, and checks existing tables.
-    pub async fn connect(s: &ClickHouseSettings) -> Result<Sink> {
+    pub(crate) async fn connect(s: &ClickHouseSettings) -> Result<Sink> {
         let url = redact_url(&s.url);
         let base = Client::default()
             .with_url(&s.url)
@@ -112,13 +108,11 @@ impl Sink {
             client: base.with_database(&s.database),
             url,
             insert_timeout: s.insert_timeout,
-            generation,
-            version,
         })
     }
 
     /// Whether ClickHouse answers `SELECT 1`.
-    pub async fn ping(&self) -> bool {
+    pub(crate) async fn ping(&self) -> bool {
         self.client
             .query("SELECT 1")
             .fetch_one::<u8>()

@@ -3,11 +3,10 @@
 //! is committed, then runs its acknowledgements. At most two batches are held (one committing,
 //! the next collected or waiting for it); then the channel fills and the sources wait.
 
-pub mod batch;
-pub mod batcher;
-pub mod client;
-pub mod writer;
+pub(crate) mod batch;
+pub(crate) mod batcher;
+pub(crate) mod client;
+pub(crate) mod writer;
 
-pub use batch::Batch;
-pub use client::{Sink, SinkError};
-pub use writer::run_writer;
+pub(crate) use client::Sink;
+pub(crate) use writer::run_writer;

@@ -16,7 +16,7 @@ use crate::rows::schema;
 use crate::rows::{rowbinary, DeadLetterRow, Record, Row, Table};
 
 /// Runs until the channel is closed and drained: every record received is committed.
-pub async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettings) {
+pub(crate) async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettings) {
     let batcher = Batcher::new(rx, cfg);
     let progress = batcher.progress();
     let (tx, mut batches) = mpsc::channel(1);
@@ -77,7 +77,7 @@ impl Sink {
     ///
     /// Rows that ClickHouse refuses as bad data (a retry cannot help) are isolated by halving
     /// the insert and go to `dead_letters` as JSON, so one bad row never blocks the pipeline.
-    pub async fn write(&self, batch: &Batch) -> Result<()> {
+    pub(crate) async fn write(&self, batch: &Batch) -> Result<()> {
         let inserts = Table::ALL
             .iter()
             .zip(&batch.tables)
@@ -138,7 +138,7 @@ impl Sink {
 const BAD_DATA: &[u32] = &[6, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 395, 469];
 
 /// Whether ClickHouse refused the data itself (not the connection, the load or the schema).
-pub fn is_bad_data(e: &clickhouse::error::Error) -> bool {
+pub(crate) fn is_bad_data(e: &clickhouse::error::Error) -> bool {
     let clickhouse::error::Error::BadResponse(msg) = e else {
         return false;
     };

@@ -1,8 +1,8 @@
 //! Sources: the readers that turn Redis data into [`Record`](crate::rows::Record)s and push them
 //! into the bounded channel.
 
-pub mod keyspace;
-pub mod stream;
+pub(crate) mod keyspace;
+pub(crate) mod stream;
 
 use fred::prelude::*;
 use tokio::sync::mpsc;
@@ -15,7 +15,7 @@ const SEND_CHUNK: usize = 256;
 
 /// Sends `records` into the channel in order, taking room for up to [`SEND_CHUNK`] at a time
 /// (one wait on the channel per chunk, not per record); false when the channel is closed.
-pub async fn send_all(tx: &mpsc::Sender<Record>, records: Vec<Record>) -> bool {
+pub(crate) async fn send_all(tx: &mpsc::Sender<Record>, records: Vec<Record>) -> bool {
     let mut records = records.into_iter();
     loop {
         let n = records.len().min(SEND_CHUNK).min(tx.max_capacity());
@@ -34,7 +34,7 @@ pub async fn send_all(tx: &mpsc::Sender<Record>, records: Vec<Record>) -> bool {
 /// Errors of connecting a source.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SourceError {
+pub(crate) enum SourceError {
     /// Redis could not be reached or refused a command.
     #[error("Redis {instance} at {url}: {action}: {source}")]
     Redis {
@@ -53,11 +53,11 @@ pub enum SourceError {
 }
 
 /// Result alias of this module.
-pub type Result<T> = std::result::Result<T, SourceError>;
+pub(crate) type Result<T> = std::result::Result<T, SourceError>;
 
 /// A Redis endpoint: instance name and URL.
 #[derive(Clone)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Instance short name (`rls`, ...).
     pub instance: String,
     /// URL, possibly with credentials.
@@ -72,7 +72,7 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// Turns a fred error into a [`SourceError`] for `action`.
-    pub fn err(&self, action: &str) -> impl FnOnce(fred::error::Error) -> SourceError {
+    pub(crate) fn err(&self, action: &str) -> impl FnOnce(fred::error::Error) -> SourceError {
         let (instance, url, action) = (
             self.instance.clone(),
             redact_url(&self.url),
@@ -88,7 +88,7 @@ impl Endpoint {
 
     /// A fred builder for this endpoint on database `db`, reconnecting with capped exponential
     /// backoff, with a pub/sub buffer of `buffer` messages.
-    pub fn builder(&self, db: u8, buffer: usize) -> Result<Builder> {
+    pub(crate) fn builder(&self, db: u8, buffer: usize) -> Result<Builder> {
         let mut config = Config::from_url(&self.url).map_err(self.err("parsing the URL"))?;
         config.database = Some(db);
         let mut b = Builder::from_config(config);
@@ -102,7 +102,7 @@ impl Endpoint {
     }
 
     /// A connected command client on database `db`.
-    pub async fn client(&self, db: u8) -> Result<Client> {
+    pub(crate) async fn client(&self, db: u8) -> Result<Client> {
         let client = self
             .builder(db, 32)?
             .build()

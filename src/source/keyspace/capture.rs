@@ -14,7 +14,7 @@ use crate::rows::alert::{CapturedAlert, CapturedBy};
 use crate::rows::{content_hash, AlertEventRow, DeadLetterRow, Record};
 
 /// What a read found for one key.
-pub enum Read {
+pub(super) enum Read {
     /// The value and its remaining TTL in ms.
     Value(Bytes, i64),
     /// The key no longer exists.
@@ -24,7 +24,7 @@ pub enum Read {
 }
 
 /// One batch of reads, with what else happened in it.
-pub struct Job {
+pub(super) struct Job {
     /// When the batch was received or scanned (epoch ms).
     pub now: i64,
     /// `event` or `scan`.
@@ -40,7 +40,7 @@ pub struct Job {
 }
 
 /// Turns jobs into rows and pushes them into the channel to ClickHouse.
-pub struct Capturer {
+pub(super) struct Capturer {
     name: String,
     instance: String,
     def: KeyspaceSource,
@@ -50,7 +50,12 @@ pub struct Capturer {
 
 impl Capturer {
     /// A capturer of pipeline `name`.
-    pub fn new(name: &str, instance: &str, def: KeyspaceSource, tx: mpsc::Sender<Record>) -> Self {
+    pub(super) fn new(
+        name: &str,
+        instance: &str,
+        def: KeyspaceSource,
+        tx: mpsc::Sender<Record>,
+    ) -> Self {
         Capturer {
             counters: Counters::new(name, &def),
             name: name.to_string(),
@@ -62,7 +67,7 @@ impl Capturer {
 
     /// Takes jobs until the queue closes (then every job taken has been pushed) or the channel
     /// to ClickHouse closes.
-    pub async fn run(self: std::sync::Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
+    pub(super) async fn run(self: std::sync::Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
         while let Some(job) = jobs.recv().await {
             if !self.finish(job).await {
                 break;
@@ -96,7 +101,7 @@ impl Capturer {
     }
 
     /// A lifecycle row.
-    pub fn event_row(
+    pub(super) fn event_row(
         &self,
         key: &Key,
         event: &'static str,
@@ -116,7 +121,7 @@ impl Capturer {
     }
 
     /// Counts a received notification.
-    pub fn count_event(&self, op: &str) {
+    pub(super) fn count_event(&self, op: &str) {
         if let Some((_, c)) = self.counters.events.iter().find(|(e, _)| e == op) {
             c.increment(1);
         }

@@ -40,14 +40,14 @@ fn yes() -> bool {
 }
 
 /// Lifecycle events Spillway knows, with the name it records.
-pub const LIFECYCLE: [(&str, &str); 3] = [
+pub(crate) const LIFECYCLE: [(&str, &str); 3] = [
     ("expired", "expired"),
     ("evicted", "evicted"),
     ("del", "deleted"),
 ];
 
 /// Write events whose key holds a string value afterwards.
-pub const WRITE_EVENTS: [&str; 8] = [
+pub(crate) const WRITE_EVENTS: [&str; 8] = [
     "set",
     "setrange",
     "append",
@@ -94,7 +94,7 @@ impl KeyspaceSource {
 }
 
 /// Redis-style glob match with `*`, `?` and `\` escapes.
-pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let (mut star_p, mut star_t) = (None, 0);
     while t < text.len() {

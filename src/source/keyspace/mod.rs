@@ -9,10 +9,10 @@
 //! announced are recovered by the next rescan while their keys live.
 
 mod capture;
-pub mod config;
-pub mod notify;
+pub(crate) mod config;
+pub(crate) mod notify;
 mod read;
-pub mod subscriber;
+pub(crate) mod subscriber;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ const JOB_QUEUE: usize = 2;
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// A connected, subscribed keyspace pipeline, ready to run.
-pub struct Keyspace {
+pub(crate) struct Keyspace {
     name: String,
     def: KeyspaceSource,
     endpoint: Endpoint,
@@ -60,7 +60,7 @@ pub struct Keyspace {
 impl Keyspace {
     /// Connects, checks (or sets) `notify-keyspace-events`, and subscribes. Fails fast with a
     /// message that names what is wrong.
-    pub async fn connect(
+    pub(crate) async fn connect(
         name: &str,
         def: KeyspaceSource,
         endpoint: Endpoint,
@@ -113,13 +113,13 @@ impl Keyspace {
     }
 
     /// A clone of the command client, for readiness checks.
-    pub fn reader(&self) -> Client {
+    pub(crate) fn reader(&self) -> Client {
         self.readers[0].client.clone()
     }
 
     /// Runs until `cancel`: the start-up rescan (when configured), then the event loop. Every
     /// batch read is pushed into the channel before the task stops.
-    pub async fn run(mut self, cancel: CancellationToken) {
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let capture = tokio::spawn(self.capturer.clone().run(queue));
         let (forwarded, events) = mpsc::channel(self.buffer);
@@ -263,7 +263,7 @@ impl Keyspace {
 
     /// SCANs the pattern and captures every live key (rows only, no events): idempotent with
     /// what was already archived.
-    pub async fn rescan(
+    pub(crate) async fn rescan(
         &self,
         cancel: &CancellationToken,
     ) -> std::result::Result<u64, crate::source::SourceError> {

@@ -11,7 +11,7 @@ use crate::source::Endpoint;
 /// Keyspace notifications are not enabled as the pipelines need.
 #[derive(Debug, thiserror::Error)]
 #[error("Redis {instance} ({addr}) has notify-keyspace-events \"{current}\", but Spillway needs the flags \"{needed}\" (missing: {missing}); without them no write, expiry or eviction is reported and nothing is archived. Fix: redis-cli -h {host} -p {port} CONFIG SET notify-keyspace-events '{fixed}' (and the same line as `notify-keyspace-events {fixed}` in redis.conf), or set keyspace.configure_notifications = true to let Spillway set it")]
-pub struct NotifyError {
+pub(crate) struct NotifyError {
     /// Instance short name.
     pub instance: String,
     /// host:port.
@@ -31,7 +31,7 @@ pub struct NotifyError {
 }
 
 /// The flags a keyspace pipeline needs: `E` (keyevent channels) and one class per event.
-pub fn required(def: &KeyspaceSource) -> BTreeSet<char> {
+pub(crate) fn required(def: &KeyspaceSource) -> BTreeSet<char> {
     let mut flags = BTreeSet::from(['E']);
     for e in def.write_events.iter().chain(&def.lifecycle_events) {
         flags.insert(match e.as_str() {
@@ -45,7 +45,7 @@ pub fn required(def: &KeyspaceSource) -> BTreeSet<char> {
 }
 
 /// The flags a server value enables, with `A` expanded.
-pub fn enabled(value: &str) -> BTreeSet<char> {
+pub(crate) fn enabled(value: &str) -> BTreeSet<char> {
     value
         .chars()
         .flat_map(|c| match c {
@@ -56,7 +56,7 @@ pub fn enabled(value: &str) -> BTreeSet<char> {
 }
 
 /// The flags of `needed` that `value` lacks, in a stable order.
-pub fn missing(value: &str, needed: &BTreeSet<char>) -> Vec<char> {
+pub(crate) fn missing(value: &str, needed: &BTreeSet<char>) -> Vec<char> {
     let have = enabled(value);
     needed
         .iter()
@@ -66,14 +66,14 @@ pub fn missing(value: &str, needed: &BTreeSet<char>) -> Vec<char> {
 }
 
 /// The value to `CONFIG SET`: the current flags followed by the missing ones.
-pub fn fixed(value: &str, missing: &[char]) -> String {
+pub(crate) fn fixed(value: &str, missing: &[char]) -> String {
     let mut s = value.to_string();
     s.extend(missing);
     s
 }
 
 /// Checks `notify-keyspace-events` and, when allowed, adds what is missing.
-pub async fn check(
+pub(crate) async fn check(
     client: &Client,
     endpoint: &Endpoint,
     def: &KeyspaceSource,

@@ -24,7 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One keyevent notification: the operation (`set`, `expired`, ...) and the key.
 #[derive(Debug, Clone)]
-pub struct Notification {
+pub(crate) struct Notification {
     /// The event, the channel's suffix.
     pub operation: Arc<str>,
     /// The key.
@@ -35,7 +35,7 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 /// A subscribed connection.
-pub struct Subscription {
+pub(crate) struct Subscription {
     stream: Box<dyn Stream>,
     buf: BytesMut,
     /// The subscribed channels and their operation names (the target's).
@@ -47,7 +47,7 @@ type Channels = Arc<[(String, Arc<str>)]>;
 
 /// Where and how to connect: parsed once from the URL.
 #[derive(Clone)]
-pub struct Target {
+pub(crate) struct Target {
     host: String,
     port: u16,
     username: Option<String>,
@@ -58,7 +58,7 @@ pub struct Target {
 
 impl Target {
     /// From a `redis://` or `rediss://` URL and the keyevent channels of `events` on `db`.
-    pub fn new(url: &str, db: u8, events: &[String]) -> Result<Target, Error> {
+    pub(crate) fn new(url: &str, db: u8, events: &[String]) -> Result<Target, Error> {
         let config = Config::from_url(url)?;
         let ServerConfig::Centralized { server } = &config.server else {
             return Err(Error::new(
@@ -92,7 +92,7 @@ impl Target {
     }
 
     /// Connects, authenticates and subscribes, within [`CONNECT_TIMEOUT`].
-    pub async fn subscribe(&self) -> Result<Subscription, Error> {
+    pub(crate) async fn subscribe(&self) -> Result<Subscription, Error> {
         tokio::time::timeout(CONNECT_TIMEOUT, self.subscribe_now())
             .await
             .map_err(|_| {
@@ -186,7 +186,10 @@ impl Subscription {
 
     /// Waits for bytes, then hands every whole notification buffered to `each`; other frames
     /// (subscription confirmations) are skipped. An error means the connection is done.
-    pub async fn next_batch(&mut self, mut each: impl FnMut(Notification)) -> Result<(), Error> {
+    pub(crate) async fn next_batch(
+        &mut self,
+        mut each: impl FnMut(Notification),
+    ) -> Result<(), Error> {
         self.read().await?;
         while let Some((frame, used)) = parse(&self.buf)? {
             if let Frame::Array(items) = &frame {

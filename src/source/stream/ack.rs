@@ -14,7 +14,7 @@ use super::config::StreamSource;
 use crate::metrics as m;
 
 /// What to do once a batch of entries is committed.
-pub struct AckWork {
+pub(super) struct AckWork {
     /// Entry ids to XACK.
     pub ids: Vec<String>,
     /// Log keys with what was archived of them: `("list", entries)` or `("string", bytes)`.
@@ -43,7 +43,7 @@ return { removed, changed }
 
 /// Runs acknowledgements in order: remove the logs from RLS, then XACK. Retries until done;
 /// ends when every sender (the source and the pending acknowledgements) is gone.
-pub async fn acknowledge(
+pub(super) async fn acknowledge(
     mut rx: mpsc::UnboundedReceiver<AckWork>,
     ctl: Client,
     logs: Client,
@@ -113,7 +113,12 @@ async fn ack_once(
 
 /// Every 5 s: the group's lag and pending entries (XINFO GROUPS) and the oldest pending entry's
 /// idle time (XPENDING), as gauges.
-pub async fn watch_group(ctl: Client, def: StreamSource, name: String, cancel: CancellationToken) {
+pub(super) async fn watch_group(
+    ctl: Client,
+    def: StreamSource,
+    name: String,
+    cancel: CancellationToken,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {

@@ -14,7 +14,7 @@ use crate::rows::{content_hash, DeadLetterRow, Record};
 
 /// One stream entry.
 #[derive(Debug, Clone, Default)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Entry id.
     pub id: String,
     /// Field/value pairs, in order.
@@ -36,7 +36,7 @@ impl Entry {
     }
 
     /// The log key to move, for a trade whose event moves its log.
-    pub fn log_key(&self, def: &StreamSource) -> Option<String> {
+    pub(crate) fn log_key(&self, def: &StreamSource) -> Option<String> {
         let event = self.text("event")?;
         let id = self.text("trade_id")?;
         def.move_log_on
@@ -57,7 +57,7 @@ impl Entry {
 }
 
 /// A pub/sub close message (a MessagePack map with `trade_id`) as an entry without stream id.
-pub fn close_message(raw: Bytes) -> Entry {
+pub(crate) fn close_message(raw: Bytes) -> Entry {
     let trade_id =
         crate::decode::decode_msgpack_map(&raw)
             .ok()
@@ -80,7 +80,7 @@ pub fn close_message(raw: Bytes) -> Entry {
 
 /// What a log key held.
 #[derive(Debug, Clone)]
-pub enum LogRead {
+pub(crate) enum LogRead {
     /// A LIST of entries.
     List(Vec<Bytes>),
     /// A STRING (one map or an array of maps).
@@ -105,7 +105,7 @@ fn text(v: &Value) -> String {
 }
 
 /// Entries of an XREADGROUP (or XAUTOCLAIM, wrapped alike) reply.
-pub fn parse_entries(v: Value) -> Vec<Entry> {
+pub(crate) fn parse_entries(v: Value) -> Vec<Entry> {
     let mut out = Vec::new();
     let streams = match v {
         Value::Array(s) => s,
@@ -159,14 +159,14 @@ pub fn parse_entries(v: Value) -> Vec<Entry> {
 }
 
 /// A LIST log from its LRANGE reply.
-pub fn list_log(items: Vec<Value>) -> LogRead {
+pub(crate) fn list_log(items: Vec<Value>) -> LogRead {
     LogRead::List(items.into_iter().filter_map(bytes).collect())
 }
 
 /// Trades whose logs this process moved lately (bounded): a later close of the same trade finds
 /// its log gone, which is not a missing log (pub/sub before stream, or a redelivery).
 #[derive(Debug)]
-pub struct RecentMoves {
+pub(crate) struct RecentMoves {
     set: std::collections::HashSet<String>,
     order: std::collections::VecDeque<String>,
     cap: usize,
@@ -174,7 +174,7 @@ pub struct RecentMoves {
 
 impl RecentMoves {
     /// Remembers up to `cap` trades.
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         RecentMoves {
             set: Default::default(),
             order: Default::default(),
@@ -195,7 +195,7 @@ impl RecentMoves {
 }
 
 /// The rows of a batch of entries, the ids to acknowledge and the logs to remove after commit.
-pub struct Work {
+pub(crate) struct Work {
     /// Rows, in order.
     pub records: Vec<Record>,
     /// Entry ids to XACK.
@@ -205,7 +205,7 @@ pub struct Work {
 }
 
 /// Turns entries (and the logs read for them, by key) into rows.
-pub fn rows(
+pub(crate) fn rows(
     name: &str,
     def: &StreamSource,
     instance: &str,
@@ -351,7 +351,7 @@ fn event_label(event: &str, def: &StreamSource) -> String {
 }
 
 /// (lag, pending) of `group` in an XINFO GROUPS reply.
-pub fn group_figures(v: &Value, group: &str) -> Option<(u64, u64)> {
+pub(crate) fn group_figures(v: &Value, group: &str) -> Option<(u64, u64)> {
     let Value::Array(groups) = v else { return None };
     for g in groups {
         let pairs: Vec<(String, &Value)> = match g {
@@ -372,7 +372,7 @@ pub fn group_figures(v: &Value, group: &str) -> Option<(u64, u64)> {
 }
 
 /// The idle time of the first entry of an extended XPENDING reply.
-pub fn oldest_idle_ms(v: &Value) -> Option<u64> {
+pub(crate) fn oldest_idle_ms(v: &Value) -> Option<u64> {
     let Value::Array(rows) = v else { return None };
     match rows.first()? {
         Value::Array(fields) => fields.get(2)?.as_u64(),

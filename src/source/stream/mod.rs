@@ -9,8 +9,8 @@
 //! bounded channel, so when ClickHouse is slow the entries wait in Redis.
 
 mod ack;
-pub mod config;
-pub mod entries;
+pub(crate) mod config;
+pub(crate) mod entries;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ use config::StreamSource;
 use entries::{parse_entries, Entry, LogRead, RecentMoves};
 
 /// A connected stream pipeline.
-pub struct Stream {
+pub(crate) struct Stream {
     name: String,
     def: StreamSource,
     endpoint: Endpoint,
@@ -42,7 +42,7 @@ pub struct Stream {
 
 impl Stream {
     /// Connects to the stream's and the logs' instances and creates the group when missing.
-    pub async fn connect(
+    pub(crate) async fn connect(
         name: &str,
         def: StreamSource,
         endpoint: Endpoint,
@@ -85,14 +85,14 @@ impl Stream {
     }
 
     /// Clients for readiness checks.
-    pub fn clients(&self) -> [Client; 2] {
+    pub(crate) fn clients(&self) -> [Client; 2] {
         [self.ctl.clone(), self.logs.clone()]
     }
 
     /// Runs until `cancel`: first the entries this consumer left pending, then those idle at
     /// dead consumers, then new ones. The acknowledger task goes to `ackers`, which the caller
     /// awaits after the writer drained.
-    pub async fn run(self, cancel: CancellationToken, ackers: &TaskTracker) {
+    pub(crate) async fn run(self, cancel: CancellationToken, ackers: &TaskTracker) {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         ackers.spawn(acknowledge(
             ack_rx,

@@ -1,8 +1,6 @@
 //! End to end: alerts written into a real redis-server are archived in a real clickhouse-server
 //! by the real spillway binary.
 
-mod common;
-
 use std::time::Duration;
 
 use common::{config_toml, eventually, free_port, load, ClickHouseServer, RedisServer, Spillway};

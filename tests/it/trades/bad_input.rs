@@ -3,10 +3,10 @@
 
 use fred::prelude::*;
 
-use crate::common::eventually;
-use crate::common::load::client;
-use crate::common::trades::{self, msgpack, LogForm, Trade, STREAM};
-use crate::stack::{report, Stack, ACKED, WAIT};
+use super::stack::{report, Stack, ACKED, WAIT};
+use common::eventually;
+use common::load::client;
+use common::trades::{self, msgpack, LogForm, Trade, STREAM};
 
 fn trade(id: &str, i: u64, entries: u32) -> Trade {
     let (id, form) = (id.to_string(), LogForm::List);

@@ -1,5 +1,5 @@
 //! Trade load for tests and the benchmark, written the way the trading platform writes it
-//! (../shared/CONTRACT.md): each step of a trade's execution is `RPUSH`ed to
+//! (docs/reference.md): each step of a trade's execution is `RPUSH`ed to
 //! `trade_execution:{id}` on RLS as a MessagePack map (a minority of trades keep their log as a
 //! STRING: a MessagePack array of maps, or one map), then the close is
 //! `XADD trade_results * trade_id T event closed payload P` on RTRS. Everything is pipelined.

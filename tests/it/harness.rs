@@ -1,8 +1,6 @@
 //! Smoke test of the test harness itself: real Redis and ClickHouse start, answer, stop and
 //! come back on the same ports.
 
-mod common;
-
 use common::{ClickHouseServer, RedisServer};
 
 #[tokio::test]

@@ -8,8 +8,6 @@
 //! listed in [`QUIET`], whose conditions cannot hold in a short test; for those, the series
 //! their expression reads must exist, and witnesses show their inputs moved.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -10,8 +10,6 @@
 //!
 //! Needs `python3` with chdb: `python3 -m pip install chdb-core` (scripts/test.sh does it).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

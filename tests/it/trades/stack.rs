@@ -4,15 +4,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::common::trades::{self, Trade, GROUP, STREAM};
-use crate::common::{eventually, ClickHouseServer, RedisServer, Spillway};
+use common::trades::{self, Trade, GROUP, STREAM};
+use common::{eventually, ClickHouseServer, RedisServer, Spillway};
 
-pub const WAIT: Duration = Duration::from_secs(60);
+pub(super) const WAIT: Duration = Duration::from_secs(60);
 /// Stream entries acknowledged.
-pub const ACKED: &str = "spillway_stream_acked_total{pipeline=\"trades\"}";
+pub(super) const ACKED: &str = "spillway_stream_acked_total{pipeline=\"trades\"}";
 
 /// RLS, RTRS, ClickHouse and a running spillway writing into database `db`.
-pub struct Stack {
+pub(super) struct Stack {
     pub rls: RedisServer,
     pub rtrs: RedisServer,
     pub ch: ClickHouseServer,
@@ -22,12 +22,12 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub async fn start(db: &str) -> Stack {
+    pub(super) async fn start(db: &str) -> Stack {
         Self::start_with(db, "").await
     }
 
     /// Like `start`, with `batch` lines added to the `[batch]` table.
-    pub async fn start_with(db: &str, batch: &str) -> Stack {
+    pub(super) async fn start_with(db: &str, batch: &str) -> Stack {
         let (rls, rtrs, ch) = (
             RedisServer::start(),
             RedisServer::start_with(&["--notify-keyspace-events", ""]),
@@ -54,21 +54,21 @@ impl Stack {
     }
 
     /// `sql` (tables written `DB.name`) as a number.
-    pub async fn count(&self, sql: &str) -> u64 {
+    pub(super) async fn count(&self, sql: &str) -> u64 {
         self.ch
             .count(&sql.replace("DB.", &format!("{}.", self.db)))
             .await
     }
 
     /// `sql` as TSV.
-    pub async fn tsv(&self, sql: &str) -> String {
+    pub(super) async fn tsv(&self, sql: &str) -> String {
         let sql = sql.replace("DB.", &format!("{}.", self.db));
         self.ch.query(&format!("{sql} FORMAT TSV")).await
     }
 
     /// The trades whose id matches `filter` (SQL on `trade_id`), each as `id, log_state,
     /// log_entries`, and their archived execution `seq`s, as `id, [seq, ...]`; ordered by id.
-    pub async fn trades_and_seqs(&self, filter: &str) -> (Vec<String>, Vec<String>) {
+    pub(super) async fn trades_and_seqs(&self, filter: &str) -> (Vec<String>, Vec<String>) {
         let trades = self
             .tsv(&format!("SELECT trade_id, log_state, log_entries FROM DB.trades FINAL WHERE {filter} ORDER BY trade_id"))
             .await;
@@ -80,7 +80,7 @@ impl Stack {
     }
 
     /// Entries of the group delivered and not acknowledged (XPENDING).
-    pub fn pending(&self) -> u64 {
+    pub(super) fn pending(&self) -> u64 {
         let out = self.rtrs.cli(&["XPENDING", STREAM, GROUP]);
         out.lines()
             .next()
@@ -90,7 +90,7 @@ impl Stack {
     }
 
     /// Entries of the stream not yet delivered to the group (`lag` of XINFO GROUPS).
-    pub fn undelivered(&self) -> u64 {
+    pub(super) fn undelivered(&self) -> u64 {
         let out = self.rtrs.cli(&["XINFO", "GROUPS", STREAM]);
         let lines: Vec<&str> = out.lines().collect();
         let at = lines
@@ -103,12 +103,12 @@ impl Stack {
     }
 
     /// Keys in RLS.
-    pub fn rls_keys(&self) -> u64 {
+    pub(super) fn rls_keys(&self) -> u64 {
         self.rls.cli(&["DBSIZE"]).parse().expect("DBSIZE")
     }
 
     /// A sample of spillway's metrics (0 when absent), e.g. `name{pipeline="trades"}`.
-    pub async fn metric(&self, sample: &str) -> u64 {
+    pub(super) async fn metric(&self, sample: &str) -> u64 {
         let text = self.sp.metrics().await;
         let line = text
             .lines()
@@ -119,7 +119,12 @@ impl Stack {
 
     /// Waits until `trades` (and `closes` stream entries) are committed, acknowledged and their
     /// keys gone (`keys_left` other keys stay), then checks every row field by field.
-    pub async fn settled(&self, trades: &[Trade], other_rows: u64, keys_left: u64) -> Figures {
+    pub(super) async fn settled(
+        &self,
+        trades: &[Trade],
+        other_rows: u64,
+        keys_left: u64,
+    ) -> Figures {
         let entries = trades::total_entries(trades) + other_rows;
         eventually(
             WAIT,
@@ -146,7 +151,7 @@ impl Stack {
     }
 
     /// Every `trades` and `trade_executions` row of `trades`, field by field.
-    pub async fn check_rows(&self, trades: &[Trade]) {
+    pub(super) async fn check_rows(&self, trades: &[Trade]) {
         let by_id: HashMap<&str, &Trade> = trades.iter().map(|t| (t.id.as_str(), t)).collect();
         let ids = |col: &str| {
             let list: Vec<String> = trades.iter().map(|t| format!("'{}'", t.id)).collect();
@@ -238,7 +243,7 @@ impl Stack {
         assert_eq!(seen as u64, trades::total_entries(trades), "execution rows");
     }
 
-    pub async fn figures(&self) -> Figures {
+    pub(super) async fn figures(&self) -> Figures {
         Figures {
             trades: self.count("SELECT count() FROM DB.trades FINAL").await,
             executions: self
@@ -257,7 +262,7 @@ impl Stack {
 
 /// What landed and what waits.
 #[derive(Debug)]
-pub struct Figures {
+pub(super) struct Figures {
     pub trades: u64,
     pub executions: u64,
     pub raw_rows: u64,
@@ -267,7 +272,7 @@ pub struct Figures {
     pub rls_keys: u64,
 }
 
-pub fn report(test: &str, trades: &[Trade], f: &Figures, took: Duration) {
+pub(super) fn report(test: &str, trades: &[Trade], f: &Figures, took: Duration) {
     println!(
         "{test}: sent {} trades / {} entries; archived {} trades / {} executions \
          ({} rows before FINAL); pending {}, undelivered {}, RLS keys {}, dead letters {}; {:.1} s",

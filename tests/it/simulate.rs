@@ -3,15 +3,13 @@
 //! value forms, execution logs (LISTs and STRINGs) complete before their close is on the
 //! `trade_results` stream, every log and payload decoding into the rows Spillway archives.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 
 use bytes::Bytes;
 use fred::cmd;
 use fred::prelude::*;
-use spillway::decode::{decode_value, Payload};
+use spillway::decode::{decode_value_fields, Decoded};
 use spillway::rows::trade::{execution_row, string_log_rows, trade_row, TradeExecutionRow};
 
 use common::{load::client, RedisServer};
@@ -55,12 +53,13 @@ async fn simulator_writes_what_the_contract_describes() {
         let ttl: i64 = c.ttl(k.as_str()).await.unwrap();
         assert!((3590..=3600).contains(&ttl), "{k}: TTL {ttl}");
         let v: Bytes = c.get(k.as_str()).await.unwrap();
-        let form = match decode_value(&v).expect("alert decodes") {
-            Payload::Object(f, map) => {
+        let form = match decode_value_fields(&v, &[]).expect("alert decodes") {
+            Decoded::Object(f, fields) => {
+                let map = fields.into_map();
                 assert!(map.contains_key("message") && map.contains_key("severity"));
                 f.as_str()
             }
-            Payload::Text(_) => "text",
+            Decoded::Text(_) => "text",
         };
         *forms.entry(form).or_default() += 1;
     }

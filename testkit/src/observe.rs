@@ -33,7 +33,8 @@ pub fn info_field(info: &str, name: &str) -> Option<f64> {
 pub struct Prometheus {
     /// The HTTP port (`/api/v1/query`).
     pub port: u16,
-    proc: Proc,
+    /// Stops the server when the test ends.
+    _proc: Proc,
     dir: TempDir,
 }
 
@@ -70,7 +71,11 @@ impl Prometheus {
         proc.wait_for("prometheus", Duration::from_secs(30), ready, || {
             tail(&log, 30)
         });
-        Prometheus { port, proc, dir }
+        Prometheus {
+            port,
+            _proc: proc,
+            dir,
+        }
     }
 
     /// Evaluates `expr` now through `/api/v1/query`; panics unless Prometheus answers `success`.
@@ -116,9 +121,7 @@ pub fn pipelines(names: &[&str]) -> tempfile::TempDir {
     for name in names {
         let file = format!("{name}.toml");
         std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("pipelines")
-                .join(&file),
+            super::repo_dir().join("pipelines").join(&file),
             dir.path().join(&file),
         )
         .unwrap();

@@ -7,8 +7,6 @@
 //!
 //! The cases run one at a time (they share two cores with three servers each).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use common::faults::{self, check, produce, Account, Produced};

@@ -1,6 +1,5 @@
 //! What the benchmarks measure besides time: a process's CPU time and peak memory (from
 //! `/proc`), samples of spillway's `/metrics`, and a one-line description of the machine.
-#![allow(dead_code)]
 
 /// User + system CPU seconds of a process.
 pub fn cpu_seconds(pid: u32) -> f64 {

@@ -3,8 +3,6 @@
 //! `/metrics` passes `promtool check metrics`, and the dashboard and alert rules are valid
 //! (`promtool check rules`, `promtool test rules`) and use only metric names Spillway exports.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

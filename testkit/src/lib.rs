@@ -4,7 +4,6 @@
 //! Every child is spawned from one long-lived helper thread under
 //! `setpriv --pdeathsig SIGKILL`, so the kernel kills it if the test process dies without
 //! running Drop (SIGKILL, abort, `process::exit`).
-#![allow(dead_code)]
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -22,6 +21,7 @@ use tempfile::TempDir;
 pub mod faults;
 pub mod load;
 pub mod observe;
+pub mod procstat;
 pub mod trades;
 
 /// A port free on 127.0.0.1 for a server to listen on, below the kernel's ephemeral range: a
@@ -46,6 +46,35 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The repository's root (where `pipelines/`, `dashboards/` and `scripts/` are).
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the repository")
+        .to_path_buf()
+}
+
+/// The `spillway` binary under test: `SPILLWAY_BIN` when set (another build, e.g. the commit
+/// before a change, to benchmark two builds one after the other), else the one cargo built beside
+/// the running test or bench (`target/<profile>/spillway`, next to its `deps/`).
+pub fn spillway_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SPILLWAY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("spillway");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it (cargo test and cargo bench do)",
+        bin.display()
+    );
+    bin
 }
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
@@ -420,7 +449,8 @@ pub struct Spillway {
     pub metrics_port: u16,
     proc: Proc,
     log_path: PathBuf,
-    dir: TempDir,
+    /// Holds the config and the log until the test ends.
+    _dir: TempDir,
 }
 
 impl Spillway {
@@ -448,10 +478,9 @@ impl Spillway {
         ];
         // SPILLWAY_BIN runs another build (e.g. the commit before a change), so that two builds
         // can be benchmarked one after the other on the same machine.
-        let bin = std::env::var("SPILLWAY_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_spillway").to_string());
+        let bin = spillway_bin().display().to_string();
         let child = spawn(&bin, &args, |c| {
-            c.current_dir(env!("CARGO_MANIFEST_DIR"));
+            c.current_dir(repo_dir());
             c.stdout(log_file(&log_path)).stderr(log_file(&log_path));
             if std::env::var_os("RUST_LOG").is_none() {
                 c.env("RUST_LOG", "info");
@@ -463,7 +492,7 @@ impl Spillway {
             metrics_port,
             proc,
             log_path,
-            dir,
+            _dir: dir,
         }
     }
 

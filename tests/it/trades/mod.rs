@@ -5,8 +5,6 @@
 //! input to `dead_letters` (bad_input.rs).
 
 mod bad_input;
-#[path = "../common/mod.rs"]
-mod common;
 mod stack;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,15 @@
+//! Spillway's end-to-end tests, one test binary (each file below used to be a binary of its own,
+//! and every binary linked the whole crate). Every test starts real servers (redis-server,
+//! clickhouse-server, promtool, chdb's ClickHouse) and the real `spillway` binary through the
+//! harness in `testkit/`, on free loopback ports, and stops them afterwards.
+
+extern crate spillway_testkit as common;
+
+mod alerts;
+mod faults;
+mod harness;
+mod modern_clickhouse;
+mod observability;
+mod prometheus_e2e;
+mod simulate;
+mod trades;
