@@ -62,7 +62,12 @@ fn ping(name: String, client: fred::prelude::Client) -> (String, Check) {
         name,
         Arc::new(move || {
             let c = client.clone();
-            Box::pin(async move { c.ping::<String>(None).await.is_ok() })
+            Box::pin(async move {
+                c.ping::<String>(None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| "unreachable".to_string())
+            })
         }),
     )
 }
@@ -133,6 +138,14 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
                     format!("redis {} ({})", def.log_instance, p.name),
                     log_client,
                 ));
+                let stall = source.stall();
+                checks.push((
+                    format!("pipeline {}", p.name),
+                    Arc::new(move || {
+                        let verdict = stall.publish();
+                        Box::pin(async move { verdict })
+                    }),
+                ));
                 streams.push(source);
             }
         }
@@ -143,7 +156,13 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
         "clickhouse".into(),
         Arc::new(move || {
             let s = ping_sink.clone();
-            Box::pin(async move { s.ping().await })
+            Box::pin(async move {
+                if s.ping().await {
+                    Ok(())
+                } else {
+                    Err("unreachable".to_string())
+                }
+            })
         }),
     ));
 

@@ -210,4 +210,27 @@ mod tests {
         let e = parse(Path::new("t.toml"), "name = \"a\"\nsource = \"kafka\"\n").unwrap_err();
         assert!(e.to_string().contains("source"));
     }
+
+    #[test]
+    fn stream_stall_after_defaults_parses_and_is_checked() {
+        let shipped = include_str!("../pipelines/trades.toml");
+        let stall_after = |text: &str| match parse(Path::new("t.toml"), text).map(|p| p.source) {
+            Ok(Source::Stream(s)) => Ok(s.stall_after_secs),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(stall_after(shipped), Ok(120));
+        let without: String = shipped
+            .lines()
+            .filter(|l| !l.starts_with("stall_after_secs"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(stall_after(&without), Ok(120), "the default");
+        assert_eq!(
+            stall_after(&format!("{without}stall_after_secs = 7\n")),
+            Ok(7)
+        );
+        let e = stall_after(&format!("{without}stall_after_secs = 0\n")).unwrap_err();
+        assert!(e.contains("stall_after_secs"), "{e}");
+    }
 }

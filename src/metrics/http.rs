@@ -1,5 +1,5 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (every
-//! dependency answers).
+//! dependency answers and no stream pipeline is stalled).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,8 +14,11 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-/// A readiness check: resolves to true when a dependency answers.
-pub(crate) type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+/// A readiness check: resolves to Ok when a dependency answers (or a pipeline moves), else to
+/// the reason, shown in the `/readyz` body.
+pub(crate) type Check = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send>> + Send + Sync,
+>;
 
 #[derive(Clone)]
 struct AppState {
@@ -87,13 +90,13 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     let mut body = String::new();
     let mut ok = true;
     for (name, check) in s.checks.iter() {
-        let up = tokio::time::timeout(Duration::from_secs(2), check())
+        let verdict = tokio::time::timeout(Duration::from_secs(2), check())
             .await
-            .unwrap_or(false);
-        ok &= up;
+            .unwrap_or_else(|_| Err("unreachable (no answer in 2 s)".into()));
+        ok &= verdict.is_ok();
         body.push_str(&format!(
             "{name} {}\n",
-            if up { "ok" } else { "unreachable" }
+            verdict.err().as_deref().unwrap_or("ok")
         ));
     }
     (

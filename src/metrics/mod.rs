@@ -48,6 +48,10 @@ pub(crate) const STREAM_ENTRIES: &str = "spillway_stream_entries_total";
 pub(crate) const STREAM_ACKED: &str = "spillway_stream_acked_total";
 /// Stream entries claimed from other consumers (XAUTOCLAIM), by pipeline.
 pub(crate) const STREAM_CLAIMED: &str = "spillway_stream_claimed_total";
+/// Consumer groups created again because the stream or the group was gone, by pipeline.
+pub(crate) const STREAM_GROUP_RECREATED: &str = "spillway_stream_group_recreated_total";
+/// 1 while a stream pipeline is stalled (work waits, no progress for `stall_after_secs`).
+pub(crate) const PIPELINE_STALLED: &str = "spillway_pipeline_stalled";
 /// Consumer-group lag (entries not yet delivered), by pipeline.
 pub(crate) const STREAM_LAG: &str = "spillway_stream_lag_entries";
 /// Entries delivered but not acknowledged, by pipeline.
@@ -191,6 +195,14 @@ fn describe() {
     describe_counter!(
         STREAM_CLAIMED,
         "Stream entries claimed from consumers that stopped (XAUTOCLAIM)."
+    );
+    describe_counter!(
+        STREAM_GROUP_RECREATED,
+        "Consumer groups created again (XGROUP CREATE ... MKSTREAM at start_id) because the stream or the group was gone: Redis restarted empty or the stream was deleted. Entries of the old stream not yet read were lost with it."
+    );
+    describe_gauge!(
+        PIPELINE_STALLED,
+        "1 while a stream pipeline is stalled: entries wait (lag + pending > 0) or reads fail, and none was acknowledged for stall_after_secs; /readyz then fails with the reason. Else 0."
     );
     describe_gauge!(
         STREAM_LAG,

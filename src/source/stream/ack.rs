@@ -112,12 +112,13 @@ async fn ack_once(
 }
 
 /// Every 5 s: the group's lag and pending entries (XINFO GROUPS) and the oldest pending entry's
-/// idle time (XPENDING), as gauges.
+/// idle time (XPENDING), as gauges; and the pipeline's stall state from the same figures.
 pub(super) async fn watch_group(
     ctl: Client,
     def: StreamSource,
     name: String,
     cancel: CancellationToken,
+    stall: Arc<super::stall::Stall>,
 ) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -125,12 +126,19 @@ pub(super) async fn watch_group(
             _ = cancel.cancelled() => return,
             _ = every.tick() => {}
         }
-        if let Ok(v) = ctl.xinfo_groups::<Value, _>(def.stream.as_str()).await {
-            if let Some((lag, pending)) = super::entries::group_figures(&v, &def.group) {
+        let info = ctl.xinfo_groups::<Value, _>(def.stream.as_str()).await;
+        if let Ok(v) = &info {
+            if let Some((lag, pending)) = super::entries::group_figures(v, &def.group) {
                 metrics::gauge!(m::STREAM_LAG, "pipeline" => name.clone()).set(lag as f64);
                 metrics::gauge!(m::STREAM_PENDING, "pipeline" => name.clone()).set(pending as f64);
             }
         }
+        // The stall state; figures of a stream or group that is gone are unknown (the reader
+        // creates the group again).
+        stall.observe(
+            info.ok()
+                .and_then(|v| super::stall::Figures::of(&v, &def.group)),
+        );
         let oldest: std::result::Result<Value, Error> = ctl
             .xpending(def.stream.as_str(), def.group.as_str(), ("-", "+", 1))
             .await;

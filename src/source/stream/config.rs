@@ -32,6 +32,10 @@ pub struct StreamSource {
     /// Entries pending longer than this (a dead consumer's) are claimed, s.
     #[serde(default = "default_claim")]
     pub claim_idle_secs: u64,
+    /// The pipeline is stalled (not ready, `spillway_pipeline_stalled` 1) when entries have
+    /// waited this long with none acknowledged, or reads have failed this long, s.
+    #[serde(default = "default_stall_after")]
+    pub stall_after_secs: u64,
     /// Events archived as rows of `trades`; other events are acknowledged and counted.
     pub archive_events: Vec<String>,
     /// Events that move the execution log (a subset of `archive_events`).
@@ -66,6 +70,9 @@ fn default_block() -> u64 {
 fn default_claim() -> u64 {
     60
 }
+fn default_stall_after() -> u64 {
+    120
+}
 fn default_grace() -> u64 {
     300
 }
@@ -86,6 +93,9 @@ impl StreamSource {
         }
         if self.count == 0 || self.block_ms == 0 {
             return Err("`count` and `block_ms` must be greater than 0".into());
+        }
+        if self.stall_after_secs == 0 {
+            return Err("`stall_after_secs` must be greater than 0 (default 120)".into());
         }
         if let Some(e) = self
             .move_log_on

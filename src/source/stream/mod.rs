@@ -11,8 +11,11 @@
 mod ack;
 pub(crate) mod config;
 pub(crate) mod entries;
+mod group;
+pub(crate) mod stall;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +30,7 @@ use crate::source::{Endpoint, Result};
 use ack::{acknowledge, watch_group, AckWork};
 use config::StreamSource;
 use entries::{parse_entries, Entry, LogRead, RecentMoves};
+use stall::Stall;
 
 /// A connected stream pipeline.
 pub(crate) struct Stream {
@@ -38,6 +42,9 @@ pub(crate) struct Stream {
     logs: Client,
     tx: mpsc::Sender<Record>,
     inflight: Arc<Mutex<HashSet<String>>>,
+    stall: Arc<Stall>,
+    /// Times the consumer group was created again (its own pending list went with it).
+    regrouped: AtomicU64,
 }
 
 impl Stream {
@@ -72,6 +79,8 @@ impl Stream {
             }
         }
         tracing::info!(pipeline = name, endpoint = ?endpoint, stream = %def.stream, consumer = %def.consumer, "stream source ready");
+        metrics::counter!(m::STREAM_GROUP_RECREATED, "pipeline" => name.to_string()).increment(0);
+        let stall = Arc::new(Stall::new(name, Duration::from_secs(def.stall_after_secs)));
         Ok(Stream {
             name: name.to_string(),
             def,
@@ -81,7 +90,14 @@ impl Stream {
             logs,
             tx,
             inflight: Default::default(),
+            stall,
+            regrouped: AtomicU64::new(0),
         })
+    }
+
+    /// The pipeline's stall state, for the readiness check.
+    pub(crate) fn stall(&self) -> Arc<Stall> {
+        self.stall.clone()
     }
 
     /// Clients for readiness checks.
@@ -107,6 +123,7 @@ impl Stream {
             self.def.clone(),
             self.name.clone(),
             cancel.clone(),
+            self.stall.clone(),
         ));
         let mut closes = match self.subscribe_closes(&cancel).await {
             Ok(rx) => rx,
@@ -130,9 +147,15 @@ impl Stream {
         let mut own = Some("0".to_string());
         let claim_every = Duration::from_secs(self.def.claim_idle_secs.max(1));
         let mut next_claim = tokio::time::Instant::now();
+        let mut regrouped = 0;
         loop {
             if cancel.is_cancelled() {
                 break;
+            }
+            if self.regrouped.load(Ordering::Relaxed) != regrouped {
+                // A new group: this consumer has no pending list in it any more.
+                regrouped = self.regrouped.load(Ordering::Relaxed);
+                own = None;
             }
             let mut read = Vec::new();
             while read.len() < self.def.count as usize {
@@ -200,11 +223,41 @@ impl Stream {
             r = call => r,
         };
         match reply {
-            Ok(v) => Some(self.fresh(parse_entries(v))),
+            Ok(v) => {
+                self.stall.read_ok();
+                Some(self.fresh(parse_entries(v)))
+            }
+            Err(e) if group::is_gone(&e) => {
+                self.regroup(cancel).await;
+                None
+            }
             Err(e) => {
+                self.stall.read_failed(&e.to_string());
                 tracing::warn!(pipeline = %self.name, error = %e, "XREADGROUP failed; retrying");
                 pause(cancel, Duration::from_millis(500)).await;
                 None
+            }
+        }
+    }
+
+    /// Creates the consumer group again after a read found it gone; after an error, logged
+    /// and paused, the next read tries again.
+    async fn regroup(&self, cancel: &CancellationToken) {
+        let created = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            r = group::recreate(&self.ctl, &self.def, &self.name) => r,
+        };
+        match created {
+            Ok(_) => {
+                self.regrouped.fetch_add(1, Ordering::Relaxed);
+                self.stall.recreated();
+            }
+            Err(e) => {
+                self.stall
+                    .read_failed(&format!("NOGROUP, and XGROUP CREATE failed: {e}"));
+                tracing::warn!(pipeline = %self.name, error = %e, "the consumer group is gone and creating it again failed; retrying");
+                pause(cancel, Duration::from_millis(500)).await;
             }
         }
     }
@@ -228,8 +281,13 @@ impl Stream {
                 )
                 .await;
             let Ok(Value::Array(mut parts)) = reply else {
-                if let Err(e) = reply {
-                    tracing::warn!(pipeline = %self.name, error = %e, "XAUTOCLAIM failed");
+                match reply {
+                    Err(e) if group::is_gone(&e) => self.regroup(cancel).await,
+                    Err(e) => {
+                        self.stall.read_failed(&e.to_string());
+                        tracing::warn!(pipeline = %self.name, error = %e, "XAUTOCLAIM failed");
+                    }
+                    Ok(_) => {}
                 }
                 break;
             };

@@ -2,10 +2,14 @@
 //! closes trades on the `trade_results` stream of a separate RTRS redis-server; the real spillway
 //! binary moves every log into a real clickhouse-server exactly once (under FINAL), removes the
 //! RLS keys and acknowledges the stream, through SIGKILL and a ClickHouse outage, and sends bad
-//! input to `dead_letters` (bad_input.rs).
+//! input to `dead_letters` (bad_input.rs); the stream and its group lost to an empty RTRS
+//! restart or a `DEL` (restart.rs); a stalled pipeline seen in `/readyz` and `/metrics`
+//! (stall.rs).
 
 mod bad_input;
+mod restart;
 mod stack;
+mod stall;
 
 use std::time::{Duration, Instant};
 

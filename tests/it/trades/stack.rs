@@ -28,18 +28,24 @@ impl Stack {
 
     /// Like `start`, with `batch` lines added to the `[batch]` table.
     pub(super) async fn start_with(db: &str, batch: &str) -> Stack {
+        Self::start_config(db, "", batch).await
+    }
+
+    /// Like `start_with`, with `top` lines (top-level keys, e.g. `pipelines_dir`) first.
+    pub(super) async fn start_config(db: &str, top: &str, batch: &str) -> Stack {
         let (rls, rtrs, ch) = (
             RedisServer::start(),
             RedisServer::start_with(&["--notify-keyspace-events", ""]),
             ClickHouseServer::start(),
         );
-        let toml = trades::config_toml(
-            &rls,
-            &rtrs,
-            &ch,
-            db,
-            &format!("max_delay_ms = 200\n{batch}"),
-        );
+        let toml = top.to_string()
+            + &trades::config_toml(
+                &rls,
+                &rtrs,
+                &ch,
+                db,
+                &format!("max_delay_ms = 200\n{batch}"),
+            );
         let sp = Spillway::start(&toml);
         sp.wait_ready(WAIT).await;
         let db = db.to_string();
