@@ -27,7 +27,7 @@ const FLOOD: u64 = 15_000;
 const PAUSE: Duration = Duration::from_millis(6500);
 
 /// Alerts whose condition does not hold in this test, with queries of the series they read.
-const QUIET: [(&str, &[&str]); 6] = [
+const QUIET: [(&str, &[&str]); 8] = [
     // Spillway is up: the scrape health exists.
     ("SpillwayDown", &["up{job=\"spillway\"} == 1"]),
     // Batches commit every 200 ms here; a 60 s lag would make the test last minutes.
@@ -66,6 +66,17 @@ const QUIET: [(&str, &[&str]); 6] = [
             "max_over_time(spillway_stream_pending_entries{pipeline=\"trades\"}[5m]) > 0",
             "max_over_time(spillway_stream_oldest_pending_seconds{pipeline=\"trades\"}[5m]) > 0",
         ],
+    ),
+    // Stalled takes stall_after_secs (120 s) of waiting; the gauge is there and reads 0
+    // (tests/it/trades/stall.rs shows it at 1).
+    (
+        "PipelineStalled",
+        &["spillway_pipeline_stalled{pipeline=\"trades\"} == 0"],
+    ),
+    // The stream is never lost here (tests/it/trades/restart.rs loses it); the counter is there.
+    (
+        "StreamGroupRecreated",
+        &["spillway_stream_group_recreated_total{pipeline=\"trades\"} == 0"],
     ),
 ];
 
@@ -161,7 +172,7 @@ async fn prometheus_evaluates_every_panel_and_rule() {
     })
     .await;
     let rules = rule_queries(&prom).await;
-    assert_eq!(rules.len(), 13, "{rules:?}");
+    assert_eq!(rules.len(), 15, "{rules:?}");
 
     // An undecodable value (Latin-1 text: a dead letter), committed: the writer is idle.
     let latin1 = vec![(String::from("alert:bad"), b"f\xfcr".to_vec())];
