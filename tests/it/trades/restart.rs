@@ -16,6 +16,14 @@ use super::stack::{report, Stack, ACKED, WAIT};
 /// Consumer groups created again.
 const RECREATED: &str = "spillway_stream_group_recreated_total{pipeline=\"trades\"}";
 
+/// Lines of spillway's log that report a recreated group (one WARN per recreation).
+fn recreation_warnings(s: &Stack) -> usize {
+    s.sp.log()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("consumer group created again"))
+        .count()
+}
+
 /// One attempt at adding the closes of `trades` to the stream, on a fresh connection that
 /// does not reconnect, within 3 s.
 async fn try_close(url: &str, trades: &[Trade]) -> Result<(), Error> {
@@ -195,6 +203,7 @@ async fn empty_rtrs_restart_under_load_moves_every_later_close() {
     assert_eq!(f.trades, must.len() as u64 + moved_unsure);
     assert_eq!(f.dead_letters, 0);
     assert_eq!(s.metric(RECREATED).await, 1, "{RECREATED}");
+    assert_eq!(recreation_warnings(&s), 1, "one WARN per recreation");
     s.sp.wait_ready(Duration::from_secs(5)).await;
 }
 
@@ -219,4 +228,5 @@ async fn stream_deleted_by_an_operator_then_closes_move() {
     })
     .await;
     assert_eq!(s.metric(RECREATED).await, 1, "{RECREATED}");
+    assert_eq!(recreation_warnings(&s), 1, "one WARN per recreation");
 }
