@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod stack;
+mod take;
 
 use std::time::{Duration, Instant};
 
