@@ -263,3 +263,131 @@ fn count_foreign(ctx: &Ctx<'_>, n: u32) {
             .increment(u64::from(n));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{parse, Source};
+    use crate::rows::Table;
+    use crate::source::stream::take::STAGING;
+
+    fn def(extra: &str) -> StreamSource {
+        let text = format!(
+            "{}\n{extra}\n",
+            include_str!("../../../pipelines/trades.toml")
+        );
+        match parse(std::path::Path::new("trades.toml"), &text)
+            .unwrap()
+            .source
+        {
+            Source::Stream(s) => s,
+            _ => panic!("not a stream pipeline"),
+        }
+    }
+
+    fn taken() -> Taken {
+        let key = "trade_execution:T1".to_string();
+        Taken {
+            staging: side_key(&key, STAGING, "1-0"),
+            key,
+            take_id: "1-0".into(),
+            trade_id: "T1".into(),
+            stream_id: "1-0".into(),
+        }
+    }
+
+    fn entry(seq: u32) -> Bytes {
+        Bytes::from(
+            rmp_serde::to_vec_named(&serde_json::json!({"seq": seq, "pad": "x".repeat(20)}))
+                .unwrap(),
+        )
+    }
+
+    fn tables(records: &[Record]) -> Vec<Table> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Row(row) => Some(row.table),
+                Record::Ack(_) => None,
+            })
+            .collect()
+    }
+
+    /// Reads a LIST of `len` entries the way the row builder does, page by page.
+    fn run(d: &StreamSource, len: u64) -> (Vec<Record>, LogAck, u64) {
+        let ctx = Ctx {
+            name: "trades",
+            instance: "rls",
+            def: d,
+            now: 1,
+        };
+        let all: Vec<Bytes> = (0..len as u32).map(entry).collect();
+        let mut c = Cursor::new(taken(), len, d);
+        let mut out = Vec::new();
+        while !c.done() {
+            let to = c.page_end(d);
+            c.consume(&all[c.next as usize..to as usize], &ctx, &mut out);
+        }
+        let next = c.next;
+        let ack = c.finish(&ctx, &mut out);
+        (out, ack, next)
+    }
+
+    #[test]
+    fn a_log_within_the_limits_is_read_in_pages_and_removed() {
+        let d = def("log_page_entries = 3");
+        let (out, ack, next) = run(&d, 10);
+        assert_eq!((out.len(), next), (10, 10));
+        assert!(matches!(ack, LogAck::Remove { .. }));
+    }
+
+    #[test]
+    fn over_the_entry_limit_the_rest_is_kept_or_dead_lettered() {
+        let keep = def("log_page_entries = 3\nlog_max_entries = 7");
+        let (out, ack, next) = run(&keep, 10);
+        assert_eq!((out.len(), next), (7, 7));
+        let overflow = side_key("trade_execution:T1", super::OVERFLOW, "1-0");
+        assert_eq!(
+            ack,
+            LogAck::Park {
+                staging: taken().staging,
+                overflow,
+                archived: 7
+            }
+        );
+        let dead = def("log_max_entries = 7\nlog_over_limit = \"dead_letter\"");
+        let (out, ack, _) = run(&dead, 10);
+        let t = tables(&out);
+        assert_eq!(t.len(), 8);
+        assert_eq!(t[7], Table::DeadLetters);
+        assert!(matches!(ack, LogAck::Remove { .. }));
+    }
+
+    #[test]
+    fn over_the_byte_limit_reading_stops() {
+        let one = entry(0).len() as u64;
+        let d = def(&format!(
+            "log_page_entries = 4\nlog_max_bytes = {}",
+            one * 5 + 1
+        ));
+        let (out, ack, next) = run(&d, 10);
+        assert_eq!((out.len(), next), (5, 5));
+        assert!(matches!(ack, LogAck::Park { archived: 5, .. }));
+    }
+
+    #[test]
+    fn a_string_over_the_byte_limit_is_not_split() {
+        let d = def("log_max_bytes = 10\nlog_over_limit = \"dead_letter\"");
+        let ctx = Ctx {
+            name: "trades",
+            instance: "rls",
+            def: &d,
+            now: 1,
+        };
+        let mut out = Vec::new();
+        let value = Bytes::from_static(b"a plain text log longer than ten bytes");
+        let (ack, n) = string_log(taken(), value.len() as u64, &value, &ctx, &mut out);
+        assert_eq!((n, tables(&out)), (0, vec![Table::DeadLetters]));
+        assert!(matches!(ack, LogAck::Remove { .. }));
+    }
+}
