@@ -1,4 +1,4 @@
-//! The command line: `spillway run` and `spillway check-config`.
+//! The command line: `spillway run`, `check-config`, `schema` and `simulate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

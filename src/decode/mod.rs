@@ -127,6 +127,39 @@ pub fn decode_msgpack_map(bytes: &[u8]) -> Result<Map<String, Value>> {
     decode_msgpack_fields(bytes, &[]).map(Fields::into_map)
 }
 
+/// A value of an execution log decoded: the maps it holds (one, or an array of them) or text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogValue {
+    /// The fields of each map or object, in order.
+    Maps(Format, Vec<Fields>),
+    /// Plain text, kept whole.
+    Text(String),
+}
+
+/// Decodes a value of an execution log, which the platform writes in every form: a MessagePack
+/// map or array of maps, a JSON object or array of objects, or plain UTF-8 text. Like an alert,
+/// a value is MessagePack only if it decodes completely; text that is not a JSON object or an
+/// array of objects is text. Bytes that are none of these are an error naming why.
+pub fn decode_log_value(bytes: &[u8], names: &'static [&'static str]) -> Result<LogValue> {
+    if let Ok(items) = decode_msgpack_array_of_fields(bytes, names) {
+        return Ok(LogValue::Maps(Format::MsgPack, items));
+    }
+    match decode_value_fields(bytes, names)? {
+        Decoded::Object(format, fields) => Ok(LogValue::Maps(format, vec![fields])),
+        Decoded::Text(text) => {
+            if text.trim_start().starts_with('[') {
+                let mut de = serde_json::Deserializer::from_str(&text);
+                if let Ok(items) = ArraySeed(names).deserialize(&mut de) {
+                    if de.end().is_ok() {
+                        return Ok(LogValue::Maps(Format::Json, items));
+                    }
+                }
+            }
+            Ok(LogValue::Text(text))
+        }
+    }
+}
+
 /// Decodes bytes that must be exactly one MessagePack map, taking the fields `names` out.
 pub fn decode_msgpack_fields(bytes: &[u8], names: &'static [&'static str]) -> Result<Fields> {
     decode_msgpack_with(bytes, FieldsSeed(names), "MessagePack value is not a map")

@@ -55,8 +55,8 @@ proptest! {
         let _ = decode_msgpack_map(&bytes);
         let _ = decode_msgpack_array_of_maps(&bytes);
         let _ = crate::rows::trade::trade_row("t", "closed", Some(&bytes), "1-0", 0);
-        let _ = crate::rows::trade::execution_row("t", "k", 0, &bytes, 0);
-        let _ = crate::rows::trade::string_log_rows("t", "k", &bytes, 0);
+        let origin = crate::rows::trade::LogOrigin { trade_id: "t", take_id: "1-0", key: "k", now: 0 };
+        let _ = crate::rows::trade::log_value_rows(origin, &bytes, 0);
         let _ = crate::source::stream::entries::close_message(bytes::Bytes::from(bytes.clone()));
     }
 

@@ -66,8 +66,20 @@ pub(crate) const LOGS_MISSING: &str = "spillway_logs_missing_total";
 pub(crate) const LOGS_ALREADY_MOVED: &str = "spillway_logs_already_moved_total";
 /// Log keys removed (or given their grace expiry) after commit, by pipeline.
 pub(crate) const LOG_KEYS_REMOVED: &str = "spillway_log_keys_removed_total";
-/// Logs that grew between reading and removal (the new entries are kept in Redis), by pipeline.
-pub(crate) const LOGS_CHANGED: &str = "spillway_logs_changed_total";
+/// Logs written again by the platform after Spillway took them (the new key stays in Redis for
+/// the next close), by pipeline.
+pub(crate) const LOGS_WRITTEN_AFTER_TAKE: &str = "spillway_logs_written_after_take_total";
+/// Logs found staged at start by an earlier run and archived, by pipeline.
+pub(crate) const LOGS_RECOVERED: &str = "spillway_logs_recovered_total";
+/// Logs over `log_max_entries` or `log_max_bytes`, by pipeline and action (`kept`, `dead_letter`).
+pub(crate) const LOGS_OVER_LIMIT: &str = "spillway_logs_over_limit_total";
+/// Entries past the limits (a STRING counts one), by pipeline and action.
+pub(crate) const LOG_ENTRIES_OVER_LIMIT: &str = "spillway_log_entries_over_limit_total";
+/// Log entries whose own `trade_id` named another trade than their key (kept in `extra`), by
+/// pipeline.
+pub(crate) const LOG_FOREIGN_TRADE_IDS: &str = "spillway_log_foreign_trade_ids_total";
+/// Acknowledgement commands Redis refused (counted, not retried), by pipeline.
+pub(crate) const ACK_REFUSED: &str = "spillway_ack_refused_total";
 /// Close messages received on the pub/sub channel, by pipeline.
 pub(crate) const PUBSUB_CLOSES: &str = "spillway_pubsub_closes_total";
 /// Close messages dropped (subscriber lagging or queue full), by pipeline.
@@ -228,11 +240,31 @@ fn describe() {
     );
     describe_counter!(
         LOG_KEYS_REMOVED,
-        "Execution log keys removed (or expired) after commit."
+        "Staging keys of execution logs released after commit (deleted, expired, or parked over the limits)."
     );
     describe_counter!(
-        LOGS_CHANGED,
-        "Execution logs that grew after they were read; the new entries stay in Redis."
+        LOGS_WRITTEN_AFTER_TAKE,
+        "Execution logs the platform wrote again after Spillway took them; the new key stays in Redis for the next close."
+    );
+    describe_counter!(
+        LOGS_RECOVERED,
+        "Execution logs found staged at start (left by an earlier run) and archived."
+    );
+    describe_counter!(
+        LOGS_OVER_LIMIT,
+        "Execution logs over log_max_entries or log_max_bytes, by what was done with the rest (kept in Redis or dead-lettered)."
+    );
+    describe_counter!(
+        LOG_ENTRIES_OVER_LIMIT,
+        "Execution log entries past the limits (a STRING log counts one), by what was done with them."
+    );
+    describe_counter!(
+        LOG_FOREIGN_TRADE_IDS,
+        "Execution log entries whose own trade_id named another trade than their key; the field is kept in extra."
+    );
+    describe_counter!(
+        ACK_REFUSED,
+        "Acknowledgement commands Redis refused; counted and not retried."
     );
     describe_counter!(
         PUBSUB_CLOSES,

@@ -219,7 +219,16 @@ mod tests {
             received_at_ms: 6,
         };
         let trade = crate::rows::trade::trade_row("T", "closed", None, "1-0", 7).unwrap();
-        let exec = crate::rows::trade::execution_row("T", "k", 0, &raw, 8).unwrap();
+        let origin = crate::rows::trade::LogOrigin {
+            trade_id: "T",
+            take_id: "1-0",
+            key: "k",
+            now: 8,
+        };
+        let mut execs = crate::rows::trade::log_value_rows(origin, &raw, 0)
+            .unwrap()
+            .rows;
+        let exec = execs.remove(0);
         let records = [
             Record::alert(alert),
             Record::alert_event(event),

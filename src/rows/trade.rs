@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 use crate::decode::{
-    decode_msgpack_array_of_fields, decode_msgpack_fields, DecodeError, Fields, Flat, TakeFields,
+    decode_log_value, decode_msgpack_fields, DecodeError, Fields, Flat, Format, LogValue,
+    TakeFields,
 };
 
 /// A closed (or rejected) trade (`trades`), identified by `trade_id`.
@@ -99,48 +100,62 @@ impl Serialize for LogState {
     }
 }
 
-/// One entry of a trade's execution log (`trade_executions`), identified by `trade_id, seq`;
-/// its text borrowed from the entry's bytes where it can be.
+/// One entry of a trade's execution log (`trade_executions`), identified by the trade, the take
+/// that moved it out of Redis and its position in what was taken (`trade_id, take_id,
+/// position`): two entries are never one row, whatever their fields say, and the same take
+/// archived again (a retry, a redelivered close, a restart) gives the same rows. Text is
+/// borrowed from the entry's bytes where it can be.
 #[derive(Debug, Clone, clickhouse::Row, Serialize)]
 pub struct TradeExecutionRow<'a> {
-    /// The trade (the entry's field, or the key's).
+    /// The trade, from the log's key (never from an entry's field).
     pub trade_id: Cow<'a, str>,
-    /// The entry's `seq`, or its position in the log.
+    /// The take that moved the log: the `trade_results` entry id of the close (or the id
+    /// Spillway gave a close that came over pub/sub).
+    pub take_id: Cow<'a, str>,
+    /// Position of the row in the taken log (0-based; a value holding an array of entries
+    /// gives one position per entry).
+    pub position: u32,
+    /// The entry's `seq`, or its position when it has none.
     pub seq: i64,
     /// The entry's `ts_ms`, or 0.
     pub ts_ms: i64,
-    /// Entry fields.
+    /// The known fields of an entry, as the platform writes them: `step` (order_sent,
+    /// partial_fill, filled, ...), `instance_id`, `account_id`, `symbol`, `side`, `volume`
+    /// (lots), `price`, `sl`, `tp`, `order_ticket`, `deal_ticket`, `retcode`, `latency_us`,
+    /// `comment`; empty or null when absent.
     pub step: Cow<'a, str>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub instance_id: Cow<'a, str>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub account_id: Cow<'a, str>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub symbol: Cow<'a, str>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub side: Cow<'a, str>,
-    /// Lots.
+    #[allow(missing_docs)]
     pub volume: Option<f64>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub price: Option<f64>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub sl: Option<f64>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub tp: Option<f64>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub order_ticket: Option<i64>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub deal_ticket: Option<i64>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub retcode: Option<i64>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub latency_us: Option<i64>,
-    /// Entry fields.
+    #[allow(missing_docs)]
     pub comment: Cow<'a, str>,
+    /// A plain-text entry, whole (empty for maps and objects).
+    pub text: Cow<'a, str>,
     /// Other fields, as a JSON object text.
     pub extra: String,
-    /// Position of the entry in the log (0-based).
-    pub position: u32,
+    /// `msgpack`, `json` or `text`.
+    pub format: &'static str,
     /// The Redis key it was moved from.
     pub source_key: Cow<'a, str>,
     /// When Spillway archived it (epoch ms).
@@ -244,37 +259,86 @@ fn trade_from_fields<'a>(
     }
 }
 
-/// Makes the `trade_executions` row of one log entry at `position`. An entry of scalars (the
-/// usual shape) is read in place ([`Flat`]); any other goes through the general decoder.
-pub fn execution_row<'a>(
-    trade_id: &'a str,
-    key: &'a str,
-    position: u32,
-    entry: &'a [u8],
-    now: i64,
-) -> Result<TradeExecutionRow<'a>, DecodeError> {
-    if let Some(fields) = Flat::map(entry, EXECUTION_FIELDS) {
-        return Ok(execution_from_fields(trade_id, key, position, fields, now));
-    }
-    let fields = decode_msgpack_fields(entry, EXECUTION_FIELDS)?;
-    Ok(execution_from_fields(trade_id, key, position, fields, now))
+/// Where the rows of a taken execution log come from.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOrigin<'a> {
+    /// The trade, from the key.
+    pub trade_id: &'a str,
+    /// The take that moved the log (see [`TradeExecutionRow::take_id`]).
+    pub take_id: &'a str,
+    /// The log's key.
+    pub key: &'a str,
+    /// When it is archived (epoch ms).
+    pub now: i64,
 }
 
-fn execution_from_fields<'a>(
-    trade_id: &'a str,
-    key: &'a str,
+/// The rows of one value of a taken log.
+#[derive(Debug, Default)]
+pub struct LogRows<'a> {
+    /// One per entry, positions counted on from where the caller was.
+    pub rows: Vec<TradeExecutionRow<'a>>,
+    /// Entries whose own `trade_id` field names another trade (kept in `extra`).
+    pub foreign_trade_ids: u32,
+}
+
+/// The rows of one value of a taken log (a LIST item, or a whole STRING), numbered from
+/// `position`. A value is one entry (a MessagePack map, a JSON object, plain text) or several
+/// (a MessagePack array of maps, a JSON array of objects). Maps of scalars, the usual shape, are
+/// read in place ([`Flat`]); the rest through the general decoder, whose error names why a
+/// value cannot be archived.
+pub fn log_value_rows<'a>(
+    o: LogOrigin<'a>,
+    value: &'a [u8],
     position: u32,
+) -> Result<LogRows<'a>, DecodeError> {
+    let mut next = position;
+    let rows = if let Some(fields) = Flat::map(value, EXECUTION_FIELDS) {
+        vec![execution_row(o, next, Format::MsgPack, fields)]
+    } else if let Some(rows) = Flat::array(value, EXECUTION_FIELDS, |f| {
+        next += 1;
+        execution_row(o, next - 1, Format::MsgPack, f)
+    }) {
+        rows
+    } else {
+        match decode_log_value(value, EXECUTION_FIELDS)? {
+            LogValue::Maps(format, items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| execution_row(o, position + i as u32, format, f))
+                .collect(),
+            LogValue::Text(text) => {
+                let (mut row, foreign) =
+                    execution_row(o, position, Format::Text, Fields::default());
+                row.text = Cow::Owned(text);
+                vec![(row, foreign)]
+            }
+        }
+    };
+    let mut out = LogRows {
+        rows: Vec::with_capacity(rows.len()),
+        foreign_trade_ids: 0,
+    };
+    for (row, foreign) in rows {
+        out.foreign_trade_ids += u32::from(foreign);
+        out.rows.push(row);
+    }
+    Ok(out)
+}
+
+/// The row of one entry whose fields are `f`; true when the entry's own `trade_id` names
+/// another trade than the key (the field is then kept in `extra`).
+fn execution_row<'a>(
+    o: LogOrigin<'a>,
+    position: u32,
+    format: Format,
     mut f: impl TakeFields<'a>,
-    now: i64,
-) -> TradeExecutionRow<'a> {
+) -> (TradeExecutionRow<'a>, bool) {
     let own_id = f.str("trade_id");
-    TradeExecutionRow {
-        trade_id: if own_id.is_empty() {
-            Cow::Borrowed(trade_id)
-        } else {
-            own_id
-        },
-        seq: f.int("seq").unwrap_or(position as i64),
+    let mut row = TradeExecutionRow {
+        trade_id: Cow::Borrowed(o.trade_id),
+        take_id: Cow::Borrowed(o.take_id),
+        position,
+        seq: f.int("seq").unwrap_or(i64::from(position)),
         ts_ms: f.int("ts_ms").unwrap_or(0),
         step: f.str("step"),
         instance_id: f.str("instance_id"),
@@ -290,44 +354,23 @@ fn execution_from_fields<'a>(
         retcode: f.int("retcode"),
         latency_us: f.int("latency_us"),
         comment: f.str("comment"),
+        text: Cow::Borrowed(""),
         extra: f.rest(),
-        position,
-        source_key: Cow::Borrowed(key),
-        archived_at_ms: now,
+        format: format.as_str(),
+        source_key: Cow::Borrowed(o.key),
+        archived_at_ms: o.now,
+    };
+    let foreign = !own_id.is_empty() && own_id != o.trade_id;
+    if foreign {
+        let mut extra: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&row.extra).unwrap_or_default();
+        extra.insert(
+            "trade_id".into(),
+            serde_json::Value::String(own_id.into_owned()),
+        );
+        row.extra = serde_json::Value::Object(extra).to_string();
     }
-}
-
-/// Splits a STRING log (one MessagePack map, or an array of maps) into its entries' rows.
-/// Returns the rows and, per undecodable entry, its position and error.
-pub fn string_log_rows<'a>(
-    trade_id: &'a str,
-    key: &'a str,
-    value: &'a [u8],
-    now: i64,
-) -> Result<Vec<TradeExecutionRow<'a>>, DecodeError> {
-    let row = |i, f| execution_from_fields(trade_id, key, i, f, now);
-    if let Some(fields) = Flat::map(value, EXECUTION_FIELDS) {
-        return Ok(vec![row(0, fields)]);
-    }
-    let mut position = 0;
-    let rows = Flat::array(value, EXECUTION_FIELDS, |f| {
-        position += 1;
-        row(position - 1, f)
-    });
-    if let Some(rows) = rows {
-        return Ok(rows);
-    }
-    match decode_msgpack_fields(value, EXECUTION_FIELDS) {
-        Ok(fields) => Ok(vec![execution_from_fields(trade_id, key, 0, fields, now)]),
-        Err(_) => {
-            let items = decode_msgpack_array_of_fields(value, EXECUTION_FIELDS)?;
-            Ok(items
-                .into_iter()
-                .enumerate()
-                .map(|(i, f)| execution_from_fields(trade_id, key, i as u32, f, now))
-                .collect())
-        }
-    }
+    (row, foreign)
 }
 
 #[cfg(test)]
@@ -359,24 +402,73 @@ mod tests {
         );
     }
 
+    fn rows(value: &[u8], position: u32) -> Result<LogRows<'_>, DecodeError> {
+        let o = LogOrigin {
+            trade_id: "T1",
+            take_id: "5-0",
+            key: "trade_execution:T1",
+            now: 5,
+        };
+        log_value_rows(o, value, position)
+    }
+
     #[test]
-    fn executions_from_entries_and_strings() {
+    fn executions_from_every_form() {
         let e = mp(json!({"seq": 3, "step": "filled", "price": 1.1, "order_ticket": 55, "x": 1}));
-        let r = execution_row("T1", "trade_execution:T1", 0, &e, 5).unwrap();
+        let r = &rows(&e, 0).unwrap().rows[0];
         assert_eq!(
             (r.seq, &*r.step, r.price, r.order_ticket),
             (3, "filled", Some(1.1), Some(55))
         );
         assert_eq!((&*r.trade_id, r.extra.as_str()), ("T1", r#"{"x":1}"#));
+        assert_eq!((&*r.take_id, r.format), ("5-0", "msgpack"));
         let modified = mp(json!({"step": "modified"}));
-        let no_seq = execution_row("T1", "k", 4, &modified, 5).unwrap();
-        assert_eq!(no_seq.seq, 4);
+        let no_seq = &rows(&modified, 4).unwrap().rows[0];
+        assert_eq!((no_seq.seq, no_seq.position), (4, 4));
+        // An array of maps: one row per map, positions counted on.
         let arr = mp(json!([{"seq": 1}, {"seq": 2, "step": "closed"}]));
-        let rows = string_log_rows("T1", "k", &arr, 5).unwrap();
-        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(rows.iter().map(|r| r.position).collect::<Vec<_>>(), [0, 1]);
-        assert_eq!(string_log_rows("T1", "k", &e, 5).unwrap().len(), 1);
-        assert!(string_log_rows("T1", "k", b"not msgpack", 5).is_err());
-        assert!(string_log_rows("T1", "k", &mp(json!([{"seq": 1}, 2])), 5).is_err());
+        let arr = rows(&arr, 7).unwrap();
+        assert_eq!(arr.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            arr.rows.iter().map(|r| r.position).collect::<Vec<_>>(),
+            [7, 8]
+        );
+        // The platform's JSON and text logs.
+        let json = rows(br#"{"seq": 9, "step": "filled", "venue": "x"}"#, 0).unwrap();
+        assert_eq!((json.rows[0].seq, json.rows[0].format), (9, "json"));
+        assert_eq!(json.rows[0].extra, r#"{"venue":"x"}"#);
+        let json_arr = rows(
+            br#"[{"step": "order_sent"}, {"step": "filled", "price": 2.5}]"#,
+            0,
+        );
+        let json_arr = json_arr.unwrap().rows;
+        assert_eq!(json_arr.len(), 2);
+        assert_eq!(
+            (&*json_arr[1].step, json_arr[1].price),
+            ("filled", Some(2.5))
+        );
+        let text = rows(b"Trade in progress", 0).unwrap().rows;
+        assert_eq!(
+            (&*text[0].text, text[0].format),
+            ("Trade in progress", "text")
+        );
+        assert_eq!(rows(b"[1, 2]", 0).unwrap().rows[0].text, "[1, 2]");
+        // Not decodable: MessagePack arrays of non-maps, bytes that are not text.
+        assert!(rows(&mp(json!([{"seq": 1}, 2])), 0).is_err());
+        assert!(rows(&[0xff, 0xfe, 0x80], 0).is_err());
+    }
+
+    #[test]
+    fn the_trade_id_comes_from_the_key() {
+        let e = mp(json!({"trade_id": "OTHER", "seq": 1}));
+        let r = rows(&e, 0).unwrap();
+        assert_eq!((&*r.rows[0].trade_id, r.foreign_trade_ids), ("T1", 1));
+        assert_eq!(r.rows[0].extra, r#"{"trade_id":"OTHER"}"#);
+        let same = mp(json!({"trade_id": "T1"}));
+        let same = rows(&same, 0).unwrap();
+        assert_eq!(
+            (same.foreign_trade_ids, same.rows[0].extra.as_str()),
+            (0, "{}")
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Trades as the platform writes them (CONTRACT.md): each execution step is appended to
+//! Trades as the platform writes them (docs/reference.md): each execution step is appended to
 //! `trade_execution:{trade_id}` on RLS as it happens (`RPUSH` of a MessagePack map; one trade
 //! in ten keeps its log as a STRING, rewritten at each step: one map, then an array of maps),
 //! and the outcome is `XADD trade_results * trade_id T event E payload P` on RTRS: `closed`

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::*;
 use crate::decode::Flat;
 use crate::rows::trade::{
-    execution_row, string_log_rows, trade_row, TradeExecutionRow, EXECUTION_FIELDS,
+    log_value_rows, trade_row, LogOrigin, TradeExecutionRow, EXECUTION_FIELDS,
 };
 
 /// An RLS execution log: a LIST of entries, or a STRING.
@@ -76,14 +76,22 @@ fn rows<'a>(key: &'a str, id: &'a str, log: &'a Log) -> Vec<TradeExecutionRow<'a
         }
     };
     assert!(flat, "{key} left to the general decoder");
-    match log {
-        Log::List(entries) => entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| execution_row(id, key, i as u32, e, 0).expect("entry decodes"))
-            .collect(),
-        Log::Str(v) => string_log_rows(id, key, v, 0).expect("STRING log decodes"),
+    let origin = LogOrigin {
+        trade_id: id,
+        take_id: "1-0",
+        key,
+        now: 0,
+    };
+    let values: Vec<&Bytes> = match log {
+        Log::List(entries) => entries.iter().collect(),
+        Log::Str(v) => vec![v],
+    };
+    let mut rows = Vec::new();
+    for v in values {
+        let more = log_value_rows(origin, v, rows.len() as u32).expect("log decodes");
+        rows.extend(more.rows);
     }
+    rows
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub fn info_field(info: &str, name: &str) -> Option<f64> {
 }
 
 /// A prometheus server scraping one Spillway every second as job `spillway` with
-/// `honor_labels: true` (the scrape config the README documents), and loading `rules`.
+/// `honor_labels: true` (the scrape config dashboards/README.md documents), and loading `rules`.
 pub struct Prometheus {
     /// The HTTP port (`/api/v1/query`).
     pub port: u16,

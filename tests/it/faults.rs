@@ -1,4 +1,4 @@
-//! Nothing lost under faults (issue 4): real redis-server, clickhouse-server and spillway, faults
+//! Nothing lost under faults: real redis-server, clickhouse-server and spillway, faults
 //! made by the tests themselves, each under a steady alert load from a producer task. Each case
 //! prints one `FAULT ...` line of figures and then checks, strictly:
 //! (a) every alert key alive in Redis at the end is in `alerts` FINAL;

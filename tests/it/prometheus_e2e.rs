@@ -1,5 +1,5 @@
 //! End to end with a REAL Prometheus (Debian's `prometheus` package): it scrapes the real
-//! spillway binary every second, with the scrape config the README documents (job `spillway`,
+//! spillway binary every second, with the scrape config dashboards/README.md documents (job `spillway`,
 //! `honor_labels: true`) and the alert rules loaded, while Spillway runs both pipelines (alerts
 //! on RLS, trade close on RTRS) and alerts, a dead letter, a ClickHouse outage, trade closes
 //! (one without its log), a pub/sub flood while RLS is paused, expiries, evictions on RSS and

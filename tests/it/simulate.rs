@@ -10,7 +10,7 @@ use bytes::Bytes;
 use fred::cmd;
 use fred::prelude::*;
 use spillway::decode::{decode_value_fields, Decoded};
-use spillway::rows::trade::{execution_row, string_log_rows, trade_row, TradeExecutionRow};
+use spillway::rows::trade::{log_value_rows, trade_row, LogOrigin, TradeExecutionRow};
 
 use common::{load::client, RedisServer};
 
@@ -100,17 +100,24 @@ async fn simulator_writes_what_the_contract_describes() {
             "string" => (Vec::new(), Some(c.get(key.as_str()).await.unwrap())),
             other => panic!("{key} is a {other}"),
         };
-        let log: Vec<TradeExecutionRow> = match &string {
-            None => {
-                let rows = items.iter().enumerate();
-                rows.map(|(i, b)| execution_row(&id, &key, i as u32, b, 0).unwrap())
-                    .collect()
-            }
+        let origin = LogOrigin {
+            trade_id: &id,
+            take_id: "1-0",
+            key: &key,
+            now: 0,
+        };
+        let values: Vec<&Bytes> = match &string {
+            None => items.iter().collect(),
             Some(v) => {
                 strings += 1;
-                string_log_rows(&id, &key, v, 0).unwrap()
+                vec![v]
             }
         };
+        let mut log: Vec<TradeExecutionRow> = Vec::new();
+        for v in values {
+            let rows = log_value_rows(origin, v, log.len() as u32).unwrap();
+            log.extend(rows.rows);
+        }
         let seqs: Vec<i64> = log.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (1..=log.len() as i64).collect::<Vec<_>>(), "{key}");
         assert_eq!(

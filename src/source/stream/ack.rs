@@ -1,4 +1,5 @@
-//! Acknowledgement of committed stream entries: remove the moved logs from RLS, then XACK; and
+//! Acknowledgement of committed stream entries: release the staging keys of the logs taken
+//! (delete them, give them their grace expiry, or keep what was over the limits), then XACK; and
 //! the consumer group's figures (lag, pending, oldest pending) as gauges.
 
 use std::collections::HashSet;
@@ -6,52 +7,49 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::config::StreamSource;
+use super::moves::LogAck;
+use super::take::{evalsha, Scripts};
 use crate::metrics as m;
 
 /// What to do once a batch of entries is committed.
 pub(super) struct AckWork {
     /// Entry ids to XACK.
     pub ids: Vec<String>,
-    /// Log keys with what was archived of them: `("list", entries)` or `("string", bytes)`.
-    pub logs: Vec<(String, &'static str, usize)>,
+    /// What becomes of the staging keys of the logs taken.
+    pub logs: Vec<LogAck>,
 }
 
-/// Removes archived logs: a list loses exactly the archived entries (it is deleted when nothing
-/// was appended since); a string is deleted if its length is unchanged. Returns {removed, changed}.
-const REMOVE_LOGS: &str = r#"
-local removed, changed = 0, 0
-local grace = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  local kind, n = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
-  local now = -1
-  if kind == 'list' then now = redis.call('LLEN', key) else now = redis.call('STRLEN', key) end
-  if now == n then
-    if grace > 0 then redis.call('EXPIRE', key, grace) else redis.call('DEL', key) end
-    removed = removed + 1
-  elseif now > 0 then
-    if kind == 'list' and n > 0 then redis.call('LTRIM', key, n, -1) end
-    changed = changed + 1
-  end
-end
-return { removed, changed }
-"#;
+/// Attempts at one acknowledgement once the pipeline is stopping: after them it is left
+/// undone (its entries stay pending and its staging keys in place, both taken up again at the
+/// next start), so a Redis that is down does not hold up the exit.
+const ATTEMPTS_WHEN_STOPPING: u32 = 3;
 
-/// Runs acknowledgements in order: remove the logs from RLS, then XACK. Retries until done;
-/// ends when every sender (the source and the pending acknowledgements) is gone.
+/// Runs acknowledgements in order: release the staging keys, then XACK. A connection error is
+/// retried with capped backoff (while running; a few times once stopping); a command Redis
+/// refuses is counted and not retried. Ends when every sender is gone.
 pub(super) async fn acknowledge(
-    mut rx: mpsc::UnboundedReceiver<AckWork>,
+    mut rx: mpsc::Receiver<AckWork>,
     ctl: Client,
     logs: Client,
     def: StreamSource,
     inflight: Arc<Mutex<HashSet<String>>>,
     name: String,
+    cancel: CancellationToken,
 ) {
-    let remove = Script::from_lua(REMOVE_LOGS);
+    let scripts = Scripts::new();
+    // Every series exists from the start, at 0, so that rates over them are data.
+    for metric in [
+        m::LOG_KEYS_REMOVED,
+        m::LOGS_WRITTEN_AFTER_TAKE,
+        m::LOGS_RECOVERED,
+        m::ACK_REFUSED,
+    ] {
+        metrics::counter!(metric, "pipeline" => name.clone()).increment(0);
+    }
     let grace = if def.after_commit == super::config::AfterCommit::Expire {
         def.expire_grace_secs.max(1)
     } else {
@@ -59,18 +57,20 @@ pub(super) async fn acknowledge(
     };
     while let Some(work) = rx.recv().await {
         let mut backoff = Duration::from_millis(100);
+        let mut attempts = 0;
         loop {
-            match ack_once(&work, &ctl, &logs, &def, &remove, grace).await {
-                Ok((removed, changed)) => {
-                    metrics::counter!(m::LOG_KEYS_REMOVED, "pipeline" => name.clone())
-                        .increment(removed);
-                    metrics::counter!(m::LOGS_CHANGED, "pipeline" => name.clone())
-                        .increment(changed);
+            match ack_once(&work, &ctl, &logs, &def, &scripts, grace, &name).await {
+                Ok(()) => {
                     metrics::counter!(m::STREAM_ACKED, "pipeline" => name.clone())
                         .increment(work.ids.len() as u64);
                     break;
                 }
                 Err(e) => {
+                    attempts += cancel.is_cancelled() as u32;
+                    if attempts >= ATTEMPTS_WHEN_STOPPING {
+                        tracing::warn!(pipeline = %name, error = %e, entries = work.ids.len(), "acknowledgement left undone at shutdown; its entries are delivered again at the next start");
+                        break;
+                    }
                     tracing::warn!(pipeline = %name, error = %e, retry_in = ?backoff, "acknowledging failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -84,31 +84,102 @@ pub(super) async fn acknowledge(
     }
 }
 
+/// One attempt: the staging keys released in one pipeline (with, for each removed log, whether
+/// the platform wrote its key again after the take), then the XACK. Err only for a connection
+/// error (the whole attempt is repeatable: DEL, EXPIRE and the park script are idempotent).
 async fn ack_once(
     work: &AckWork,
     ctl: &Client,
     logs: &Client,
     def: &StreamSource,
-    remove: &Script,
+    scripts: &Scripts,
     grace: u64,
-) -> std::result::Result<(u64, u64), Error> {
-    let mut counts = (0, 0);
+    name: &str,
+) -> std::result::Result<(), Error> {
     if !work.logs.is_empty() {
-        let keys: Vec<String> = work.logs.iter().map(|(k, _, _)| k.clone()).collect();
-        let mut args: Vec<String> = vec![grace.to_string()];
-        for (_, kind, n) in &work.logs {
-            args.push(kind.to_string());
-            args.push(n.to_string());
+        let p = logs.pipeline();
+        for log in &work.logs {
+            match log {
+                LogAck::Remove { staging, key } => {
+                    if grace > 0 {
+                        let () = p.expire(staging.as_str(), grace as i64, None).await?;
+                    } else {
+                        let () = p.del(staging.as_str()).await?;
+                    }
+                    let () = p.exists(key.as_str()).await?;
+                }
+                LogAck::Park {
+                    staging,
+                    overflow,
+                    archived,
+                } => {
+                    let args = [archived.to_string()];
+                    evalsha(&p, &scripts.park, &[staging, overflow], &args).await?;
+                }
+            }
         }
-        let (removed, changed): (u64, u64) = remove.evalsha_with_reload(logs, keys, args).await?;
-        counts = (removed, changed);
+        let mut replies = p.try_all::<Value>().await.into_iter();
+        let mut noscript = false;
+        for log in &work.logs {
+            let count = |metric: &'static str| {
+                metrics::counter!(metric, "pipeline" => name.to_string()).increment(1)
+            };
+            match log {
+                LogAck::Remove { .. } => {
+                    let (released, rewritten) = (replies.next(), replies.next());
+                    match released {
+                        Some(Ok(_)) => count(m::LOG_KEYS_REMOVED),
+                        Some(Err(e)) if is_connection(&e) => return Err(e),
+                        Some(Err(e)) => refused(name, "releasing a staging key", &e),
+                        None => {}
+                    }
+                    if let Some(Ok(v)) = rewritten {
+                        if v.as_u64() == Some(1) {
+                            count(m::LOGS_WRITTEN_AFTER_TAKE);
+                        }
+                    }
+                }
+                LogAck::Park { .. } => match replies.next() {
+                    Some(Ok(_)) => count(m::LOG_KEYS_REMOVED),
+                    Some(Err(e)) if e.details().starts_with("NOSCRIPT") => noscript = true,
+                    Some(Err(e)) if is_connection(&e) => return Err(e),
+                    Some(Err(e)) => refused(name, "keeping a log over the limits", &e),
+                    None => {}
+                },
+            }
+        }
+        if noscript {
+            scripts.park.load(logs).await?;
+            return Err(Error::new(ErrorKind::NotFound, "park script reloaded"));
+        }
     }
     if !work.ids.is_empty() {
-        let _: u64 = ctl
+        let acked: std::result::Result<u64, Error> = ctl
             .xack(def.stream.as_str(), def.group.as_str(), work.ids.clone())
-            .await?;
+            .await;
+        match acked {
+            Ok(_) => {}
+            Err(e) if is_connection(&e) => return Err(e),
+            // NOGROUP after the stream or group was recreated: nothing pending to acknowledge.
+            Err(e) => refused(name, "XACK", &e),
+        }
     }
-    Ok(counts)
+    Ok(())
+}
+
+/// Whether an error is the connection's (worth retrying), not Redis refusing the command.
+fn is_connection(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::NotFound
+    )
+}
+
+/// A command Redis refused while acknowledging: counted and logged, never retried (it would
+/// be refused again, and hold up every acknowledgement behind it).
+fn refused(name: &str, what: &str, e: &Error) {
+    metrics::counter!(m::ACK_REFUSED, "pipeline" => name.to_string()).increment(1);
+    tracing::warn!(pipeline = %name, error = %e, what, "Redis refused an acknowledgement command; not retried");
 }
 
 /// Every 5 s: the group's lag and pending entries (XINFO GROUPS) and the oldest pending entry's

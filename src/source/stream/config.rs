@@ -56,6 +56,42 @@ pub struct StreamSource {
     /// Pub/sub channel with close messages (at-most-once, a second trigger); empty: none.
     #[serde(default)]
     pub pubsub_channel: String,
+    /// Entries read from a LIST log per round trip (`LRANGE` pages), so that a long log never
+    /// blocks Redis nor fills Spillway's memory.
+    #[serde(default = "default_page")]
+    pub log_page_entries: u64,
+    /// Most entries archived from one log; the rest is handled as `log_over_limit` says.
+    #[serde(default = "default_max_entries")]
+    pub log_max_entries: u64,
+    /// Most bytes archived from one log (a STRING's length, or a LIST's entries added up).
+    #[serde(default = "default_max_bytes")]
+    pub log_max_bytes: u64,
+    /// What becomes of the part of a log over the limits: `keep` it in Redis under
+    /// `{key}:spillway:overflow:{take}` (counted; nothing destroyed), or `dead_letter`: one dead
+    /// letter holding the first entry over the limit and the count, and the rest removed.
+    #[serde(default)]
+    pub log_over_limit: OverLimit,
+}
+
+fn default_page() -> u64 {
+    1000
+}
+fn default_max_entries() -> u64 {
+    1_000_000
+}
+fn default_max_bytes() -> u64 {
+    256 << 20
+}
+
+/// What becomes of the part of an execution log over `log_max_entries` or `log_max_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverLimit {
+    /// Left in Redis under an overflow key, counted.
+    #[default]
+    Keep,
+    /// Counted, one dead letter with the first entry over the limit, the rest removed.
+    DeadLetter,
 }
 
 fn zero() -> String {
@@ -93,6 +129,9 @@ impl StreamSource {
         }
         if self.count == 0 || self.block_ms == 0 {
             return Err("`count` and `block_ms` must be greater than 0".into());
+        }
+        if self.log_page_entries == 0 || self.log_max_entries == 0 || self.log_max_bytes == 0 {
+            return Err("`log_page_entries`, `log_max_entries` and `log_max_bytes` must be greater than 0; fix: e.g. 1000, 1000000 and 268435456".into());
         }
         if self.stall_after_secs == 0 {
             return Err("`stall_after_secs` must be greater than 0 (default 120)".into());

@@ -7,16 +7,20 @@ use bytes::Bytes;
 use fred::prelude::Value;
 
 use super::config::StreamSource;
+use super::moves::{string_log, Ctx, Cursor, LogAck, Taken};
+use super::take::{side_key, LogRead, STAGING};
 use crate::decode::DecodeError;
 use crate::metrics as m;
-use crate::rows::trade::{execution_row, string_log_rows, trade_row, LogState};
+use crate::rows::trade::{trade_row, LogState, TradeRow};
 use crate::rows::{content_hash, DeadLetterRow, Record};
 
 /// One stream entry.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Entry {
-    /// Entry id.
+    /// Entry id (empty for a close that came over pub/sub).
     pub id: String,
+    /// The id of the take of its log: the entry id, or one made for a pub/sub close.
+    pub take: String,
     /// Field/value pairs, in order.
     pub fields: Vec<(String, Bytes)>,
     /// The entry was deleted from the stream while pending (XDEL, trimming).
@@ -73,22 +77,23 @@ pub(crate) fn close_message(raw: Bytes) -> Entry {
     fields.push(("payload".to_string(), raw));
     Entry {
         id: String::new(),
+        take: pubsub_take_id(),
         fields,
         deleted: false,
     }
 }
 
-/// What a log key held.
-#[derive(Debug, Clone)]
-pub(crate) enum LogRead {
-    /// A LIST of entries.
-    List(Vec<Bytes>),
-    /// A STRING (one map or an array of maps).
-    Str(Bytes),
-    /// No such key.
-    Missing,
-    /// Some other type.
-    Other(String),
+/// A take id for a pub/sub close, unique across processes and restarts (it names the staging
+/// key, and with it the rows' identity).
+fn pubsub_take_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "ps-{}-{}-{}",
+        crate::rows::now_ms(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn bytes(v: Value) -> Option<Bytes> {
@@ -149,6 +154,7 @@ pub(crate) fn parse_entries(v: Value) -> Vec<Entry> {
                 _ => (Vec::new(), true),
             };
             out.push(Entry {
+                take: id.clone(),
                 id,
                 fields,
                 deleted,
@@ -156,11 +162,6 @@ pub(crate) fn parse_entries(v: Value) -> Vec<Entry> {
         }
     }
     out
-}
-
-/// A LIST log from its LRANGE reply.
-pub(crate) fn list_log(items: Vec<Value>) -> LogRead {
-    LogRead::List(items.into_iter().filter_map(bytes).collect())
 }
 
 /// Trades whose logs this process moved lately (bounded): a later close of the same trade finds
@@ -194,38 +195,43 @@ impl RecentMoves {
     }
 }
 
-/// The rows of a batch of entries, the ids to acknowledge and the logs to remove after commit.
+/// The rows of a batch of entries, the ids to acknowledge and what becomes of the taken logs
+/// after the commit.
+#[derive(Default)]
 pub(crate) struct Work {
     /// Rows, in order.
     pub records: Vec<Record>,
     /// Entry ids to XACK.
     pub ids: Vec<String>,
-    /// Log keys archived: (key, kind, entries or bytes).
-    pub logs: Vec<(String, &'static str, usize)>,
+    /// The staging keys, once the rows are committed.
+    pub logs: Vec<LogAck>,
+    /// LIST logs with pages left to read, each with its trade's row (sent once the last page
+    /// is read, with the number of entries moved).
+    pub more: Vec<(Cursor, Option<TradeRow>)>,
 }
 
-/// Turns entries (and the logs read for them, by key) into rows.
+/// Turns entries (and the logs taken for them, by staging key) into rows; `orphans` are logs
+/// found staged at start that no pending entry will take again: their rows alone.
 pub(crate) fn rows(
-    name: &str,
-    def: &StreamSource,
-    instance: &str,
+    ctx: &Ctx<'_>,
+    stream_instance: &str,
     entries: Vec<Entry>,
-    logs: &HashMap<String, LogRead>,
+    mut logs: HashMap<String, (Taken, LogRead)>,
+    orphans: Vec<(Taken, LogRead)>,
     recent: &mut RecentMoves,
-    now: i64,
 ) -> Work {
+    let (name, def, now) = (ctx.name, ctx.def, ctx.now);
     let mut w = Work {
-        records: Vec::new(),
         ids: Vec::with_capacity(entries.len()),
-        logs: Vec::new(),
+        ..Work::default()
     };
-    let dead = |key: &str, id: &str, raw: Vec<u8>, e: DecodeError, inst: &str| {
+    let dead = |id: &str, raw: Vec<u8>, e: DecodeError| {
         metrics::counter!(m::DEAD_LETTERS, "pipeline" => name.to_string(), "reason" => e.reason)
             .increment(1);
         Record::dead_letter(DeadLetterRow {
             pipeline: name.to_string(),
-            instance: inst.to_string(),
-            key: key.to_string(),
+            instance: stream_instance.to_string(),
+            key: String::new(),
             stream_id: id.to_string(),
             content_hash: content_hash(&raw),
             raw,
@@ -248,96 +254,99 @@ pub(crate) fn rows(
                 reason: "missing_trade_id",
                 detail: "stream entry has no trade_id field".into(),
             };
-            w.records.push(dead("", &e.id, e.raw(), err, instance));
+            w.records.push(dead(&e.id, e.raw(), err));
             continue;
         };
         if !def.archive_events.contains(&event) {
             continue;
         }
         let payload = e.field("payload").map(|b| b.as_ref());
-        let mut state = LogState::Kept;
-        let mut moved = 0u32;
+        let (mut state, mut moved, mut cursor) = (LogState::Kept, 0u32, None);
         if let Some(key) = e.log_key(def) {
-            let log_instance = def.log_instance.as_str();
-            match logs.get(key.as_str()) {
-                Some(LogRead::List(items)) => {
-                    for (pos, item) in items.iter().enumerate() {
-                        match execution_row(&trade_id, &key, pos as u32, item, now) {
-                            Ok(r) => w.records.push(Record::trade_execution(r)),
-                            Err(err) => {
-                                w.records
-                                    .push(dead(&key, &e.id, item.to_vec(), err, log_instance))
-                            }
-                        }
-                    }
-                    moved = items.len() as u32;
+            let staging = side_key(&key, STAGING, &e.take);
+            state = LogState::Missing;
+            match logs.remove(&staging) {
+                Some((taken, read @ (LogRead::List { .. } | LogRead::Str { .. }))) => {
                     state = LogState::Moved;
-                    remember(&mut w.logs, &key, "list", items.len());
-                }
-                Some(LogRead::Str(v)) => {
-                    match string_log_rows(&trade_id, &key, v, now) {
-                        Ok(rs) => {
-                            moved = rs.len() as u32;
-                            w.records
-                                .extend(rs.into_iter().map(Record::trade_execution));
-                        }
-                        Err(err) => {
-                            w.records
-                                .push(dead(&key, &e.id, v.to_vec(), err, log_instance))
-                        }
+                    match move_log(ctx, taken, read, &mut w) {
+                        Moved::Done(n) => moved = n,
+                        Moved::More(c) => cursor = Some(c),
                     }
-                    state = LogState::Moved;
-                    remember(&mut w.logs, &key, "string", v.len());
+                    metrics::counter!(m::LOGS_MOVED, "pipeline" => name.to_string()).increment(1);
+                    recent.insert(&trade_id);
                 }
-                Some(LogRead::Other(t)) => {
+                Some((taken, LogRead::Other(t))) => {
                     let err = DecodeError {
                         reason: "log_wrong_type",
-                        detail: format!("execution log is a {t}, not a list or string"),
+                        detail: format!(
+                            "execution log is a {t}, not a list or string; left in Redis"
+                        ),
                     };
-                    w.records
-                        .push(dead(&key, &e.id, Vec::new(), err, log_instance));
-                    state = LogState::Missing;
+                    w.records.push(ctx.dead(&taken.key, &e.id, Vec::new(), err));
                 }
-                Some(LogRead::Missing) | None if recent.set.contains(&trade_id) => {
+                _ if recent.set.contains(&trade_id) => {
                     metrics::counter!(m::LOGS_ALREADY_MOVED, "pipeline" => name.to_string())
                         .increment(1);
-                    state = LogState::Missing;
                 }
-                Some(LogRead::Missing) | None => {
+                _ => {
                     metrics::counter!(m::LOGS_MISSING, "pipeline" => name.to_string()).increment(1);
-                    state = LogState::Missing;
                 }
-            }
-            if state == LogState::Moved {
-                metrics::counter!(m::LOGS_MOVED, "pipeline" => name.to_string()).increment(1);
-                recent.insert(&trade_id);
             }
         }
         match trade_row(&trade_id, &event, payload, &e.id, now) {
             Ok(mut t) => {
                 t.set_log(state, moved);
-                w.records.push(Record::trade(t));
+                match cursor {
+                    Some(c) => w.more.push((c, Some(t))),
+                    None => w.records.push(Record::trade(t)),
+                }
             }
-            Err(err) => w.records.push(dead(
-                "",
-                &e.id,
-                payload.unwrap_or_default().to_vec(),
-                err,
-                instance,
-            )),
+            Err(err) => {
+                w.records
+                    .push(dead(&e.id, payload.unwrap_or_default().to_vec(), err));
+                if let Some(c) = cursor {
+                    w.more.push((c, None));
+                }
+            }
+        }
+    }
+    for (taken, read) in orphans {
+        metrics::counter!(m::LOGS_RECOVERED, "pipeline" => name.to_string()).increment(1);
+        if let Moved::More(c) = move_log(ctx, taken, read, &mut w) {
+            w.more.push((c, None));
         }
     }
     w
 }
 
-fn remember(
-    logs: &mut Vec<(String, &'static str, usize)>,
-    key: &str,
-    kind: &'static str,
-    n: usize,
-) {
-    if !logs.iter().any(|(k, _, _)| k == key) {
-        logs.push((key.to_string(), kind, n));
+/// What moving a take's first read came to.
+enum Moved {
+    /// The whole log: this many entries.
+    Done(u32),
+    /// Pages are left to read.
+    More(Cursor),
+}
+
+/// Moves what a take read: the entries moved when the log is done, or its cursor when pages
+/// are left to read.
+fn move_log(ctx: &Ctx<'_>, taken: Taken, read: LogRead, w: &mut Work) -> Moved {
+    match read {
+        LogRead::List { len, first } => {
+            let mut c = Cursor::new(taken, len, ctx.def);
+            c.consume(&first, ctx, &mut w.records);
+            if !c.done() {
+                return Moved::More(c);
+            }
+            let n = c.next as u32;
+            w.logs.push(c.finish(ctx, &mut w.records));
+            Moved::Done(n)
+        }
+        LogRead::Str { len, value } => {
+            let (ack, n) = string_log(taken, len, &value, ctx, &mut w.records);
+            w.logs.push(ack);
+            Moved::Done(n)
+        }
+        LogRead::Missing | LogRead::Other(_) => Moved::Done(0),
     }
 }
 
@@ -410,8 +419,29 @@ mod tests {
         rmp_serde::to_vec_named(&v).unwrap()
     }
 
-    fn by_key(keys: &[String], logs: Vec<LogRead>) -> HashMap<String, LogRead> {
-        keys.iter().cloned().zip(logs).collect()
+    /// The logs of `(log key, take id)` as taken, by staging key.
+    fn taken(logs: Vec<(&str, &str, LogRead)>) -> HashMap<String, (Taken, LogRead)> {
+        logs.into_iter()
+            .map(|(key, take, read)| {
+                let t = Taken {
+                    key: key.to_string(),
+                    staging: side_key(key, STAGING, take),
+                    take_id: take.to_string(),
+                    trade_id: key.trim_start_matches("trade_execution:").to_string(),
+                    stream_id: take.to_string(),
+                };
+                (t.staging.clone(), (t, read))
+            })
+            .collect()
+    }
+
+    fn ctx(def: &StreamSource, now: i64) -> Ctx<'_> {
+        Ctx {
+            name: "trades",
+            instance: "rls",
+            def,
+            now,
+        }
     }
 
     fn entry(id: &str, kv: &[(&str, Value)]) -> Value {
@@ -473,29 +503,29 @@ mod tests {
             entry("5-0", &[("trade_id", s("T4")), ("event", s("closed"))]),
         ]);
         let entries = parse_entries(v);
-        let keys: Vec<String> = [
-            "trade_execution:T1",
-            "trade_execution:T2",
-            "trade_execution:T4",
-        ]
-        .map(String::from)
-        .to_vec();
         let good = Bytes::from(mp(json!({"seq": 1, "step": "filled"})));
         let string_log = Bytes::from(mp(json!([{"seq": 1}, {"seq": 2}])));
-        let logs = vec![
-            LogRead::List(vec![good.clone(), Bytes::from_static(b"\xc1")]),
-            LogRead::Str(string_log.clone()),
-            LogRead::Missing,
-        ];
+        let list = LogRead::List {
+            len: 2,
+            first: vec![good.clone(), Bytes::from_static(b"\xc1")],
+        };
+        let string = LogRead::Str {
+            len: string_log.len() as u64,
+            value: string_log.clone(),
+        };
+        let logs = taken(vec![
+            ("trade_execution:T1", "1-0", list),
+            ("trade_execution:T2", "3-0", string),
+            ("trade_execution:T4", "5-0", LogRead::Missing),
+        ]);
         let mut recent = RecentMoves::new(10);
         let w = rows(
-            "trades",
-            &d,
+            &ctx(&d, 9),
             "rtrs",
             entries.clone(),
-            &by_key(&keys, logs),
+            logs,
+            Vec::new(),
             &mut recent,
-            9,
         );
         assert_eq!(w.ids, ["1-0", "2-0", "3-0", "4-0", "5-0"]);
         let kinds: Vec<String> = w
@@ -530,7 +560,7 @@ mod tests {
             kinds,
             [
                 "exec T1 1",
-                "dead invalid_msgpack trade_execution:T1 1-0",
+                "dead invalid_utf8 trade_execution:T1 1-0",
                 "trade T1 moved 2",
                 "dead missing_trade_id  2-0",
                 "exec T2 1",
@@ -539,24 +569,27 @@ mod tests {
                 "trade T4 missing 0",
             ]
         );
+        let remove = |key: &str, take: &str| LogAck::Remove {
+            staging: side_key(key, STAGING, take),
+            key: key.to_string(),
+        };
         assert_eq!(
             w.logs,
             [
-                ("trade_execution:T1".to_string(), "list", 2),
-                ("trade_execution:T2".to_string(), "string", string_log.len()),
+                remove("trade_execution:T1", "1-0"),
+                remove("trade_execution:T2", "3-0"),
             ]
         );
+        assert!(w.more.is_empty());
         // The same closes again, their logs gone: the trades moved before keep their rows
         // (a lower version) and are not counted as missing logs.
-        let gone = vec![LogRead::Missing; 3];
         let again = rows(
-            "trades",
-            &d,
+            &ctx(&d, 10),
             "rtrs",
             entries,
-            &by_key(&keys, gone),
+            HashMap::new(),
+            Vec::new(),
             &mut recent,
-            10,
         );
         let versions = |w: &Work| -> Vec<(String, u64)> {
             w.records

@@ -12,7 +12,9 @@ mod ack;
 pub(crate) mod config;
 pub(crate) mod entries;
 mod group;
+mod moves;
 pub(crate) mod stall;
+mod take;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +31,14 @@ use crate::rows::{now_ms, Record};
 use crate::source::{Endpoint, Result};
 use ack::{acknowledge, watch_group, AckWork};
 use config::StreamSource;
-use entries::{parse_entries, Entry, LogRead, RecentMoves};
+use entries::{parse_entries, Entry, RecentMoves};
+use moves::{Ctx, Taken};
 use stall::Stall;
+use take::{side_key, LogRead, Scripts, STAGING};
+
+/// Acknowledgements waiting for the acknowledger, at most: past that the row builder waits, and
+/// with it the reading of new entries.
+const ACK_QUEUE: usize = 64;
 
 /// A connected stream pipeline.
 pub(crate) struct Stream {
@@ -42,6 +50,7 @@ pub(crate) struct Stream {
     logs: Client,
     tx: mpsc::Sender<Record>,
     inflight: Arc<Mutex<HashSet<String>>>,
+    scripts: Scripts,
     stall: Arc<Stall>,
     /// Times the consumer group was created again (its own pending list went with it).
     regrouped: AtomicU64,
@@ -59,6 +68,13 @@ impl Stream {
         let reader = endpoint.client(def.db).await?;
         let ctl = endpoint.client(def.db).await?;
         let logs = log_endpoint.client(def.log_db).await?;
+        let scripts = Scripts::new();
+        for script in [&scripts.take, &scripts.park] {
+            script
+                .load(&logs)
+                .await
+                .map_err(log_endpoint.err("loading the log scripts (SCRIPT LOAD)"))?;
+        }
         let created: std::result::Result<(), Error> = ctl
             .xgroup_create(
                 def.stream.as_str(),
@@ -90,6 +106,7 @@ impl Stream {
             logs,
             tx,
             inflight: Default::default(),
+            scripts,
             stall,
             regrouped: AtomicU64::new(0),
         })
@@ -109,7 +126,7 @@ impl Stream {
     /// dead consumers, then new ones. The acknowledger task goes to `ackers`, which the caller
     /// awaits after the writer drained.
     pub(crate) async fn run(self, cancel: CancellationToken, ackers: &TaskTracker) {
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
         ackers.spawn(acknowledge(
             ack_rx,
             self.ctl.clone(),
@@ -117,6 +134,7 @@ impl Stream {
             self.def.clone(),
             self.inflight.clone(),
             self.name.clone(),
+            cancel.clone(),
         ));
         let lag = tokio::spawn(watch_group(
             self.ctl.clone(),
@@ -141,9 +159,18 @@ impl Stream {
                 tx: self.tx.clone(),
                 ack_tx: ack_tx.clone(),
                 recent: RecentMoves::new(100_000),
+                logs: self.logs.clone(),
+                cancel: cancel.clone(),
             }
             .run(queue),
         );
+        drop(ack_tx);
+        if !self.recover(&jobs, &cancel).await {
+            drop(jobs);
+            let _ = builder.await;
+            lag.abort();
+            return;
+        }
         let mut own = Some("0".to_string());
         let claim_every = Duration::from_secs(self.def.claim_idle_secs.max(1));
         let mut next_claim = tokio::time::Instant::now();
@@ -376,7 +403,7 @@ impl Stream {
             .collect()
     }
 
-    /// Reads the logs a batch of entries moves and hands both to the row builder; false when
+    /// Takes the logs a batch of entries moves and hands both to the row builder; false when
     /// the pipeline is stopping.
     async fn handle(
         &self,
@@ -385,13 +412,23 @@ impl Stream {
         cancel: &CancellationToken,
     ) -> bool {
         let now = now_ms();
-        let mut keys: Vec<String> = entries
+        let mut taken: Vec<Taken> = entries
             .iter()
-            .filter_map(|e| e.log_key(&self.def))
+            .filter_map(|e| {
+                let key = e.log_key(&self.def)?;
+                let trade_id = key[self.def.log_key_prefix.len()..].to_string();
+                Some(Taken {
+                    staging: side_key(&key, STAGING, &e.take),
+                    key,
+                    take_id: e.take.clone(),
+                    trade_id,
+                    stream_id: e.id.clone(),
+                })
+            })
             .collect();
-        keys.sort();
-        keys.dedup();
-        let Some(logs) = self.read_logs(&keys, cancel).await else {
+        taken.sort_by(|a, b| a.staging.cmp(&b.staging));
+        taken.dedup_by(|a, b| a.staging == b.staging);
+        let Some(reads) = self.take_logs(&taken, cancel).await else {
             return false;
         };
         {
@@ -403,22 +440,42 @@ impl Stream {
                     .map(|e| e.id.clone()),
             );
         }
-        let logs = keys.into_iter().zip(logs).collect();
-        jobs.send(Job { entries, logs, now }).await.is_ok()
+        let logs = taken
+            .into_iter()
+            .zip(reads)
+            .map(|(t, r)| (t.staging.clone(), (t, r)))
+            .collect();
+        let job = Job {
+            entries,
+            logs,
+            orphans: Vec::new(),
+            now,
+        };
+        jobs.send(job).await.is_ok()
     }
 
-    /// Reads the logs (LIST or STRING) of `keys`, retrying with capped backoff; None on cancel
-    /// (the entries stay pending and are read again at the next start).
-    async fn read_logs(&self, keys: &[String], cancel: &CancellationToken) -> Option<Vec<LogRead>> {
-        if keys.is_empty() {
-            return Some(Vec::new());
-        }
+    /// Takes the logs (see [`take`]), retrying with capped backoff; None on cancel (the
+    /// entries stay pending and are read again at the next start; a log already taken is taken
+    /// again from its staging key).
+    async fn take_logs(&self, taken: &[Taken], cancel: &CancellationToken) -> Option<Vec<LogRead>> {
+        let pairs: Vec<(String, String)> = taken
+            .iter()
+            .map(|t| (t.key.clone(), t.staging.clone()))
+            .collect();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match read_logs(&self.logs, keys).await {
+            let d = &self.def;
+            let read = take::take_logs(
+                &self.logs,
+                &self.scripts,
+                &pairs,
+                d.log_page_entries,
+                d.log_max_bytes,
+            );
+            match read.await {
                 Ok(logs) => return Some(logs),
                 Err(e) => {
-                    tracing::warn!(pipeline = %self.name, error = %e, retry_in = ?backoff, "reading execution logs failed; retrying");
+                    tracing::warn!(pipeline = %self.name, error = %e, retry_in = ?backoff, "taking execution logs failed; retrying");
                     pause(cancel, backoff).await;
                     if cancel.is_cancelled() {
                         return None;
@@ -428,116 +485,183 @@ impl Stream {
             }
         }
     }
-}
 
-/// One LRANGE per key, pipelined (most logs are lists; Redis has no empty list, so an empty
-/// reply is a missing key); then a GET of each key that is not a list, and the TYPE of any that
-/// is no string either. Plain commands, not a script: a script copies every entry into a Lua
-/// string and back, which cost Redis about as much as the rest of the move.
-async fn read_logs(client: &Client, keys: &[String]) -> std::result::Result<Vec<LogRead>, Error> {
-    let lists = client.pipeline();
-    for key in keys {
-        let () = lists.lrange(key.as_str(), 0, -1).await?;
-    }
-    let mut out = Vec::with_capacity(keys.len());
-    let mut not_lists = Vec::new();
-    for (i, reply) in lists.try_all::<Value>().await.into_iter().enumerate() {
-        out.push(match reply {
-            Ok(Value::Array(items)) if items.is_empty() => LogRead::Missing,
-            Ok(Value::Array(items)) => entries::list_log(items),
-            Ok(Value::Null) => LogRead::Missing,
-            Err(e) if is_wrong_type(&e) => {
-                not_lists.push(i);
-                LogRead::Missing
+    /// At start: logs left staged by an earlier run (a crash between a take and its commit, or
+    /// a take for a pub/sub close, which nobody delivers again) are archived and released. A
+    /// staging key whose close is still pending in the group is left to that close, which
+    /// takes it again when it is delivered. False when the pipeline is stopping.
+    async fn recover(&self, jobs: &mpsc::Sender<Job>, cancel: &CancellationToken) -> bool {
+        let staged = match take::staged(&self.logs, &self.def.log_key_prefix).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(pipeline = %self.name, error = %e, "looking for staged execution logs failed; they are looked for again at the next start");
+                return true;
             }
-            Err(e) => return Err(e),
-            Ok(other) => return Err(unexpected("LRANGE", &other)),
-        });
-    }
-    if not_lists.is_empty() {
-        return Ok(out);
-    }
-    let strings = client.pipeline();
-    for &i in &not_lists {
-        let () = strings.get(keys[i].as_str()).await?;
-    }
-    let mut others = Vec::new();
-    for (&i, reply) in not_lists.iter().zip(strings.try_all::<Value>().await) {
-        out[i] = match reply {
-            Ok(Value::Null) => LogRead::Missing,
-            Ok(Value::Bytes(b)) => LogRead::Str(b),
-            Ok(Value::String(s)) => LogRead::Str(s.into_inner()),
-            Err(e) if is_wrong_type(&e) => {
-                others.push(i);
-                LogRead::Missing
+        };
+        let mut orphans = Vec::new();
+        for staging in staged {
+            let Some((key, take_id)) = take::parse_staging(&staging, &self.def.log_key_prefix)
+            else {
+                continue;
+            };
+            if self.pending(&take_id).await {
+                continue;
             }
-            Err(e) => return Err(e),
-            Ok(other) => return Err(unexpected("GET", &other)),
-        };
+            let trade_id = key[self.def.log_key_prefix.len()..].to_string();
+            orphans.push(Taken {
+                key,
+                staging,
+                take_id,
+                trade_id,
+                stream_id: String::new(),
+            });
+        }
+        if orphans.is_empty() {
+            return true;
+        }
+        tracing::warn!(pipeline = %self.name, logs = orphans.len(), "archiving execution logs left staged by an earlier run");
+        for chunk in orphans.chunks(self.def.count as usize) {
+            let Some(reads) = self.take_logs(chunk, cancel).await else {
+                return false;
+            };
+            let job = Job {
+                entries: Vec::new(),
+                logs: HashMap::new(),
+                orphans: chunk.iter().cloned().zip(reads).collect(),
+                now: now_ms(),
+            };
+            if jobs.send(job).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
-    for i in others {
-        out[i] = match client.r#type::<String, _>(keys[i].as_str()).await?.as_str() {
-            "none" => LogRead::Missing,
-            kind => LogRead::Other(kind.to_string()),
-        };
+
+    /// Whether the stream entry `id` is pending in the group (its close will be delivered again).
+    async fn pending(&self, id: &str) -> bool {
+        if !id.contains('-') || id.starts_with("ps-") {
+            return false;
+        }
+        let reply: std::result::Result<Value, Error> = self
+            .ctl
+            .xpending(
+                self.def.stream.as_str(),
+                self.def.group.as_str(),
+                (id, id, 1),
+            )
+            .await;
+        matches!(reply, Ok(Value::Array(rows)) if !rows.is_empty())
     }
-    Ok(out)
 }
 
-fn is_wrong_type(e: &Error) -> bool {
-    e.details().starts_with("WRONGTYPE")
-}
-
-fn unexpected(command: &str, reply: &Value) -> Error {
-    Error::new(
-        ErrorKind::Protocol,
-        format!("unexpected reply to {command}: {:?}", reply.kind()),
-    )
-}
-
-/// A batch read from Redis: the entries and the logs they move, by key.
+/// A batch read from Redis: the entries and the logs taken for them (by staging key), or logs
+/// found staged at start.
 struct Job {
     entries: Vec<Entry>,
-    logs: HashMap<String, LogRead>,
+    logs: HashMap<String, (Taken, LogRead)>,
+    orphans: Vec<(Taken, LogRead)>,
     now: i64,
 }
 
 /// Turns jobs into rows followed by their acknowledgement, in a task of its own, so that
-/// building the rows of one batch overlaps reading the next.
+/// building the rows of one batch overlaps reading the next. A LIST log longer than a page is
+/// read here, page after page, each page's rows sent before the next is read.
 struct RowBuilder {
     name: String,
     def: StreamSource,
     instance: String,
     tx: mpsc::Sender<Record>,
-    ack_tx: mpsc::UnboundedSender<AckWork>,
+    ack_tx: mpsc::Sender<AckWork>,
     recent: RecentMoves,
+    logs: Client,
+    cancel: CancellationToken,
 }
 
 impl RowBuilder {
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         while let Some(job) = jobs.recv().await {
-            let work = entries::rows(
-                &self.name,
-                &self.def,
+            let ctx = Ctx {
+                name: &self.name,
+                instance: &self.def.log_instance,
+                def: &self.def,
+                now: job.now,
+            };
+            let mut work = entries::rows(
+                &ctx,
                 &self.instance,
                 job.entries,
-                &job.logs,
+                job.logs,
+                job.orphans,
                 &mut self.recent,
-                job.now,
             );
+            if !crate::source::send_all(&self.tx, std::mem::take(&mut work.records)).await {
+                return;
+            }
+            for (cursor, trade) in std::mem::take(&mut work.more) {
+                match self.read_pages(cursor, trade, &ctx).await {
+                    Some(ack) => work.logs.push(ack),
+                    None => return,
+                }
+            }
+            // Room in the acknowledgement queue first: when the acknowledger is behind, this
+            // waits, and so does the reading of new entries.
+            let Ok(permit) = self.ack_tx.clone().reserve_owned().await else {
+                return;
+            };
             let ack = AckWork {
                 ids: work.ids,
                 logs: work.logs,
             };
-            let to = self.ack_tx.clone();
-            let mut records = work.records;
-            records.push(Record::Ack(Box::new(move || {
-                let _ = to.send(ack);
-            })));
-            if !crate::source::send_all(&self.tx, records).await {
+            let record = Record::Ack(Box::new(move || {
+                permit.send(ack);
+            }));
+            if !crate::source::send_all(&self.tx, vec![record]).await {
                 return;
             }
         }
+    }
+
+    /// Reads the rest of a LIST log page by page, sending each page's rows; then its trade's
+    /// row with the entries moved. None when stopping (the entry stays pending, the staging
+    /// key in place: both are taken up again at the next start).
+    async fn read_pages(
+        &self,
+        mut cursor: moves::Cursor,
+        trade: Option<crate::rows::trade::TradeRow>,
+        ctx: &Ctx<'_>,
+    ) -> Option<moves::LogAck> {
+        while !cursor.done() {
+            let to = cursor.page_end(&self.def);
+            let mut backoff = Duration::from_millis(100);
+            let items = loop {
+                let read = take::read_page(&self.logs, &cursor.taken.staging, cursor.next, to);
+                match read.await {
+                    Ok(items) => break items,
+                    Err(e) => {
+                        tracing::warn!(pipeline = %self.name, error = %e, retry_in = ?backoff, "reading an execution log page failed; retrying");
+                        pause(&self.cancel, backoff).await;
+                        if self.cancel.is_cancelled() {
+                            return None;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            };
+            let mut records = Vec::with_capacity(items.len());
+            cursor.consume(&items, ctx, &mut records);
+            if !crate::source::send_all(&self.tx, records).await {
+                return None;
+            }
+        }
+        let mut records = Vec::new();
+        if let Some(mut t) = trade {
+            t.set_log(crate::rows::trade::LogState::Moved, cursor.next as u32);
+            records.push(Record::trade(t));
+        }
+        let ack = cursor.finish(ctx, &mut records);
+        crate::source::send_all(&self.tx, records)
+            .await
+            .then_some(ack)
     }
 }
 

@@ -123,7 +123,7 @@ async fn bad_input_goes_to_dead_letters_and_the_stream_keeps_moving() {
         format!("\t{no_id}\trtrs\tmissing_trade_id\t{}\t1", hex(&raw_entry)),
         format!("\t{bad_payload_id}\trtrs\tinvalid_msgpack\t8501\t1"),
         format!(
-            "{}\t{bad_log_id}\trls\tinvalid_msgpack\t{}\t1",
+            "{}\t{bad_log_id}\trls\tinvalid_utf8\t{}\t1",
             bad_log.key(),
             hex(broken)
         ),
@@ -160,7 +160,11 @@ async fn bad_input_goes_to_dead_letters_and_the_stream_keeps_moving() {
         ),
         (
             "spillway_dead_letters_total{pipeline=\"trades\",reason=\"invalid_msgpack\"}",
-            2,
+            1,
+        ),
+        (
+            "spillway_dead_letters_total{pipeline=\"trades\",reason=\"invalid_utf8\"}",
+            1,
         ),
         (
             "spillway_dead_letters_total{pipeline=\"trades\",reason=\"msgpack_not_map\"}",
@@ -213,7 +217,7 @@ async fn a_log_of_another_type_is_a_dead_letter_and_stays_in_redis() {
         .await;
     assert_eq!(
         dead.trim(),
-        "trade_execution:hashed\tlog_wrong_type\texecution log is a hash, not a list or string"
+        "trade_execution:hashed\tlog_wrong_type\texecution log is a hash, not a list or string; left in Redis"
     );
     let (rows, seqs) = s.trades_and_seqs("1").await;
     let want = [

@@ -10,6 +10,7 @@ mod bad_input;
 mod restart;
 mod stack;
 mod stall;
+mod take;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,358 @@
+//! Taking an execution log out of Redis atomically, so that what is removed after the commit is
+//! exactly what was archived.
+//!
+//! A close takes the trade's log: one script renames `trade_execution:{id}` to a staging key of
+//! that close (`{trade_execution:{id}}:spillway:take:{take}`, in the key's hash slot) and says
+//! what it holds. Everything after reads the staging key, which nobody else writes: a LIST is
+//! read in pages, a STRING whole (up to the byte limit). After the commit the staging key is
+//! deleted. Entries the platform appends to the log after the take make a new log key, which
+//! the take never touches; a crash leaves the staging key, which the same close takes again
+//! when it is redelivered (the script reuses an existing staging key) or which the recovery at
+//! start archives. No length is compared, nothing is trimmed by count.
+
+use bytes::Bytes;
+use fred::clients::Pipeline;
+use fred::prelude::*;
+use fred::types::scan::ScanType;
+use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand, Key};
+
+/// Between the log key and the take id in a staging key.
+pub(crate) const STAGING: &str = ":spillway:take:";
+/// Between the log key and the take id in the key that keeps what was over the limits.
+pub(crate) const OVERFLOW: &str = ":spillway:overflow:";
+/// Bytes of an over-long STRING log kept in its dead letter.
+pub(crate) const DEAD_LETTER_PREFIX: u64 = 64 << 10;
+
+/// Takes KEYS[1] to KEYS[2] unless KEYS[2] exists already (the same close taken before a crash
+/// or a redelivery), and only when it is a LIST or a STRING (any other type stays where it is,
+/// for an operator to look at). Returns {type, length, 1 if taken now}.
+const TAKE: &str = r#"
+local t = redis.call('TYPE', KEYS[2]).ok
+local taken = 0
+if t == 'none' then
+  t = redis.call('TYPE', KEYS[1]).ok
+  if t ~= 'list' and t ~= 'string' then return {t, 0, 0} end
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('PERSIST', KEYS[2])
+  taken = 1
+end
+local n = 0
+if t == 'list' then n = redis.call('LLEN', KEYS[2]) elseif t == 'string' then n = redis.call('STRLEN', KEYS[2]) end
+return {t, n, taken}
+"#;
+
+/// Keeps what a log held over the limits: the archived head of a LIST is trimmed off and the
+/// rest renamed to the overflow key KEYS[2]; a STRING is renamed whole. ARGV[1]: entries
+/// archived. Atomic, so a retry after an unknown outcome cannot trim twice.
+const PARK: &str = r#"
+local t = redis.call('TYPE', KEYS[1]).ok
+if t == 'none' then return 0 end
+if t == 'list' then redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1) end
+redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+"#;
+
+/// The scripts, loaded once per connection (and again after a Redis restart).
+#[derive(Clone)]
+pub(crate) struct Scripts {
+    /// See [`TAKE`].
+    pub take: Script,
+    /// See [`PARK`].
+    pub park: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Scripts {
+            take: Script::from_lua(TAKE),
+            park: Script::from_lua(PARK),
+        }
+    }
+}
+
+/// The key a log is moved to for `take_id` (`kind`: [`STAGING`] or [`OVERFLOW`]), in the hash
+/// slot of `key`: a key with a hash tag keeps it as the prefix; a key without one becomes the
+/// hash tag, which hashes as the whole key does.
+pub(crate) fn side_key(key: &str, kind: &str, take_id: &str) -> String {
+    if has_hash_tag(key) {
+        format!("{key}{kind}{take_id}")
+    } else {
+        format!("{{{key}}}{kind}{take_id}")
+    }
+}
+
+/// Whether Redis Cluster hashes only part of `key` (a non-empty `{...}`).
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{')
+        .is_some_and(|open| key[open + 1..].find('}').is_some_and(|close| close > 0))
+}
+
+/// The log key and the take id of a staging key whose log key starts with `prefix`.
+pub(crate) fn parse_staging(staging: &str, prefix: &str) -> Option<(String, String)> {
+    let at = staging.rfind(STAGING)?;
+    let (head, take_id) = (&staging[..at], &staging[at + STAGING.len()..]);
+    if take_id.is_empty() {
+        return None;
+    }
+    let unwrapped = head
+        .strip_prefix('{')
+        .and_then(|h| h.strip_suffix('}'))
+        .filter(|k| k.starts_with(prefix) && !has_hash_tag(k));
+    let key = match unwrapped {
+        Some(k) => k,
+        None if head.starts_with(prefix) && has_hash_tag(head) => head,
+        None => return None,
+    };
+    Some((key.to_string(), take_id.to_string()))
+}
+
+/// What a taken log holds, as read from its staging key.
+#[derive(Debug, Clone)]
+pub(crate) enum LogRead {
+    /// A LIST of `len` entries; `first` is its first page.
+    List {
+        /// Entries in the list.
+        len: u64,
+        /// The first `log_page_entries` of them.
+        first: Vec<Bytes>,
+    },
+    /// A STRING of `len` bytes; `value` is all of it, or only its first
+    /// [`DEAD_LETTER_PREFIX`] bytes when it is longer than the byte limit.
+    Str {
+        /// Its length.
+        len: u64,
+        /// Its bytes (see above).
+        value: Bytes,
+    },
+    /// No log (never written, or taken by an earlier close).
+    Missing,
+    /// Some other type, left where it is.
+    Other(String),
+}
+
+/// Takes each `(log key, staging key)` and reads what it holds: one round trip for the takes and
+/// the first page of every LIST, one more for the STRINGs.
+pub(crate) async fn take_logs(
+    client: &Client,
+    scripts: &Scripts,
+    logs: &[(String, String)],
+    page: u64,
+    max_bytes: u64,
+) -> Result<Vec<LogRead>, Error> {
+    if logs.is_empty() {
+        return Ok(Vec::new());
+    }
+    match take_once(client, scripts, logs, page, max_bytes).await {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            // Redis restarted (or flushed its scripts): load them again and take again (a take
+            // is repeatable: an existing staging key is reused).
+            scripts.take.load(client).await?;
+            scripts.park.load(client).await?;
+            take_once(client, scripts, logs, page, max_bytes).await
+        }
+        other => other,
+    }
+}
+
+async fn take_once(
+    client: &Client,
+    scripts: &Scripts,
+    logs: &[(String, String)],
+    page: u64,
+    max_bytes: u64,
+) -> Result<Vec<LogRead>, Error> {
+    let p = client.pipeline();
+    for (key, staging) in logs {
+        evalsha(&p, &scripts.take, &[key, staging], &[]).await?;
+        let () = p.lrange(staging.as_str(), 0, page as i64 - 1).await?;
+    }
+    let mut replies = p.try_all::<Value>().await.into_iter();
+    let mut out = Vec::with_capacity(logs.len());
+    let mut strings = Vec::new();
+    for i in 0..logs.len() {
+        let (taken, page) = (replies.next(), replies.next());
+        let taken = match taken {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Err(e),
+            None => return Err(unexpected("EVALSHA", &Value::Null)),
+        };
+        let Value::Array(t) = taken else {
+            return Err(unexpected("EVALSHA", &taken));
+        };
+        let kind = t.first().and_then(|v| v.as_string()).unwrap_or_default();
+        let len = t.get(1).and_then(|v| v.as_u64()).unwrap_or(0);
+        out.push(match kind.as_str() {
+            "list" => match page {
+                Some(Ok(Value::Array(items))) => LogRead::List {
+                    len,
+                    first: items.into_iter().filter_map(bytes).collect(),
+                },
+                Some(Ok(other)) => return Err(unexpected("LRANGE", &other)),
+                Some(Err(e)) => return Err(e),
+                None => return Err(unexpected("LRANGE", &Value::Null)),
+            },
+            "string" => {
+                strings.push((i, len));
+                LogRead::Missing
+            }
+            "none" => LogRead::Missing,
+            other => LogRead::Other(other.to_string()),
+        });
+    }
+    if strings.is_empty() {
+        return Ok(out);
+    }
+    let p = client.pipeline();
+    for &(i, len) in &strings {
+        let staging = logs[i].1.as_str();
+        if len <= max_bytes {
+            let () = p.get(staging).await?;
+        } else {
+            let () = p
+                .getrange(staging, 0, DEAD_LETTER_PREFIX as usize - 1)
+                .await?;
+        }
+    }
+    for (&(i, len), reply) in strings.iter().zip(p.try_all::<Value>().await) {
+        out[i] = match reply? {
+            Value::Null => LogRead::Missing,
+            v => match bytes(v) {
+                Some(value) => LogRead::Str { len, value },
+                None => return Err(unexpected("GET", &Value::Null)),
+            },
+        };
+    }
+    Ok(out)
+}
+
+/// Queues `EVALSHA` of `script` on `keys` and `args` in a pipeline (which has no Lua
+/// interface of its own), routed in a cluster by its first key.
+pub(crate) async fn evalsha(
+    p: &Pipeline<Client>,
+    script: &Script,
+    keys: &[&String],
+    args: &[String],
+) -> Result<(), Error> {
+    let mut a = Vec::with_capacity(2 + keys.len() + args.len());
+    a.push(Value::String(script.sha1().clone()));
+    a.push(Value::Integer(keys.len() as i64));
+    a.extend(keys.iter().map(|k| Value::from(k.as_str())));
+    a.extend(args.iter().map(|v| Value::from(v.as_str())));
+    let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+    p.custom(cmd, a).await
+}
+
+/// Entries `from..to` of a taken LIST.
+pub(crate) async fn read_page(
+    client: &Client,
+    staging: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Bytes>, Error> {
+    let items: Vec<Value> = client.lrange(staging, from as i64, to as i64 - 1).await?;
+    Ok(items.into_iter().filter_map(bytes).collect())
+}
+
+/// Staging keys of logs under `prefix` that no commit has released (no TTL: a staging key
+/// given its grace expiry after a commit is done).
+pub(crate) async fn staged(client: &Client, prefix: &str) -> Result<Vec<String>, Error> {
+    let escaped: String = prefix
+        .chars()
+        .flat_map(|c| match c {
+            '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for pattern in [
+        format!("{{{escaped}*}}{STAGING}*"),
+        format!("{escaped}*{STAGING}*"),
+    ] {
+        let mut cursor = "0".to_string();
+        loop {
+            let (next, page): (String, Vec<Key>) = client
+                .scan_page(cursor, pattern.clone(), Some(1000), None::<ScanType>)
+                .await?;
+            keys.extend(page.iter().map(|k| k.as_str_lossy().into_owned()));
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(keys);
+    }
+    let p = client.pipeline();
+    for k in &keys {
+        let () = p.pttl(k.as_str()).await?;
+    }
+    let ttls: Vec<i64> = p.all().await?;
+    Ok(keys
+        .into_iter()
+        .zip(ttls)
+        .filter(|(_, ttl)| *ttl == -1)
+        .map(|(k, _)| k)
+        .collect())
+}
+
+fn bytes(v: Value) -> Option<Bytes> {
+    match v {
+        Value::Bytes(b) => Some(b),
+        Value::String(s) => Some(s.into_inner()),
+        Value::Integer(i) => Some(Bytes::from(i.to_string())),
+        _ => None,
+    }
+}
+
+fn unexpected(command: &str, reply: &Value) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!("unexpected reply to {command}: {:?}", reply.kind()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_keys_share_the_hash_slot_of_the_log() {
+        assert_eq!(
+            side_key("trade_execution:12345", STAGING, "1-0"),
+            "{trade_execution:12345}:spillway:take:1-0"
+        );
+        assert_eq!(
+            side_key("trade_execution:{12345}", STAGING, "1-0"),
+            "trade_execution:{12345}:spillway:take:1-0"
+        );
+        // `{}` is no hash tag: the whole key is.
+        assert_eq!(
+            side_key("trade_execution:{}x", OVERFLOW, "7"),
+            "{trade_execution:{}x}:spillway:overflow:7"
+        );
+    }
+
+    #[test]
+    fn staging_keys_parse_back() {
+        let p = "trade_execution:";
+        for (key, take) in [
+            ("trade_execution:12345", "1700000000000-0"),
+            ("trade_execution:{12345}", "2-3"),
+            ("trade_execution:a:b", "ps-1-2-3"),
+        ] {
+            let staging = side_key(key, STAGING, take);
+            assert_eq!(
+                parse_staging(&staging, p),
+                Some((key.to_string(), take.to_string())),
+                "{staging}"
+            );
+        }
+        assert_eq!(parse_staging("{other:1}:spillway:take:1-0", p), None);
+        assert_eq!(parse_staging("{trade_execution:1}:spillway:take:", p), None);
+        assert_eq!(parse_staging("trade_execution:1", p), None);
+    }
+}
