@@ -96,7 +96,8 @@ fn pubsub_take_id() -> String {
     )
 }
 
-fn bytes(v: Value) -> Option<Bytes> {
+/// The bytes of a bulk string reply (or an integer's text).
+pub(super) fn bytes(v: Value) -> Option<Bytes> {
     match v {
         Value::Bytes(b) => Some(b),
         Value::String(s) => Some(s.into_inner()),

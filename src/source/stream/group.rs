@@ -15,14 +15,9 @@ pub(super) fn is_gone(e: &Error) -> bool {
     d.starts_with("NOGROUP") || d.starts_with("UNBLOCKED")
 }
 
-/// `XGROUP CREATE <stream> <group> <start_id> MKSTREAM`. True when this call created the group
-/// (counted and logged once at WARN); false when it was there already (BUSYGROUP: another
-/// consumer recreated it first).
-pub(super) async fn recreate(
-    ctl: &Client,
-    def: &StreamSource,
-    pipeline: &str,
-) -> Result<bool, Error> {
+/// `XGROUP CREATE <stream> <group> <start_id> MKSTREAM`: true when this call created the
+/// group, false when it was there already (BUSYGROUP).
+pub(super) async fn create(ctl: &Client, def: &StreamSource) -> Result<bool, Error> {
     let created: Result<(), Error> = ctl
         .xgroup_create(
             def.stream.as_str(),
@@ -32,7 +27,21 @@ pub(super) async fn recreate(
         )
         .await;
     match created {
-        Ok(()) => {
+        Ok(()) => Ok(true),
+        Err(e) if e.details().starts_with("BUSYGROUP") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the group again after it was found gone. True when this call created it (counted and
+/// logged once at WARN); false when it was there already (another consumer recreated it first).
+pub(super) async fn recreate(
+    ctl: &Client,
+    def: &StreamSource,
+    pipeline: &str,
+) -> Result<bool, Error> {
+    match create(ctl, def).await {
+        Ok(true) => {
             metrics::counter!(m::STREAM_GROUP_RECREATED, "pipeline" => pipeline.to_string())
                 .increment(1);
             tracing::warn!(
@@ -46,7 +55,6 @@ pub(super) async fn recreate(
             );
             Ok(true)
         }
-        Err(e) if e.details().starts_with("BUSYGROUP") => Ok(false),
-        Err(e) => Err(e),
+        other => other,
     }
 }

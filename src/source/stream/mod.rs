@@ -75,19 +75,11 @@ impl Stream {
                 .await
                 .map_err(log_endpoint.err("loading the log scripts (SCRIPT LOAD)"))?;
         }
-        let created: std::result::Result<(), Error> = ctl
-            .xgroup_create(
-                def.stream.as_str(),
-                def.group.as_str(),
-                def.start_id.as_str(),
-                true,
-            )
-            .await;
-        match created {
-            Ok(()) => {
+        match group::create(&ctl, &def).await {
+            Ok(true) => {
                 tracing::info!(pipeline = name, stream = %def.stream, group = %def.group, "consumer group created")
             }
-            Err(e) if e.details().contains("BUSYGROUP") => {}
+            Ok(false) => {}
             Err(e) => {
                 return Err(endpoint.err("creating the consumer group (XGROUP CREATE)")(
                     e,

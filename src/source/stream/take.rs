@@ -17,6 +17,8 @@ use fred::types::scan::ScanType;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, Key};
 
+use super::entries::bytes;
+
 /// Between the log key and the take id in a staging key.
 pub(crate) const STAGING: &str = ":spillway:take:";
 /// Between the log key and the take id in the key that keeps what was over the limits.
@@ -297,15 +299,6 @@ pub(crate) async fn staged(client: &Client, prefix: &str) -> Result<Vec<String>,
         .filter(|(_, ttl)| *ttl == -1)
         .map(|(k, _)| k)
         .collect())
-}
-
-fn bytes(v: Value) -> Option<Bytes> {
-    match v {
-        Value::Bytes(b) => Some(b),
-        Value::String(s) => Some(s.into_inner()),
-        Value::Integer(i) => Some(Bytes::from(i.to_string())),
-        _ => None,
-    }
 }
 
 fn unexpected(command: &str, reply: &Value) -> Error {
