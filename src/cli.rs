@@ -72,7 +72,7 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => args.load().and_then(run),
-        Command::CheckConfig(args) => args.load().map(|s| println!("{s:#?}")),
+        Command::CheckConfig(args) => args.load().map(|s| println!("{}", s.to_toml())),
         Command::Schema {
             clickhouse_version,
             database,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::pipeline::{self, Pipeline};
 
+mod effective;
 mod sections;
 pub(crate) use sections::*;
 
@@ -103,6 +104,8 @@ pub struct Settings {
     pub observe: ObserveSettings,
     /// The pipelines to run.
     pub pipelines: Vec<Pipeline>,
+    /// Where their definitions were read from, when configured.
+    pub pipelines_dir: Option<PathBuf>,
     /// Deadline of a graceful shutdown.
     pub shutdown_timeout: Duration,
 }
@@ -219,6 +222,7 @@ impl FileConfig {
         let batch = self.batch.validate()?;
         let keyspace = self.keyspace.validate()?;
         let observe = self.observe.validate()?;
+        let pipelines_dir = self.pipelines_dir.as_ref().map(|d| base.join(d));
         let mut pipelines = match &self.pipelines_dir {
             Some(dir) => pipeline::load_dir(&base.join(dir))?,
             None if Path::new("pipelines").is_dir() => pipeline::load_dir(Path::new("pipelines"))?,
@@ -259,6 +263,7 @@ impl FileConfig {
             keyspace,
             observe,
             pipelines,
+            pipelines_dir,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
         })
     }

@@ -11,5 +11,6 @@ mod harness;
 mod modern_clickhouse;
 mod observability;
 mod prometheus_e2e;
+mod secrets;
 mod simulate;
 mod trades;

@@ -1,0 +1,156 @@
+//! The effective configuration as TOML, for `spillway check-config`: every setting as Spillway
+//! will run with it (file, environment overrides and defaults merged), in the file's own format,
+//! so an operator can read it and feed it back to `spillway run --config`. Secrets are never
+//! printed: a password in a URL becomes [`REDACTED`], the ClickHouse password is left out and
+//! said to be set.
+
+use toml::{Table, Value};
+
+use super::Settings;
+
+/// What stands for a password in a printed URL.
+pub(crate) const REDACTED: &str = "REDACTED";
+
+impl Settings {
+    /// The effective configuration as TOML (see the module's description).
+    pub(crate) fn to_toml(&self) -> String {
+        let mut root = Table::new();
+        let names: Vec<Value> = self
+            .pipelines
+            .iter()
+            .map(|p| Value::from(p.name.as_str()))
+            .collect();
+        if let Some(dir) = &self.pipelines_dir {
+            root.insert("pipelines_dir".into(), dir.display().to_string().into());
+        }
+        root.insert("pipelines".into(), Value::Array(names));
+        root.insert(
+            "shutdown_timeout_secs".into(),
+            secs(self.shutdown_timeout.as_secs()),
+        );
+        let mut redis = Table::new();
+        for (name, url) in &self.redis {
+            let mut t = Table::new();
+            t.insert("url".into(), redact(url).into());
+            redis.insert(name.clone(), Value::Table(t));
+        }
+        root.insert("redis".into(), Value::Table(redis));
+        let ch = &self.clickhouse;
+        let mut clickhouse = Table::new();
+        clickhouse.insert("url".into(), redact(&ch.url).into());
+        clickhouse.insert("user".into(), ch.user.as_str().into());
+        clickhouse.insert("database".into(), ch.database.as_str().into());
+        clickhouse.insert(
+            "insert_timeout_secs".into(),
+            secs(ch.insert_timeout.as_secs()),
+        );
+        let compression = if ch.compression { "lz4" } else { "none" };
+        clickhouse.insert("compression".into(), compression.into());
+        root.insert("clickhouse".into(), Value::Table(clickhouse));
+        let mut metrics = Table::new();
+        metrics.insert("addr".into(), self.metrics_addr.to_string().into());
+        root.insert("metrics".into(), Value::Table(metrics));
+        let b = &self.batch;
+        let mut batch = Table::new();
+        batch.insert("channel_capacity".into(), count(b.channel_capacity.get()));
+        batch.insert("max_rows".into(), count(b.max_rows.get()));
+        batch.insert("max_bytes".into(), count(b.max_bytes.get()));
+        batch.insert("max_delay_ms".into(), secs(b.max_delay.as_millis() as u64));
+        root.insert("batch".into(), Value::Table(batch));
+        let k = &self.keyspace;
+        let mut keyspace = Table::new();
+        keyspace.insert(
+            "configure_notifications".into(),
+            k.configure_notifications.into(),
+        );
+        keyspace.insert("subscriber_buffer".into(), count(k.subscriber_buffer.get()));
+        keyspace.insert("read_batch".into(), count(k.read_batch.get()));
+        keyspace.insert("readers".into(), count(k.readers.get()));
+        keyspace.insert("read_ttl".into(), k.read_ttl.into());
+        root.insert("keyspace".into(), Value::Table(keyspace));
+        let mut observe = Table::new();
+        observe.insert(
+            "interval_secs".into(),
+            secs(self.observe.interval.as_secs()),
+        );
+        root.insert("observe".into(), Value::Table(observe));
+        let password = if ch.password.is_empty() {
+            "# [clickhouse] password: none"
+        } else {
+            "# [clickhouse] password: set (not shown; give it again with SPILLWAY_CLICKHOUSE_PASSWORD or in the file)"
+        };
+        let any_url_password =
+            has_password(&ch.url) || self.redis.iter().any(|(_, u)| has_password(u));
+        let redacted = if any_url_password {
+            format!("\n# URL passwords are shown as {REDACTED}: put the real ones back (or set SPILLWAY_*_URL) to run with this file")
+        } else {
+            String::new()
+        };
+        let body = toml::to_string(&Value::Table(root)).unwrap_or_default();
+        format!("# The effective configuration of spillway (file, SPILLWAY_* overrides, defaults).\n{password}{redacted}\n\n{body}")
+    }
+}
+
+/// `url` with its password (if any) replaced by [`REDACTED`].
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some(REDACTED));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn has_password(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| u.password().is_some())
+}
+
+fn secs(v: u64) -> Value {
+    Value::Integer(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn count(v: usize) -> Value {
+    Value::Integer(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::FileConfig;
+    use std::path::Path;
+
+    #[test]
+    fn printed_config_hides_secrets_and_reads_back_the_same() {
+        let text = r#"
+[redis.rls]
+url = "redis://spill:s3cretPW@127.0.0.1:6384"
+
+[clickhouse]
+url = "http://127.0.0.1:8123"
+user = "writer"
+password = "chPassw0rd"
+database = "audit"
+
+[batch]
+max_rows = 5000
+"#;
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let s = FileConfig::from_toml(text).unwrap().validate(base).unwrap();
+        let printed = s.to_toml();
+        assert!(!printed.contains("s3cretPW"), "{printed}");
+        assert!(!printed.contains("chPassw0rd"), "{printed}");
+        assert!(
+            printed.contains("redis://spill:REDACTED@127.0.0.1:6384"),
+            "{printed}"
+        );
+        assert!(printed.contains("password: set"), "{printed}");
+        // Read back, it is the same configuration (the password aside).
+        let again = FileConfig::from_toml(&printed)
+            .unwrap()
+            .validate(base)
+            .unwrap();
+        assert_eq!(again.to_toml(), printed.replace("password: set (not shown; give it again with SPILLWAY_CLICKHOUSE_PASSWORD or in the file)", "password: none"));
+        assert_eq!(again.batch.max_rows.get(), 5000);
+        assert_eq!(again.clickhouse.database, "audit");
+    }
+}
