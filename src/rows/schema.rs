@@ -49,7 +49,7 @@ impl Generation {
         }
     }
 
-    fn render(self, col: Col) -> &'static str {
+    pub(crate) fn render(self, col: Col) -> &'static str {
         match (self, col) {
             (_, Col::Str) => "String",
             (Generation::Legacy, Col::Label) => "String",
@@ -207,6 +207,64 @@ pub(crate) const TABLES: &[Table] = &[
     },
 ];
 
+/// A sorting key as written, for comparison: without blanks, and without the parentheses that
+/// enclose the whole key (current servers report `ORDER BY (a)` as `(a)`, old ones as `a`).
+fn sorting(key: &str) -> String {
+    let mut k: String = key.chars().filter(|c| !c.is_whitespace()).collect();
+    while k.starts_with('(') && k.ends_with(')') && encloses(&k) {
+        k = k[1..k.len() - 1].to_string();
+    }
+    k
+}
+
+/// Whether the first `(` of `s` closes at its last character.
+fn encloses(s: &str) -> bool {
+    let mut depth = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            return i == s.len() - 1;
+        }
+    }
+    false
+}
+
+/// One way an existing table differs from what Spillway writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Difference {
+    /// Its engine (not a ReplacingMergeTree: nothing is deduplicated).
+    Engine(String),
+    /// Its sorting key, and Spillway's (the identity rows are deduplicated on).
+    OrderBy(String, &'static str),
+    /// A column Spillway writes is missing: its name and type.
+    Missing(&'static str, &'static str),
+    /// A column has another type: its name, its type, Spillway's.
+    Type(&'static str, String, &'static str),
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Difference::Engine(e) => write!(
+                f,
+                "engine is {e}, not ReplacingMergeTree (rows written twice would stay twice)"
+            ),
+            Difference::OrderBy(found, want) => write!(
+                f,
+                "ORDER BY is ({found}), not ({want}), the identity rows are deduplicated on"
+            ),
+            Difference::Missing(name, ty) => write!(f, "column {name} {ty} is missing"),
+            Difference::Type(name, found, want) => {
+                write!(f, "column {name} is {found}, Spillway writes {want}")
+            }
+        }
+    }
+}
+
 /// The table named `name` (one of [`TABLES`]).
 pub(crate) fn table(name: &str) -> &'static Table {
     TABLES
@@ -237,6 +295,62 @@ impl Table {
             cols = cols.join(",\n"),
             order = self.order_by,
         )
+    }
+
+    /// How an existing table differs from this one, as Spillway writes it on a server of
+    /// `generation`: `columns` (name, type) as `system.columns` lists them, `engine` and
+    /// `sorting_key` as `system.tables` does. Empty when Spillway can write into it as it is.
+    /// Columns Spillway does not write are allowed (they take their defaults).
+    pub(crate) fn differences(
+        &self,
+        generation: Generation,
+        columns: &[(String, String)],
+        engine: &str,
+        sorting_key: &str,
+    ) -> Vec<Difference> {
+        let mut out = Vec::new();
+        if !engine.ends_with("ReplacingMergeTree") {
+            out.push(Difference::Engine(engine.to_string()));
+        }
+        if sorting(sorting_key) != sorting(self.order_by) {
+            out.push(Difference::OrderBy(sorting_key.to_string(), self.order_by));
+        }
+        for (name, col) in self.columns {
+            let want = generation.render(*col);
+            match columns.iter().find(|(n, _)| n == name) {
+                None => out.push(Difference::Missing(name, want)),
+                Some((_, found)) if found != want => {
+                    out.push(Difference::Type(name, found.clone(), want))
+                }
+                Some(_) => {}
+            }
+        }
+        out
+    }
+
+    /// The statement that makes an existing table what Spillway writes, given its
+    /// `differences`: the missing columns added when only columns are missing, else the table
+    /// renamed aside (Spillway then creates it anew at the next start).
+    pub(crate) fn fix_sql(&self, database: &str, differences: &[Difference]) -> String {
+        let missing: Vec<String> = differences
+            .iter()
+            .filter_map(|d| match d {
+                Difference::Missing(name, ty) => Some(format!("ADD COLUMN {name} {ty}")),
+                _ => None,
+            })
+            .collect();
+        if missing.len() == differences.len() {
+            format!(
+                "ALTER TABLE {database}.{} {}",
+                self.name,
+                missing.join(", ")
+            )
+        } else {
+            format!(
+                "RENAME TABLE {database}.{name} TO {database}.{name}_old",
+                name = self.name
+            )
+        }
     }
 
     /// The column names in order.
@@ -287,5 +401,51 @@ mod tests {
             let table = TABLES.iter().find(|x| x.name == t).unwrap();
             assert_eq!(table.column_names(), cols, "{t}");
         }
+    }
+
+    #[test]
+    fn an_existing_table_is_checked_for_types_engine_and_key() {
+        let t = table("trades");
+        let g = Generation::Legacy;
+        let exact: Vec<(String, String)> = t
+            .columns
+            .iter()
+            .map(|(n, c)| (n.to_string(), g.render(*c).to_string()))
+            .collect();
+        let engine = "ReplacingMergeTree";
+        assert!(t.differences(g, &exact, engine, "trade_id").is_empty());
+        // Columns Spillway does not write are fine.
+        let mut more = exact.clone();
+        more.push(("note".into(), "String".into()));
+        assert!(t.differences(g, &more, engine, " trade_id ").is_empty());
+        // Current servers write a one-column key in parentheses.
+        assert!(t.differences(g, &exact, engine, "(trade_id)").is_empty());
+        assert_eq!(sorting("(a, b)"), "a,b");
+        assert_eq!(sorting("(a), (b)"), "(a),(b)");
+        // A missing column: added by the fix.
+        let fewer: Vec<_> = exact.iter().filter(|(n, _)| n != "swap").cloned().collect();
+        let d = t.differences(g, &fewer, engine, "trade_id");
+        assert_eq!(d, [Difference::Missing("swap", "Nullable(Float64)")]);
+        assert_eq!(
+            t.fix_sql("db", &d),
+            "ALTER TABLE db.trades ADD COLUMN swap Nullable(Float64)"
+        );
+        // Another type, engine or key: the table is renamed aside.
+        let mut typed = exact.clone();
+        typed[1].1 = "UInt8".into();
+        let d = t.differences(g, &typed, "MergeTree", "trade_id, event");
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert_eq!(
+            d[0].to_string(),
+            "engine is MergeTree, not ReplacingMergeTree (rows written twice would stay twice)"
+        );
+        assert_eq!(
+            d[2].to_string(),
+            "column event is UInt8, Spillway writes String"
+        );
+        assert_eq!(
+            t.fix_sql("db", &d),
+            "RENAME TABLE db.trades TO db.trades_old"
+        );
     }
 }

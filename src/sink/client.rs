@@ -24,17 +24,17 @@ pub(crate) enum SinkError {
         /// The client's error.
         source: clickhouse::error::Error,
     },
-    /// An existing table does not have the columns Spillway writes.
-    #[error("table {database}.{table} exists with columns {found:?}, Spillway writes {expected:?}; fix: rename or drop the old table (Spillway then creates it), or point SPILLWAY_CLICKHOUSE_DATABASE at another database")]
+    /// An existing table is not what Spillway writes (columns, types, engine or sorting key).
+    #[error("table {database}.{table} is not what Spillway writes: {}; fix: run `{fix}` (or point SPILLWAY_CLICKHOUSE_DATABASE at another database)", differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Schema {
         /// Database.
         database: String,
         /// Table.
         table: String,
-        /// Its columns.
-        found: Vec<String>,
-        /// What Spillway writes.
-        expected: Vec<String>,
+        /// Each difference.
+        differences: Vec<crate::rows::schema::Difference>,
+        /// The statement that fixes it.
+        fix: String,
     },
 }
 
@@ -86,20 +86,33 @@ impl Sink {
                 .execute()
                 .await
                 .map_err(err(&format!("creating table {}", t.name)))?;
-            let found: Vec<String> = base
-                .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+            let columns: Vec<String> = base
+                .query("SELECT concat(name, '\t', type) FROM system.columns WHERE database = ? AND table = ?")
                 .bind(&s.database)
                 .bind(t.name)
                 .fetch_all()
                 .await
                 .map_err(err(&format!("reading the columns of {}", t.name)))?;
-            let expected = t.column_names();
-            if expected.iter().any(|c| !found.iter().any(|f| f == c)) {
+            let columns: Vec<(String, String)> = columns
+                .iter()
+                .filter_map(|l| l.split_once('\t'))
+                .map(|(n, ty)| (n.to_string(), ty.to_string()))
+                .collect();
+            let table: String = base
+                .query("SELECT concat(engine, '\t', sorting_key) FROM system.tables WHERE database = ? AND name = ?")
+                .bind(&s.database)
+                .bind(t.name)
+                .fetch_one()
+                .await
+                .map_err(err(&format!("reading the engine of {}", t.name)))?;
+            let (engine, sorting_key) = table.split_once('\t').unwrap_or((&table, ""));
+            let differences = t.differences(generation, &columns, engine, sorting_key);
+            if !differences.is_empty() {
                 return Err(SinkError::Schema {
+                    fix: t.fix_sql(&s.database, &differences),
                     database: s.database.clone(),
                     table: t.name.into(),
-                    found,
-                    expected: expected.iter().map(|c| c.to_string()).collect(),
+                    differences,
                 });
             }
         }
