@@ -30,8 +30,12 @@ pub(crate) enum Col {
 pub(crate) enum Generation {
     /// Before 20.1 (no DateTime64, LowCardinality experimental): 18.16 as shipped by Debian.
     Legacy,
-    /// 20.1 and later.
+    /// 20.1 to 22.1.
     Current,
+    /// 22.2 and later: as `Current`, and inserts carry an `insert_deduplication_token` that the
+    /// tables honour (`non_replicated_deduplication_window`), so a retried batch adds no rows
+    /// even before merges.
+    Modern,
 }
 
 impl Generation {
@@ -42,7 +46,9 @@ impl Generation {
             .split('.')
             .map(|p| p.parse::<u32>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        if (major, minor) >= (20, 1) {
+        if (major, minor) >= (22, 2) {
+            Generation::Modern
+        } else if (major, minor) >= (20, 1) {
             Generation::Current
         } else {
             Generation::Legacy
@@ -50,16 +56,17 @@ impl Generation {
     }
 
     pub(crate) fn render(self, col: Col) -> &'static str {
-        match (self, col) {
+        let legacy = self == Generation::Legacy;
+        match (legacy, col) {
             (_, Col::Str) => "String",
-            (Generation::Legacy, Col::Label) => "String",
-            (Generation::Current, Col::Label) => "LowCardinality(String)",
+            (true, Col::Label) => "String",
+            (false, Col::Label) => "LowCardinality(String)",
             (_, Col::U64) => "UInt64",
             (_, Col::I64) => "Int64",
-            (Generation::Legacy, Col::TimeMs) => "Int64",
-            (Generation::Current, Col::TimeMs) => "DateTime64(3)",
-            (Generation::Legacy, Col::TimeMsOpt) => "Nullable(Int64)",
-            (Generation::Current, Col::TimeMsOpt) => "Nullable(DateTime64(3))",
+            (true, Col::TimeMs) => "Int64",
+            (false, Col::TimeMs) => "DateTime64(3)",
+            (true, Col::TimeMsOpt) => "Nullable(Int64)",
+            (false, Col::TimeMsOpt) => "Nullable(DateTime64(3))",
             (_, Col::F64Opt) => "Nullable(Float64)",
             (_, Col::I64Opt) => "Nullable(Int64)",
             (_, Col::U32) => "UInt32",
@@ -286,10 +293,15 @@ impl Table {
             (Some(c), Generation::Legacy) => {
                 format!("PARTITION BY toYYYYMM(toDateTime(intDiv({c}, 1000)))\n")
             }
-            (Some(c), Generation::Current) => format!("PARTITION BY toYYYYMM({c})\n"),
+            (Some(c), _) => format!("PARTITION BY toYYYYMM({c})\n"),
+        };
+        // Inserts identical to one of the last 1000 (by their token) are dropped.
+        let settings = match generation {
+            Generation::Modern => "\nSETTINGS non_replicated_deduplication_window = 1000",
+            _ => "",
         };
         format!(
-            "CREATE TABLE IF NOT EXISTS {database}.{name} (\n{cols}\n) ENGINE = ReplacingMergeTree({version})\n{partition}ORDER BY ({order})",
+            "CREATE TABLE IF NOT EXISTS {database}.{name} (\n{cols}\n) ENGINE = ReplacingMergeTree({version})\n{partition}ORDER BY ({order}){settings}",
             name = self.name,
             version = self.version.unwrap_or(""),
             cols = cols.join(",\n"),
@@ -368,8 +380,9 @@ mod tests {
         assert_eq!(Generation::from_version("18.16.1"), Generation::Legacy);
         assert_eq!(Generation::from_version("19.17.4.11"), Generation::Legacy);
         assert_eq!(Generation::from_version("20.1.2.4"), Generation::Current);
-        assert_eq!(Generation::from_version("24.8.4.13\n"), Generation::Current);
-        assert_eq!(Generation::from_version("26.1.1.1"), Generation::Current);
+        assert_eq!(Generation::from_version("22.1.3.7"), Generation::Current);
+        assert_eq!(Generation::from_version("24.8.4.13\n"), Generation::Modern);
+        assert_eq!(Generation::from_version("26.1.1.1"), Generation::Modern);
     }
 
     #[test]
@@ -377,6 +390,12 @@ mod tests {
         let t = &TABLES[1];
         let old = t.create_sql("db", Generation::Legacy);
         let new = t.create_sql("db", Generation::Current);
+        let modern = t.create_sql("db", Generation::Modern);
+        assert!(!new.contains("SETTINGS"));
+        assert_eq!(
+            modern,
+            format!("{new}\nSETTINGS non_replicated_deduplication_window = 1000")
+        );
         assert!(
             old.contains("event_ms Int64") && new.contains("event_ms DateTime64(3)"),
             "{old}\n{new}"

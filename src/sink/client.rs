@@ -47,6 +47,8 @@ pub(crate) struct Sink {
     client: Client,
     url: String,
     insert_timeout: Duration,
+    /// Whether inserts carry a deduplication token (servers from 22.2 on).
+    tokens: bool,
 }
 
 impl Sink {
@@ -121,6 +123,7 @@ impl Sink {
             client: base.with_database(&s.database),
             url,
             insert_timeout: s.insert_timeout,
+            tokens: generation == Generation::Modern,
         })
     }
 
@@ -169,9 +172,79 @@ impl Sink {
             .client
             .insert_formatted_with(format!("INSERT INTO {table} ({columns}) FORMAT RowBinary"))
             .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
+        if self.tokens {
+            // The same rows give the same token: a retried insert (after a timeout whose outcome
+            // is unknown, or a restart) is dropped by the server instead of written twice.
+            insert = insert.with_setting("insert_deduplication_token", dedup_token(table, &data));
+        }
         for piece in data {
             insert.send(bytes::Bytes::copy_from_slice(piece)).await?;
         }
         insert.end().await
+    }
+}
+
+/// The deduplication token of an insert: the table and an xxh3-128 of its RowBinary bytes.
+fn dedup_token(table: &str, data: &[&[u8]]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for piece in data {
+        h.update(piece);
+    }
+    format!("{table}-{:032x}", h.digest128())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use spillway_testkit::ClickHouseServer;
+
+    use super::*;
+    use crate::config::ClickHouseSettings;
+    use crate::rows::{AlertEventRow, Record};
+    use crate::sink::batch::Batch;
+
+    /// A batch written twice (a retry after an insert whose outcome was unknown): stored once
+    /// on a current server, before any merge; twice on 18.16, where only `FINAL` hides it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_batch_is_stored_once_on_current_servers() {
+        for modern in [true, false] {
+            let server = if modern {
+                ClickHouseServer::start_modern()
+            } else {
+                ClickHouseServer::start_legacy()
+            };
+            let settings = ClickHouseSettings {
+                url: server.url(),
+                user: "default".into(),
+                password: String::new(),
+                database: "tdedup".into(),
+                insert_timeout: Duration::from_secs(30),
+                compression: false,
+            };
+            let sink = Sink::connect(&settings).await.expect("connect");
+            assert_eq!(sink.tokens, modern);
+            let mut batch = Batch::default();
+            for i in 0..100 {
+                batch.push(Record::alert_event(AlertEventRow {
+                    key: format!("alert:{i}"),
+                    alert_id: i.to_string(),
+                    event: "expired",
+                    event_ms: 1_700_000_000_000 + i,
+                    content_hash: 0,
+                    ttl_ms: -2,
+                }));
+            }
+            sink.write(&batch).await.expect("first insert");
+            sink.write(&batch).await.expect("the retry");
+            let raw = server
+                .count("SELECT count() FROM tdedup.alert_events")
+                .await;
+            let fin = server
+                .count("SELECT count() FROM tdedup.alert_events FINAL")
+                .await;
+            assert_eq!(fin, 100);
+            assert_eq!(raw, if modern { 100 } else { 200 }, "modern: {modern}");
+        }
     }
 }

@@ -337,14 +337,68 @@ const CLICKHOUSE_USERS: &str = r#"<?xml version="1.0"?>
 /// A clickhouse-server (18.16) child process with config, data and logs in a tempdir.
 pub struct ClickHouseServer {
     pub http_port: u16,
+    /// The native port (0 for the modern server, which serves HTTP only).
     pub tcp_port: u16,
     proc: Proc,
     dir: TempDir,
+    modern: bool,
 }
 
+/// Which ClickHouse the tests start: `SPILLWAY_TEST_CLICKHOUSE=modern` runs the current
+/// ClickHouse that PyPI's chdb-core embeds (26.x, its clickhouse-local serving ClickHouse's own
+/// HTTP interface), anything else Debian's clickhouse-server (18.16).
+pub fn modern_clickhouse() -> bool {
+    std::env::var("SPILLWAY_TEST_CLICKHOUSE").is_ok_and(|v| v == "modern")
+}
+
+/// Serves ClickHouse's HTTP interface from chdb's clickhouse-local, in the working directory's
+/// `config.xml`, until a line is written to `stop.fifo` or SIGTERM.
+const CHDB_SERVER: &str = r#"
+import os
+from chdb import _chdb
+fifo = os.path.join(os.getcwd(), "stop.fifo")
+_chdb.query("SYSTEM START LISTEN HTTP; SELECT count() FROM file('" + fifo + "', 'LineAsString')", "TabSeparated")
+"#;
+
 impl ClickHouseServer {
-    /// Writes a minimal `<yandex>` config + users.xml and starts clickhouse-server (waits for /ping).
+    /// Starts the server the tests run against (see [`modern_clickhouse`]).
     pub fn start() -> Self {
+        if modern_clickhouse() {
+            Self::start_modern()
+        } else {
+            Self::start_legacy()
+        }
+    }
+
+    /// Starts a current ClickHouse (chdb-core's clickhouse-local serving HTTP; waits for /ping).
+    pub fn start_modern() -> Self {
+        let dir = tempdir("clickhouse-");
+        let http_port = free_port();
+        let d = dir.path().display();
+        let config = format!(
+            "<clickhouse><listen_host>127.0.0.1</listen_host><http_port>{http_port}</http_port>\
+             <path>{d}/data/</path><timezone>UTC</timezone></clickhouse>\n"
+        );
+        fs::write(dir.path().join("config.xml"), config).expect("write config.xml");
+        let fifo = dir.path().join("stop.fifo");
+        let made = Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        let mut server = ClickHouseServer {
+            http_port,
+            tcp_port: 0,
+            proc: Proc(Mutex::new(None)),
+            dir,
+            modern: true,
+        };
+        server.launch();
+        server
+    }
+
+    /// Writes a minimal `<yandex>` config + users.xml and starts clickhouse-server (waits for /ping).
+    pub fn start_legacy() -> Self {
         let dir = tempdir("clickhouse-");
         let (http_port, tcp_port, interserver) = (free_port(), free_port(), free_port());
         let d = dir.path().display();
@@ -376,6 +430,7 @@ impl ClickHouseServer {
             tcp_port,
             proc,
             dir,
+            modern: false,
         };
         server.launch();
         server
@@ -383,8 +438,13 @@ impl ClickHouseServer {
 
     fn launch(&mut self) {
         let (dir, out) = (self.dir.path(), self.dir.path().join("stdout.log"));
-        let args = [format!("--config-file={}/config.xml", dir.display())];
-        let child = spawn("clickhouse-server", &args, |c| {
+        let (program, args) = if self.modern {
+            ("python3", vec!["-c".to_string(), CHDB_SERVER.to_string()])
+        } else {
+            let config = format!("--config-file={}/config.xml", dir.display());
+            ("clickhouse-server", vec![config])
+        };
+        let child = spawn(program, &args, |c| {
             c.current_dir(dir)
                 .stdout(log_file(&out))
                 .stderr(log_file(&out));
