@@ -38,19 +38,21 @@ else
     done
 fi
 
-# tests/modern_clickhouse.rs checks the modern DDL and row bytes on a current ClickHouse (26.x)
-# embedded in Python by chdb (the chdb-core wheel, about 180 MB, from PyPI).
+# A current ClickHouse (26.x) comes embedded in Python by chdb (the chdb-core wheel, about
+# 180 MB, from PyPI, pinned): the end-to-end tests run against it too, its clickhouse-local
+# serving ClickHouse's own HTTP interface (SPILLWAY_TEST_CLICKHOUSE=modern).
+CHDB_VERSION=26.9.0
 command -v python3 >/dev/null 2>&1 ||
     die "python3 not found: install it (apt-get install python3 python3-pip), then 'python3 -m pip install chdb-core'"
-if ! (cd / && python3 -c 'import chdb.session') >/dev/null 2>&1; then
+if ! (cd / && python3 -c "import importlib.metadata as m, chdb.session; assert m.version('chdb-core') == '$CHDB_VERSION'") >/dev/null 2>&1; then
     step "Installing chdb-core (ClickHouse 26.x in-process) with pip"
     python3 -m pip --version >/dev/null 2>&1 ||
         die "pip missing for python3: install it (apt-get install python3-pip), then rerun"
-    if ! python3 -m pip install --quiet chdb-core; then
+    if ! python3 -m pip install --quiet "chdb-core==$CHDB_VERSION"; then
         # Debian's own python3 refuses pip installs (PEP 668, "externally-managed-environment"):
         # install into the user's site-packages instead, leaving /usr untouched.
         echo "note: retrying as 'python3 -m pip install --user --break-system-packages chdb-core'"
-        python3 -m pip install --quiet --user --break-system-packages chdb-core ||
+        python3 -m pip install --quiet --user --break-system-packages "chdb-core==$CHDB_VERSION" ||
             die "'python3 -m pip install chdb-core' failed: install chdb-core for python3 yourself (or use a venv)"
     fi
     (cd / && python3 -c 'import chdb.session') || die "chdb-core installed but python3 cannot import chdb"
@@ -81,5 +83,9 @@ cargo clippy --workspace --all-targets -- -D warnings || die "clippy found probl
 
 step "cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast || die "tests failed (see above)"
+
+step "cargo test --test it, on a current ClickHouse (chdb-core $CHDB_VERSION)"
+SPILLWAY_TEST_CLICKHOUSE=modern cargo test --test it --no-fail-fast ||
+    die "end-to-end tests failed on the current ClickHouse (see above)"
 
 step "All checks passed: fmt, clippy, tests"

@@ -14,7 +14,8 @@ In one chdb session with a persistent path it:
   4. writes OUT_DIR/<table>.tsv: every row as TabSeparated, columns in table order, time columns
      (DateTime64) as Int64 epoch milliseconds, ordered by the sorting key then every column, so
      it can be compared byte for byte with the same export from ClickHouse 18.16;
-  5. inserts every file a second time (a retried batch) and counts the rows with and without
+  5. inserts every file a second time (a retried batch: the tables' deduplication window drops
+     it) and counts the rows with and without
      FINAL: ReplacingMergeTree must show each identity once.
 
 Prints one JSON object (versions, and per table the columns, sorting key and counts) on stdout.

@@ -351,6 +351,16 @@ pub fn modern_clickhouse() -> bool {
     std::env::var("SPILLWAY_TEST_CLICKHOUSE").is_ok_and(|v| v == "modern")
 }
 
+/// A time column in epoch milliseconds, whichever ClickHouse runs: on 18.16 Spillway's time
+/// columns are `Int64` milliseconds already, on current servers `DateTime64(3)`.
+pub fn ms(column: &str) -> String {
+    if modern_clickhouse() {
+        format!("toUnixTimestamp64Milli({column})")
+    } else {
+        column.to_string()
+    }
+}
+
 /// Serves ClickHouse's HTTP interface from chdb's clickhouse-local, in the working directory's
 /// `config.xml`, until a line is written to `stop.fifo` or SIGTERM.
 const CHDB_SERVER: &str = r#"

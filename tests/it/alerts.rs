@@ -47,20 +47,20 @@ async fn ten_thousand_msgpack_alerts_are_archived_then_expire() {
 
     wait_count(&ch, "SELECT count() FROM t10k.alerts FINAL", n).await;
     // Every field of every row is what was written (see load::msgpack_alert).
-    let wrong = ch
-        .count(
-            "SELECT count() FROM t10k.alerts FINAL WHERE
+    let sql = format!(
+        "SELECT count() FROM t10k.alerts FINAL WHERE
                alert_id != concat('r-', substring(key, 9))
-            OR ts_ms != 1700000000000 + toInt64(substring(key, 9))
+            OR {} != 1700000000000 + toInt64(substring(key, 9))
             OR severity != ['info','warning','critical'][toInt64(substring(key, 9)) % 3 + 1]
             OR symbol != ['EURUSD','XAUUSD','BTCUSD'][toInt64(substring(key, 9)) % 3 + 1]
             OR account_id != concat('acc-', toString(toInt64(substring(key, 9)) % 97))
             OR trade_id != concat('t-', substring(key, 9))
             OR kind != 'margin_call' OR format != 'msgpack' OR captured_by != 'event'
-            OR extra != '{\"margin_level\":42.5}'
+            OR extra != '{{\"margin_level\":42.5}}'
             OR ttl_ms <= 0 OR ttl_ms > 3000",
-        )
-        .await;
+        common::ms("ts_ms")
+    );
+    let wrong = ch.count(&sql).await;
     assert_eq!(wrong, 0, "rows with wrong fields");
     wait_count(
         &ch,

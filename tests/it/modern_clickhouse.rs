@@ -94,7 +94,8 @@ fn require_chdb() {
 /// A redis, a clickhouse 18.16 and a running spillway writing into database `DB`.
 async fn stack() -> (RedisServer, ClickHouseServer, Spillway) {
     let redis = RedisServer::start();
-    let ch = ClickHouseServer::start();
+    // The legacy server's rows are what this test compares the modern DDL with.
+    let ch = ClickHouseServer::start_legacy();
     let toml = format!(
         "{}\n[batch]\nmax_delay_ms = 200\n",
         config_toml(&redis, &ch, DB, free_port())
@@ -308,7 +309,12 @@ fn compare(l: &Legacy, modern: &Value, out_dir: &Path) {
     assert_eq!(modern["rows_written"], l.count, "{t}: rows inserted");
     assert_eq!(modern["count"], l.count, "{t}");
     assert_eq!(modern["count_final"], l.count_final, "{t}");
-    assert_eq!(modern["count_after_retry"], 2 * l.count, "{t}");
+    // The modern DDL keeps a deduplication window: the identical retried insert is dropped,
+    // not stored a second time until a merge (18.16 stores it twice; FINAL hides it).
+    assert_eq!(
+        modern["count_after_retry"], l.count,
+        "{t}: the retry was stored"
+    );
     assert_eq!(modern["count_final_after_retry"], l.count_final, "{t}");
 
     let tsv = std::fs::read(out_dir.join(format!("{t}.tsv"))).expect("read chdb TSV");

@@ -163,7 +163,7 @@ impl Stack {
             let list: Vec<String> = trades.iter().map(|t| format!("'{}'", t.id)).collect();
             format!("{col} IN ({})", list.join(","))
         };
-        let rows = self.tsv(&format!("SELECT trade_id, event, account_id, instance_id, symbol, side, volume, open_price, close_price, profit, commission, swap, opened_at_ms, closed_at_ms, extra, log_entries, log_state FROM DB.trades FINAL WHERE {}", ids("trade_id"))).await;
+        let rows = self.tsv(&format!("SELECT trade_id, event, account_id, instance_id, symbol, side, volume, open_price, close_price, profit, commission, swap, {}, {}, extra, log_entries, log_state FROM DB.trades FINAL WHERE {}", common::ms("opened_at_ms"), common::ms("closed_at_ms"), ids("trade_id"))).await;
         let mut seen = 0;
         for line in rows.lines() {
             let c: Vec<&str> = line.split('\t').collect();
@@ -206,7 +206,7 @@ impl Stack {
         }
         assert_eq!(seen, trades.len(), "trades rows under FINAL");
 
-        let rows = self.tsv(&format!("SELECT trade_id, seq, ts_ms, step, instance_id, account_id, symbol, side, volume, price, sl, tp, order_ticket, deal_ticket, retcode, latency_us, comment, extra, position, source_key FROM DB.trade_executions FINAL WHERE {}", ids("trade_id"))).await;
+        let rows = self.tsv(&format!("SELECT trade_id, seq, {}, step, instance_id, account_id, symbol, side, volume, price, sl, tp, order_ticket, deal_ticket, retcode, latency_us, comment, extra, position, source_key FROM DB.trade_executions FINAL WHERE {}", common::ms("ts_ms"), ids("trade_id"))).await;
         let mut seen = 0;
         let opt = |v: Option<String>| v.unwrap_or_else(|| "\\N".into());
         for line in rows.lines() {
