@@ -11,6 +11,7 @@ mod harness;
 mod modern_clickhouse;
 mod observability;
 mod prometheus_e2e;
+mod queries;
 mod schema_check;
 mod secrets;
 mod simulate;
