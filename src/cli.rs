@@ -31,6 +31,9 @@ pub enum Command {
         /// The database.
         #[arg(long, default_value = "spillway")]
         database: String,
+        /// Days rows are kept (`clickhouse.retention_days`); none when absent.
+        #[arg(long)]
+        retention_days: Option<u32>,
     },
     /// Play the trading platform: write alerts and trades into RLS and RTRS at a given rate.
     Simulate(crate::simulate::SimulateArgs),
@@ -76,12 +79,14 @@ pub fn main() -> ExitCode {
         Command::Schema {
             clickhouse_version,
             database,
+            retention_days,
         } => {
             use std::io::Write as _;
             let generation = crate::rows::schema::Generation::from_version(&clickhouse_version);
             let mut out = format!("CREATE DATABASE IF NOT EXISTS {database};\n\n");
             for t in crate::rows::schema::TABLES {
-                out.push_str(&format!("{};\n\n", t.create_sql(&database, generation)));
+                let sql = t.create_sql(&database, generation, retention_days);
+                out.push_str(&format!("{sql};\n\n"));
             }
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = std::io::stdout().write_all(out.as_bytes());

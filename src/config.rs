@@ -125,6 +125,8 @@ pub struct ClickHouseSettings {
     pub insert_timeout: Duration,
     /// Whether inserts are sent LZ4-compressed.
     pub compression: bool,
+    /// Days rows are kept (a TTL), if limited.
+    pub retention_days: Option<u32>,
 }
 
 impl std::fmt::Debug for ClickHouseSettings {

@@ -46,6 +46,9 @@ impl Settings {
         );
         let compression = if ch.compression { "lz4" } else { "none" };
         clickhouse.insert("compression".into(), compression.into());
+        if let Some(days) = ch.retention_days {
+            clickhouse.insert("retention_days".into(), secs(u64::from(days)));
+        }
         root.insert("clickhouse".into(), Value::Table(clickhouse));
         let mut metrics = Table::new();
         metrics.insert("addr".into(), self.metrics_addr.to_string().into());

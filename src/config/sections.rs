@@ -53,6 +53,10 @@ pub(crate) struct ClickHouseSection {
     pub insert_timeout_secs: Option<u64>,
     /// `lz4`, `none`, or `auto` (the default): none when ClickHouse is on this host, lz4 else.
     pub compression: Option<String>,
+    /// Days rows are kept (a TTL on the tables Spillway creates, by the time each row was
+    /// archived); default none: an audit archive is usually kept for years. Needs ClickHouse 20.1
+    /// or later.
+    pub retention_days: Option<u32>,
 }
 
 /// The `[metrics]` table.
@@ -187,6 +191,16 @@ impl ClickHouseSection {
             user: self.user.unwrap_or_else(|| "default".into()),
             password: self.password.unwrap_or_default(),
             database,
+            retention_days: match self.retention_days {
+                Some(0) => {
+                    return Err(invalid(
+                        "clickhouse.retention_days",
+                        "0 days would delete every row as it lands".into(),
+                        "give the days to keep rows, or remove the line to keep them for ever",
+                    ))
+                }
+                days => days,
+            },
             insert_timeout: Duration::from_secs(positive(
                 "clickhouse.insert_timeout_secs",
                 self.insert_timeout_secs.unwrap_or(60) as usize,

@@ -85,6 +85,8 @@ pub(crate) struct Table {
     pub order_by: &'static str,
     /// A time column to partition by month, when partitioning cannot split an identity.
     pub partition_time: Option<&'static str>,
+    /// When a row was archived: what `retention_days` counts from.
+    pub archived_at: &'static str,
     /// The version column of `ReplacingMergeTree(version)`: the row `FINAL` keeps is the one
     /// with the highest version (without one, the last inserted).
     pub version: Option<&'static str>,
@@ -118,6 +120,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("captured_by", Col::Label),
         ],
         order_by: "key, content_hash",
+        archived_at: "captured_at_ms",
         partition_time: None,
         version: None,
     },
@@ -132,6 +135,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("ttl_ms", Col::I64),
         ],
         order_by: "key, event, event_ms, content_hash",
+        archived_at: "event_ms",
         partition_time: Some("event_ms"),
         version: None,
     },
@@ -149,6 +153,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("received_at_ms", Col::TimeMs),
         ],
         order_by: "pipeline, key, stream_id, content_hash",
+        archived_at: "received_at_ms",
         partition_time: None,
         version: None,
     },
@@ -177,6 +182,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("version", Col::U64),
         ],
         order_by: "trade_id",
+        archived_at: "received_at_ms",
         partition_time: None,
         version: Some("version"),
     },
@@ -209,6 +215,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("archived_at_ms", Col::TimeMs),
         ],
         order_by: "trade_id, take_id, position",
+        archived_at: "archived_at_ms",
         partition_time: None,
         version: None,
     },
@@ -281,8 +288,14 @@ pub(crate) fn table(name: &str) -> &'static Table {
 }
 
 impl Table {
-    /// `CREATE TABLE IF NOT EXISTS` for `database` on a server of `generation`.
-    pub(crate) fn create_sql(&self, database: &str, generation: Generation) -> String {
+    /// `CREATE TABLE IF NOT EXISTS` for `database` on a server of `generation`, its rows kept
+    /// `retention_days` when given (a TTL on the time each row was archived; servers from 20.1).
+    pub(crate) fn create_sql(
+        &self,
+        database: &str,
+        generation: Generation,
+        retention_days: Option<u32>,
+    ) -> String {
         let cols: Vec<String> = self
             .columns
             .iter()
@@ -295,13 +308,20 @@ impl Table {
             }
             (Some(c), _) => format!("PARTITION BY toYYYYMM({c})\n"),
         };
+        let ttl = match (retention_days, generation) {
+            (Some(days), Generation::Current | Generation::Modern) => format!(
+                "\nTTL toDateTime({}) + toIntervalDay({days})",
+                self.archived_at
+            ),
+            _ => String::new(),
+        };
         // Inserts identical to one of the last 1000 (by their token) are dropped.
         let settings = match generation {
             Generation::Modern => "\nSETTINGS non_replicated_deduplication_window = 1000",
             _ => "",
         };
         format!(
-            "CREATE TABLE IF NOT EXISTS {database}.{name} (\n{cols}\n) ENGINE = ReplacingMergeTree({version})\n{partition}ORDER BY ({order}){settings}",
+            "CREATE TABLE IF NOT EXISTS {database}.{name} (\n{cols}\n) ENGINE = ReplacingMergeTree({version})\n{partition}ORDER BY ({order}){ttl}{settings}",
             name = self.name,
             version = self.version.unwrap_or(""),
             cols = cols.join(",\n"),
@@ -388,9 +408,15 @@ mod tests {
     #[test]
     fn ddl_differs_only_in_types() {
         let t = &TABLES[1];
-        let old = t.create_sql("db", Generation::Legacy);
-        let new = t.create_sql("db", Generation::Current);
-        let modern = t.create_sql("db", Generation::Modern);
+        let old = t.create_sql("db", Generation::Legacy, None);
+        let new = t.create_sql("db", Generation::Current, None);
+        let modern = t.create_sql("db", Generation::Modern, None);
+        let kept = t.create_sql("db", Generation::Modern, Some(400));
+        assert!(
+            kept.contains("\nTTL toDateTime(event_ms) + toIntervalDay(400)\nSETTINGS"),
+            "{kept}"
+        );
+        assert_eq!(old, t.create_sql("db", Generation::Legacy, Some(400)));
         assert!(!new.contains("SETTINGS"));
         assert_eq!(
             modern,

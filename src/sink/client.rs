@@ -24,6 +24,9 @@ pub(crate) enum SinkError {
         /// The client's error.
         source: clickhouse::error::Error,
     },
+    /// The configuration asks for something the server cannot do.
+    #[error("ClickHouse at {0}")]
+    Unsupported(String),
     /// An existing table is not what Spillway writes (columns, types, engine or sorting key).
     #[error("table {database}.{table} is not what Spillway writes: {}; fix: run `{fix}` (or point SPILLWAY_CLICKHOUSE_DATABASE at another database)", differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Schema {
@@ -79,12 +82,18 @@ impl Sink {
             .await
             .map_err(err("asking its version"))?;
         let generation = Generation::from_version(&version);
+        if s.retention_days.is_some() && generation == Generation::Legacy {
+            return Err(SinkError::Unsupported(format!(
+                "clickhouse.retention_days needs ClickHouse 20.1 or later (a TTL), the server is {}; fix: remove the line, or delete old rows by hand",
+                version.trim()
+            )));
+        }
         base.query(&format!("CREATE DATABASE IF NOT EXISTS {}", s.database))
             .execute()
             .await
             .map_err(err("creating the database"))?;
         for t in TABLES {
-            base.query(&t.create_sql(&s.database, generation))
+            base.query(&t.create_sql(&s.database, generation, s.retention_days))
                 .execute()
                 .await
                 .map_err(err(&format!("creating table {}", t.name)))?;
@@ -221,6 +230,8 @@ mod tests {
                 database: "tdedup".into(),
                 insert_timeout: Duration::from_secs(30),
                 compression: false,
+                // The TTL DDL is accepted by the current server (18.16 refuses it at start).
+                retention_days: modern.then_some(400),
             };
             let sink = Sink::connect(&settings).await.expect("connect");
             assert_eq!(sink.tokens, modern);
@@ -230,7 +241,7 @@ mod tests {
                     key: format!("alert:{i}"),
                     alert_id: i.to_string(),
                     event: "expired",
-                    event_ms: 1_700_000_000_000 + i,
+                    event_ms: crate::rows::now_ms() + i,
                     content_hash: 0,
                     ttl_ms: -2,
                 }));
@@ -245,6 +256,23 @@ mod tests {
                 .await;
             assert_eq!(fin, 100);
             assert_eq!(raw, if modern { 100 } else { 200 }, "modern: {modern}");
+            if modern {
+                let ddl = server
+                    .query("SHOW CREATE TABLE tdedup.alert_events FORMAT TSVRaw")
+                    .await;
+                assert!(
+                    ddl.contains("TTL toDateTime(event_ms) + toIntervalDay(400)"),
+                    "{ddl}"
+                );
+            } else {
+                let refused = Sink::connect(&ClickHouseSettings {
+                    retention_days: Some(400),
+                    ..settings.clone()
+                })
+                .await;
+                let e = refused.err().expect("18.16 has no TTL").to_string();
+                assert!(e.contains("retention_days needs ClickHouse 20.1"), "{e}");
+            }
         }
     }
 }
