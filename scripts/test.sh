@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs Spillway's whole test suite: formatting, clippy, and every test (unit and end to end).
+# Runs Spillway's whole test suite: formatting, clippy, every test (unit and end to end), and the
+# deployment checks (deploy/test.sh: manifests, unit, and the container image built and run).
 #
 #   scripts/test.sh
 #
@@ -82,4 +83,15 @@ cargo clippy --all-targets -- -D warnings || die "clippy found problems (see abo
 step "cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast || die "tests failed (see above)"
 
-step "All checks passed: fmt, clippy, tests"
+# The deployment artifacts (deploy/): static checks, `cargo install`, and the container image
+# built with podman and run against real servers (root only; about 3-4 minutes on a fresh machine,
+# most of it the release build and the base image; see deploy/README.md).
+if [ "$(id -u)" -eq 0 ]; then
+    step "deploy/test.sh: deployment artifacts and the container image"
+    bash deploy/test.sh || die "deployment checks failed (see above)"
+else
+    step "deploy/test.sh --static: deployment artifacts (not root: no container image test)"
+    bash deploy/test.sh --static || die "deployment checks failed (see above)"
+fi
+
+step "All checks passed: fmt, clippy, tests, deployment"
