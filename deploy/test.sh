@@ -29,6 +29,11 @@
 #    `podman stop` drains: a second container with a mounted config file (flush delay of ten
 #    minutes) holds 3,000 captured alerts uncommitted, `podman stop` commits all 3,000 and
 #    the container exits 0. The image's size and the build time are printed.
+# 5. The systemd unit for real: systemd is not PID 1 on these machines, so an image of the base
+#    with systemd installed boots systemd in a container (podman --systemd=always), with the
+#    unit as shipped, a drop-in for the Redis password (LoadCredential), credentials and an
+#    environment file; `systemctl start`, /readyz 200, an alert archived, `systemctl stop`
+#    ends with Result=success and exit status 0, no secret in the journal.
 #
 # Environment: DEPLOY_KEEP=1 keeps the work directory (logs, data); DEPLOY_IMAGE names the image
 # (default localhost/spillway:test).
@@ -574,5 +579,76 @@ stop_container "$B"
 after=$(ch "SELECT count() FROM spillway.alerts FINAL WHERE key LIKE 'alert:drain_%'")
 echo "committed after podman stop: $after of $BURST"
 [ "$after" = "$BURST" ] || die "podman stop lost alerts: $after of $BURST committed"
+
+# --- the unit, under systemd ------------------------------------------------------------------
+
+step "deploy: run 3: deploy/systemd/spillway.service under systemd (in a container: systemd is not PID 1 here)"
+# The unit as shipped, a drop-in as deploy/README.md shows for the Redis password, the
+# credentials in /etc/spillway/credentials (root's, 0400) and the settings in spillway.env.
+U=$WORK/unit-context
+mkdir -p "$U/credentials"
+cp "$WORK/context/spillway" deploy/systemd/spillway.service "$U/"
+printf '%s\n' "$RLS_PASSWORD" >"$U/credentials/rls-password"
+printf '%s\n' "$CH_PASSWORD" >"$U/credentials/clickhouse-password"
+chmod 0400 "$U/credentials"/*
+cat >"$U/rls-password.conf" <<'UNIT'
+[Service]
+LoadCredential=rls-password:/etc/spillway/credentials/rls-password
+Environment=SPILLWAY_RLS_PASSWORD_FILE=%d/rls-password
+UNIT
+cat >"$U/spillway.env" <<ENV
+SPILLWAY_RLS_URL=redis://127.0.0.1:$RLS_PORT
+SPILLWAY_RTRS_URL=redis://127.0.0.1:$RTRS_PORT
+SPILLWAY_CLICKHOUSE_URL=http://127.0.0.1:$CH_PORT
+SPILLWAY_METRICS_ADDR=127.0.0.1:$METRICS_PORT
+ENV
+cat >"$U/Containerfile" <<CONTAINERFILE
+FROM $BASE_IMAGE
+RUN apt-get update \\
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd systemd-sysv \\
+    && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+COPY spillway /usr/local/bin/spillway
+COPY spillway.service /etc/systemd/system/spillway.service
+COPY rls-password.conf /etc/systemd/system/spillway.service.d/rls-password.conf
+COPY spillway.env /etc/spillway/spillway.env
+COPY credentials /etc/spillway/credentials
+CMD ["/sbin/init"]
+CONTAINERFILE
+t0=$(date +%s)
+podman build --quiet --tag localhost/spillway-systemd:test "$U" >"$WORK/logs/systemd-build.log" 2>&1 ||
+    die "building the systemd test image failed (log: last lines below)"
+S=spillway-deploy-$RUN_ID-systemd
+podman run --detach --name "$S" --systemd=always --network host localhost/spillway-systemd:test >/dev/null
+CONTAINERS+=("$S")
+booted() { podman exec "$S" systemctl is-system-running 2>/dev/null | grep -Eq '^(running|degraded)$'; }
+until_true 60 "systemd in the container booted" booted
+podman exec "$S" systemctl start spillway
+for ((i = 0; i < 150; i++)); do
+    readyz && break
+    podman exec "$S" systemctl is-active --quiet spillway || break
+    sleep 0.2
+done
+readyz || {
+    podman exec "$S" journalctl -u spillway --no-pager | tail -n 20
+    die "spillway.service did not become ready"
+}
+echo "spillway.service active, /readyz 200 ($(($(date +%s) - t0)) s with the image build);" \
+    "$(podman exec "$S" systemctl show spillway -p DynamicUser -p NoNewPrivileges | tr '\n' ' ')"
+rls set alert:systemd_unit "written while Spillway ran under systemd" ex 3600 >/dev/null
+unit_archived() { [ "$(ch "SELECT count() FROM spillway.alerts FINAL WHERE key = 'alert:systemd_unit'" 2>/dev/null)" = 1 ]; }
+until_true 30 "the alert written under the systemd unit archived" unit_archived
+echo "alert:systemd_unit archived"
+podman exec "$S" systemd-analyze security spillway --no-pager 2>/dev/null | grep 'Overall exposure' |
+    sed 's/^/systemd-analyze security in the container (systemd as PID 1): /' || true
+podman exec "$S" systemctl stop spillway
+result=$(podman exec "$S" systemctl show spillway -p Result -p ExecMainStatus | sort | tr '\n' ' ')
+podman exec "$S" journalctl -u spillway --no-pager >"$WORK/logs/systemd-journal.log" 2>&1
+echo "systemctl stop spillway: $result"
+[ "$result" = "ExecMainStatus=0 Result=success " ] || die "spillway.service did not stop cleanly: $result"
+grep -q 'drained; bye' "$WORK/logs/systemd-journal.log" || die "spillway.service did not log its drain"
+if grep -qF -e "$RLS_PASSWORD" -e "$CH_PASSWORD" "$WORK/logs/systemd-journal.log"; then
+    die "a secret appears in the journal of spillway.service"
+fi
+podman rm -f -t 0 "$S" >/dev/null
 
 step "deploy: all checks passed in $(elapsed): image $IMAGE $((SIZE / 1000000)) MB, built in $BUILD_SECS s"
