@@ -18,11 +18,12 @@
 #    and the PodMonitor selects the pods and ports of the manifests; systemd-analyze verify of
 #    the unit (any output fails, warnings included) and its systemd-analyze security score;
 #    promtool check config of the Prometheus examples; the Grafana provisioning files.
-# 3. `cargo install --path .` into a temporary root (reusing target/release): the installed
+# 3. `cargo install --path .` into a temporary root (reusing the build of step 4): the installed
 #    binary prints its version and git revision; systemd-analyze verifies the unit against it.
 # 4. The image: a debootstrap'd Debian bookworm (minbase, from the mirror in the apt sources) is
 #    imported as docker.io/library/debian:bookworm-slim when no such image exists (no registry
-#    is reachable here); the host's release binary, stripped, goes into the
+#    is reachable here); the host's binary (release; debug with DEPLOY_PROFILE=debug), stripped
+#    of its debug info, goes into the
 #    `runtime-prebuilt` target of deploy/Containerfile (the Rust image of the build stage
 #    cannot be pulled either). The image then runs with --network host, read-only, against a
 #    redis-server for RLS (with a password), one for RTRS and a clickhouse-server 18.16 (with
@@ -39,7 +40,9 @@
 #    ends with Result=success and exit status 0, no secret in the journal.
 #
 # Environment: DEPLOY_KEEP=1 keeps the work directory (logs, data); DEPLOY_IMAGE names the image
-# (default localhost/spillway:test); CARGO_TARGET_DIR is honoured.
+# (default localhost/spillway:test); DEPLOY_PROFILE=debug puts the debug build into the image and
+# installs with `cargo install --debug` (CI: both reuse what `cargo test` built); CARGO_TARGET_DIR
+# is honoured.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -60,6 +63,14 @@ esac
 
 IMAGE=${DEPLOY_IMAGE:-localhost/spillway:test}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# The binary that goes into the image: release (the default) or debug, which scripts/test.sh
+# uses in CI, where `cargo test` has just built it (a release build would add 5-15 minutes).
+PROFILE=${DEPLOY_PROFILE:-release}
+case $PROFILE in
+release) CARGO_PROFILE=(--release) INSTALL_PROFILE=() ;;
+debug) CARGO_PROFILE=() INSTALL_PROFILE=(--debug) ;;
+*) die "DEPLOY_PROFILE must be release or debug, not '$PROFILE'" ;;
+esac
 BASE_IMAGE=docker.io/library/debian:bookworm-slim
 STARTED=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/spillway-deploy.XXXXXX")
@@ -164,7 +175,7 @@ diff -u deploy/kubernetes/prometheus-operator/prometheusrule.yaml "$WORK/prometh
 python3 deploy/kubernetes/prometheus-operator/check.py "$WORK/rules-from-prometheusrule.yml"
 promtool check rules "$WORK/rules-from-prometheusrule.yml"
 
-step "deploy: systemd-analyze verify deploy/systemd/spillway.service (any output fails)"
+step "deploy: a root of its own for systemd-analyze verify"
 # Verified inside a root of its own, so that ExecStart's /usr/local/bin/spillway is the binary
 # `cargo install` puts there (step 3) rather than whatever this machine has.
 UNIT_ROOT=$WORK/unit-root
@@ -172,14 +183,14 @@ mkdir -p "$UNIT_ROOT/etc/systemd/system" "$UNIT_ROOT/usr/lib/systemd" "$UNIT_ROO
 cp -a /usr/lib/systemd/system "$UNIT_ROOT/usr/lib/systemd/"
 cp deploy/systemd/spillway.service "$UNIT_ROOT/etc/systemd/system/"
 
-step "deploy: cargo install --path . (into a temporary root, reusing target/release)"
+step "deploy: cargo install ${INSTALL_PROFILE[*]} --path . (into a temporary root, reusing $PROFILE builds)"
 t0=$(date +%s)
-cargo install --quiet --locked --path . --root "$UNIT_ROOT/usr/local" --target-dir "$TARGET_DIR"
+cargo install "${INSTALL_PROFILE[@]}" --quiet --locked --path . --root "$UNIT_ROOT/usr/local" --target-dir "$TARGET_DIR"
 echo "installed in $(($(date +%s) - t0)) s: $("$UNIT_ROOT/usr/local/bin/spillway" --version)"
 "$UNIT_ROOT/usr/local/bin/spillway" --version | grep -Eq '^spillway [0-9]+\.[0-9]+\.[0-9]+ \(git ([0-9a-f]{7,}|unknown)\)$' ||
     die "spillway --version does not say the version and the git revision"
 
-step "deploy: systemd-analyze verify"
+step "deploy: systemd-analyze verify deploy/systemd/spillway.service (any output fails)"
 if ! systemd-analyze verify --root="$UNIT_ROOT" spillway.service >"$WORK/verify.txt" 2>&1 ||
     [ -s "$WORK/verify.txt" ]; then
     cat "$WORK/verify.txt"
@@ -327,10 +338,10 @@ CONTAINERFILE
     exit 0
 fi
 
-step "deploy: cargo build --release"
-cargo build --release --locked --bin spillway
+step "deploy: cargo build${CARGO_PROFILE[*]:+ ${CARGO_PROFILE[*]}} --bin spillway"
+cargo build "${CARGO_PROFILE[@]}" --locked --bin spillway
 mkdir -p "$WORK/context"
-strip --strip-debug -o "$WORK/context/spillway" "$TARGET_DIR/release/spillway"
+strip --strip-debug -o "$WORK/context/spillway" "$TARGET_DIR/$PROFILE/spillway"
 
 step "deploy: podman build --target runtime-prebuilt (the host's binary; the Rust image cannot be pulled)"
 t0=$(date +%s)
@@ -338,7 +349,7 @@ podman build --quiet --file deploy/Containerfile --target runtime-prebuilt \
     --build-arg BINARY=spillway --tag "$IMAGE" "$WORK/context" >/dev/null
 BUILD_SECS=$(($(date +%s) - t0))
 SIZE=$(podman image inspect --format '{{.Size}}' "$IMAGE")
-echo "built $IMAGE in $BUILD_SECS s; size $((SIZE / 1000000)) MB ($SIZE bytes; binary $(($(stat -c %s "$WORK/context/spillway") / 1000000)) MB stripped)"
+echo "built $IMAGE ($PROFILE binary) in $BUILD_SECS s; size $((SIZE / 1000000)) MB ($SIZE bytes; binary $(($(stat -c %s "$WORK/context/spillway") / 1000000)) MB stripped)"
 echo "$(podman run --rm "$IMAGE" --version); user $(podman run --rm --entrypoint id "$IMAGE")"
 podman image inspect --format 'stop signal {{.Config.StopSignal}}, exposed {{.Config.ExposedPorts}}, user {{.Config.User}}' "$IMAGE"
 
@@ -688,4 +699,4 @@ if grep -qF -e "$RLS_PASSWORD" -e "$CH_PASSWORD" "$WORK/logs/systemd-journal.log
 fi
 podman rm -f -t 0 "$S" >/dev/null
 
-step "deploy: all checks passed in $(elapsed): image $IMAGE $((SIZE / 1000000)) MB, built in $BUILD_SECS s"
+step "deploy: all checks passed in $(elapsed): image $IMAGE ($PROFILE binary) $((SIZE / 1000000)) MB, built in $BUILD_SECS s"
