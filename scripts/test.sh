@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs Spillway's whole test suite: formatting, clippy, and every test (unit and end to end).
+# Runs Spillway's whole test suite: formatting, clippy, every test (unit and end to end), and the
+# deployment checks (deploy/test.sh: manifests, unit, and the container image built and run).
 #
 #   scripts/test.sh
 #
@@ -88,4 +89,16 @@ step "cargo test --test it, on a current ClickHouse (chdb-core $CHDB_VERSION)"
 SPILLWAY_TEST_CLICKHOUSE=modern cargo test --test it --no-fail-fast ||
     die "end-to-end tests failed on the current ClickHouse (see above)"
 
-step "All checks passed: fmt, clippy, tests"
+# The deployment artifacts (deploy/): static checks, `cargo install`, the container image built
+# with podman and run against real servers, the systemd unit run under systemd (root only). With
+# the debug binary `cargo test` just built: a release build would add 5-15 minutes to CI
+# (deploy/test.sh alone builds release). See deploy/README.md.
+if [ "$(id -u)" -eq 0 ]; then
+    step "deploy/test.sh: deployment artifacts, the container image and the systemd unit"
+    DEPLOY_PROFILE=debug bash deploy/test.sh || die "deployment checks failed (see above)"
+else
+    step "deploy/test.sh --static: deployment artifacts (not root: no container image test)"
+    DEPLOY_PROFILE=debug bash deploy/test.sh --static || die "deployment checks failed (see above)"
+fi
+
+step "All checks passed: fmt, clippy, tests (18.16 and 26.9), deployment"

@@ -7,9 +7,18 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{FileConfig, Settings};
 
+/// `--version`: the crate's version and the git revision it was built from (`build.rs`; "unknown"
+/// outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("SPILLWAY_GIT_REVISION"),
+    ")"
+);
+
 /// Drains short-lived Redis logs into ClickHouse before Redis expires or evicts them.
 #[derive(Debug, Parser)]
-#[command(name = "spillway", version, about)]
+#[command(name = "spillway", version = VERSION, about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -59,7 +68,7 @@ impl ConfigArgs {
             None => (FileConfig::default(), PathBuf::from(".")),
         };
         let mut file = file;
-        file.apply_env(|k| std::env::var(k).ok());
+        file.apply_env(|k| std::env::var(k).ok())?;
         Ok(file.validate(&base)?)
     }
 }

@@ -88,7 +88,7 @@ pub(crate) struct FileConfig {
 }
 
 /// Validated, typed settings: what the rest of Spillway runs on.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// Redis URLs by instance short name (only the configured or defaulted ones).
     pub redis: Vec<(String, String)>,
@@ -127,6 +127,27 @@ pub struct ClickHouseSettings {
     pub compression: bool,
     /// Days rows are kept (a TTL), if limited.
     pub retention_days: Option<u32>,
+}
+
+/// As derived, with the Redis URLs' passwords redacted (`check-config` prints this).
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redis: Vec<(&str, String)> = self
+            .redis
+            .iter()
+            .map(|(name, url)| (name.as_str(), redact_url(url)))
+            .collect();
+        f.debug_struct("Settings")
+            .field("redis", &redis)
+            .field("clickhouse", &self.clickhouse)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("batch", &self.batch)
+            .field("keyspace", &self.keyspace)
+            .field("observe", &self.observe)
+            .field("pipelines", &self.pipelines)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ClickHouseSettings {
@@ -194,10 +215,33 @@ impl FileConfig {
     }
 
     /// Applies the `SPILLWAY_*` environment overrides read through `get`.
-    pub(crate) fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
-        for (name, _) in INSTANCES {
-            if let Some(url) = get(&format!("SPILLWAY_{}_URL", name.to_uppercase())) {
+    ///
+    /// Every variable may instead be given as `<NAME>_FILE`, the path of a file holding the value
+    /// (a mounted Secret, a systemd credential); one trailing newline (`\n` or `\r\n`) is trimmed.
+    /// `SPILLWAY_<INSTANCE>_PASSWORD` (or `_FILE`) puts a password into that instance's URL, so a
+    /// Redis password can live in its own secret. Errors name the variable and the path, never
+    /// the value.
+    pub(crate) fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        for (name, port) in INSTANCES {
+            let upper = name.to_uppercase();
+            if let Some(url) = env_value(&get, &format!("SPILLWAY_{upper}_URL"))? {
                 *self.redis.slot(name) = Some(RedisInstance { url });
+            }
+            let var = format!("SPILLWAY_{upper}_PASSWORD");
+            if let Some(password) = env_value(&get, &var)? {
+                let slot = self.redis.slot(name);
+                let url = slot.take().map_or_else(
+                    || format!("redis://127.0.0.1:{port}"),
+                    |i: RedisInstance| i.url,
+                );
+                let url = with_password(&url, &password).ok_or_else(|| {
+                    invalid(
+                        &var,
+                        format!("the URL of {name} cannot carry a password"),
+                        format!("set SPILLWAY_{upper}_URL to a redis:// or rediss:// URL"),
+                    )
+                })?;
+                *slot = Some(RedisInstance { url });
             }
         }
         let ch = &mut self.clickhouse;
@@ -208,10 +252,11 @@ impl FileConfig {
             ("SPILLWAY_CLICKHOUSE_DATABASE", &mut ch.database),
             ("SPILLWAY_METRICS_ADDR", &mut self.metrics.addr),
         ] {
-            if let Some(v) = get(var) {
+            if let Some(v) = env_value(&get, var)? {
                 *slot = Some(v);
             }
         }
+        Ok(())
     }
 
     /// Checks every field and returns typed settings, loading the pipelines from `pipelines_dir`
@@ -271,6 +316,39 @@ impl FileConfig {
     }
 }
 
+/// The value of `var`, or the content of the file `<var>_FILE` names (one trailing newline
+/// trimmed); both set is an error, since which one wins would be a guess.
+fn env_value(get: &impl Fn(&str) -> Option<String>, var: &str) -> Result<Option<String>> {
+    let file_var = format!("{var}_FILE");
+    match (get(var), get(&file_var)) {
+        (Some(_), Some(_)) => Err(invalid(
+            var,
+            format!("both {var} and {file_var} are set"),
+            format!("unset one of {var} and {file_var}"),
+        )),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    &file_var,
+                    format!("cannot read {path}: {e}"),
+                    "point it at a readable file holding the value (a mounted secret), or unset it",
+                )
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            Ok(Some(text.strip_suffix('\r').unwrap_or(text).to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `url` with its password set to `password` (percent-encoded); `None` if it is not a URL with a host.
+fn with_password(url: &str, password: &str) -> Option<String> {
+    let mut u = url::Url::parse(url).ok()?;
+    u.set_password(Some(password)).ok()?;
+    Some(u.to_string())
+}
+
 pub(crate) fn invalid(field: &str, problem: String, fix: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.to_string(),
@@ -321,7 +399,8 @@ mod tests {
             "SPILLWAY_CLICKHOUSE_DATABASE" => Some("archive".into()),
             "SPILLWAY_METRICS_ADDR" => Some("0.0.0.0:1234".into()),
             _ => None,
-        });
+        })
+        .unwrap();
         let s = c.validate(&base()).unwrap();
         assert_eq!(
             s.redis.iter().find(|(n, _)| n == "rls").unwrap().1,
@@ -426,9 +505,94 @@ mod tests {
             .to_string();
         assert!(!e.contains("hunter2"), "{e}");
         let mut c = FileConfig::default();
-        c.apply_env(|k| (k == "SPILLWAY_CLICKHOUSE_PASSWORD").then(|| "hunter2".to_string()));
+        c.apply_env(|k| (k == "SPILLWAY_CLICKHOUSE_PASSWORD").then(|| "hunter2".to_string()))
+            .unwrap();
         let s = c.validate(&base()).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+        let mut c = FileConfig::default();
+        c.apply_env(|k| (k == "SPILLWAY_RLS_PASSWORD").then(|| "hunter2".to_string()))
+            .unwrap();
+        let s = c.validate(&base()).unwrap();
+        assert!(!format!("{s:#?}").contains("hunter2"), "{s:#?}");
+        assert!(format!("{s:#?}").contains("redis://:***@127.0.0.1:6384"));
         assert_eq!(redact_url("redis://u:hunter2@h:1/0"), "redis://u:***@h:1/0");
+    }
+
+    #[test]
+    fn file_variables_read_secrets_and_trim_one_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (ch_pw, rls_url, rtrs_pw, db) = (
+            file("ch", "s3cret p@ss\n"),
+            file("rls", "redis://:hunter2@rls.example:6384/0\r\n"),
+            file("rtrs", "p@ss/word\n"),
+            file("db", "archive\n\n"),
+        );
+        let mut c = FileConfig::from_toml("[redis.rtrs]\nurl = \"redis://r:6382\"\n").unwrap();
+        c.apply_env(|k| match k {
+            "SPILLWAY_CLICKHOUSE_PASSWORD_FILE" => Some(ch_pw.clone()),
+            "SPILLWAY_RLS_URL_FILE" => Some(rls_url.clone()),
+            "SPILLWAY_RTRS_PASSWORD_FILE" => Some(rtrs_pw.clone()),
+            "SPILLWAY_RSS_PASSWORD" => Some("pw".into()),
+            "SPILLWAY_CLICKHOUSE_DATABASE_FILE" => Some(db.clone()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.clickhouse.password.as_deref(), Some("s3cret p@ss"));
+        // Only one newline goes: a value ending in a newline keeps the others.
+        assert_eq!(c.clickhouse.database.as_deref(), Some("archive\n"));
+        let s = FileConfig {
+            clickhouse: ClickHouseSection::default(),
+            ..c
+        }
+        .validate(&base())
+        .unwrap();
+        let url = |name: &str| s.redis.iter().find(|(n, _)| n == name).unwrap().1.clone();
+        assert_eq!(url("rls"), "redis://:hunter2@rls.example:6384/0");
+        assert_eq!(url("rtrs"), "redis://:p%40ss%2Fword@r:6382");
+        assert_eq!(url("rss"), "redis://:pw@127.0.0.1:6383");
+        assert_eq!(url("rts"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn file_variable_errors_name_the_variable_never_the_value() {
+        let mut c = FileConfig::default();
+        let e = c
+            .apply_env(|k| {
+                (k == "SPILLWAY_CLICKHOUSE_PASSWORD_FILE").then(|| "/nonexistent/pw".into())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SPILLWAY_CLICKHOUSE_PASSWORD_FILE")
+                && e.contains("/nonexistent/pw")
+                && e.contains("fix:"),
+            "{e}"
+        );
+        let e = c
+            .apply_env(|k| match k {
+                "SPILLWAY_CLICKHOUSE_PASSWORD" => Some("hunter2".into()),
+                "SPILLWAY_CLICKHOUSE_PASSWORD_FILE" => Some("/run/secrets/pw".into()),
+                _ => None,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("both") && !e.contains("hunter2"), "{e}");
+        let e = c
+            .apply_env(|k| match k {
+                "SPILLWAY_RLS_URL" => Some("not a url".into()),
+                "SPILLWAY_RLS_PASSWORD" => Some("hunter2".into()),
+                _ => None,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SPILLWAY_RLS_PASSWORD") && !e.contains("hunter2"),
+            "{e}"
+        );
     }
 }
