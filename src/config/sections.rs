@@ -75,7 +75,8 @@ pub(crate) struct BatchSection {
     pub channel_capacity: Option<usize>,
     /// Flush when this many rows are buffered; default 100000.
     pub max_rows: Option<usize>,
-    /// Flush when the buffered rows reach this many bytes (RowBinary estimate); default 32 MiB.
+    /// Flush when the buffered rows reach this many bytes (RowBinary estimate); default 16 MiB
+    /// (two batches are held at once: one committing, the next collected).
     pub max_bytes: Option<usize>,
     /// Flush at the latest this many milliseconds after the first buffered row; default 1000.
     pub max_delay_ms: Option<u64>,
@@ -249,7 +250,7 @@ impl BatchSection {
             max_rows: nz(max_rows),
             max_bytes: nz(positive(
                 "batch.max_bytes",
-                self.max_bytes.unwrap_or(32 << 20),
+                self.max_bytes.unwrap_or(16 << 20),
             )?),
             max_delay: Duration::from_millis(max_delay_ms as u64),
         })
