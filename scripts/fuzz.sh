@@ -36,7 +36,7 @@ SANITIZER=${FUZZ_SANITIZER:-address}
 
 targets=$("${FUZZ[@]}" list)
 [ -z "$ONLY" ] || targets=$ONLY
-"${FUZZ[@]}" build --sanitizer "$SANITIZER" $targets >&2
+"${FUZZ[@]}" build --sanitizer "$SANITIZER" $ONLY >&2
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
