@@ -185,6 +185,10 @@ pub fn decode_msgpack_array_of_fields(
     )
 }
 
+/// How deep MessagePack values may nest (serde_json's limit for JSON): rmp-serde's own, 1024,
+/// overflowed a 2 MiB stack (a tokio worker's) in a debug build; no producer nests that deep.
+const MAX_DEPTH: usize = 128;
+
 /// Decodes exactly one MessagePack value covering all of `bytes` with `seed`: a well-formed
 /// value of another type is `msgpack_not_map` (saying `not_map`), anything else
 /// `invalid_msgpack`.
@@ -200,6 +204,7 @@ fn decode_msgpack_with<'de, S: DeserializeSeed<'de>>(
     // Borrowing from `bytes` (strings are not copied into a scratch buffer first); that reader
     // does not tell where the value ended, so `msgpack_len` does.
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
     let value = seed.deserialize(&mut de).map_err(|e| {
         let detail = e.to_string();
         if detail.contains(EXPECTING_MAP) && complete_value(bytes) {
@@ -277,6 +282,7 @@ fn msgpack_len(bytes: &[u8]) -> Option<usize> {
 /// Whether `bytes` are exactly one well-formed MessagePack value (of any type).
 fn complete_value(bytes: &[u8]) -> bool {
     let mut de = rmp_serde::Deserializer::new(bytes);
+    de.set_max_depth(MAX_DEPTH);
     serde::de::IgnoredAny::deserialize(&mut de).is_ok() && de.get_ref().is_empty()
 }
 
@@ -787,6 +793,37 @@ mod tests {
 
     fn mp(v: &impl serde::Serialize) -> Vec<u8> {
         rmp_serde::to_vec_named(v).unwrap()
+    }
+
+    /// Values nested deeper than any producer writes are refused (rmp-serde and serde_json stop
+    /// at their depth limits), not decoded until a tokio worker's 2 MiB stack overflows.
+    #[test]
+    fn deep_nesting_fits_a_worker_stack() {
+        let mut arrays = vec![0x91; 100_000];
+        arrays.push(0x01);
+        let mut maps = [0x81, 0xa1, b'a'].repeat(100_000);
+        maps.push(0x01);
+        let mut json_arrays = "[".repeat(100_000).into_bytes();
+        json_arrays.extend(b"1");
+        let mut entry = vec![0x81, 0xa1, b'x'];
+        entry.extend(&arrays);
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for bytes in [&arrays, &maps, &json_arrays, &entry] {
+                    let _ = decode_value_fields(bytes, crate::rows::alert::ALERT_FIELDS);
+                    let _ = decode_log_value(bytes, crate::rows::trade::EXECUTION_FIELDS);
+                }
+                assert!(decode_msgpack_map(&entry).is_err());
+                // A hundred levels are still a value like any other.
+                let mut deep_enough = vec![0x81, 0xa1, b'x'];
+                deep_enough.extend([0x91; 100]);
+                deep_enough.push(0x01);
+                assert!(decode_msgpack_map(&deep_enough).is_ok());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     /// Found by the fuzzer (target `decode`, a timeout): maps each the key of the next, whose
