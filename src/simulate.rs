@@ -176,6 +176,12 @@ pub(crate) async fn run(
         .unwrap_or_else(|| rng::mix(crate::rows::now_ms() as u64));
     let run = format!("{:06x}", rng::mix(seed) & 0xff_ffff);
     let (rls_url, rtrs_url) = (with_scheme(&args.rls), with_scheme(&args.rtrs));
+    owner::claim(
+        &[("RLS", "--rls", &rls_url), ("RTRS", "--rtrs", &rtrs_url)],
+        args.allow_nonempty,
+        &run,
+    )
+    .await?;
     println!(
         "simulating: RLS {}, RTRS {}; {} alerts/s, {} trades/s over {} connections; seed {seed} (ids {run}-N); {}",
         redact_url(&rls_url),
@@ -188,12 +194,6 @@ pub(crate) async fn run(
             s => format!("for {s} s"),
         }
     );
-    owner::claim(
-        &[("RLS", "--rls", &rls_url), ("RTRS", "--rtrs", &rtrs_url)],
-        args.allow_nonempty,
-        &run,
-    )
-    .await?;
     let totals = Arc::new(Totals::default());
     let start = Instant::now();
     let mut writers = Vec::new();

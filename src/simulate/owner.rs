@@ -61,11 +61,12 @@ pub(super) async fn claim(
                     false => format!(" (e.g. {})", sample.join(", ")),
                 };
                 anyhow::bail!(
-                    "refusing to write into {what} at {}: it holds {keys} keys the simulator did \
+                    "refusing to write into {what} at {}: it holds {keys} key{} the simulator did \
                      not write{e_g}. `spillway simulate` writes made-up alerts and trades; point \
                      {flag} at a Redis of its own (empty), or pass --allow-nonempty if this one \
                      is yours to fill",
                     redact_url(url),
+                    if keys == 1 { "" } else { "s" },
                 )
             }
         }
