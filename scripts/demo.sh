@@ -680,9 +680,11 @@ PY
 
 if [ "$SIMULATE" -gt 0 ]; then
     step "Simulating the trading platform for $SIMULATE s: $ALERTS_PER_SEC alerts/s, $TRADES_PER_SEC trades/s (RLS $RLS_PORT, RTRS $RTRS_PORT)"
-    echo "\$ $BIN simulate --rls 127.0.0.1:$RLS_PORT --rtrs 127.0.0.1:$RTRS_PORT --alerts-per-sec $ALERTS_PER_SEC --trades-per-sec $TRADES_PER_SEC --duration $SIMULATE"
+    # --allow-nonempty: these are the demo's own Redis servers, already holding the samples above
+    # (the simulator refuses a Redis holding keys it did not write unless told so).
+    echo "\$ $BIN simulate --rls 127.0.0.1:$RLS_PORT --rtrs 127.0.0.1:$RTRS_PORT --allow-nonempty --alerts-per-sec $ALERTS_PER_SEC --trades-per-sec $TRADES_PER_SEC --duration $SIMULATE"
     echo "(its output: $WORK/simulate.log; the lines below read $METRICS_URL/metrics once a second)"
-    start_bg "$WORK/simulate.log" "$BIN" simulate --rls "127.0.0.1:$RLS_PORT" --rtrs "127.0.0.1:$RTRS_PORT" \
+    start_bg "$WORK/simulate.log" "$BIN" simulate --rls "127.0.0.1:$RLS_PORT" --rtrs "127.0.0.1:$RTRS_PORT" --allow-nonempty \
         --alerts-per-sec "$ALERTS_PER_SEC" --trades-per-sec "$TRADES_PER_SEC" --duration "$SIMULATE"
     SIM_PID=$STARTED_PID
     # In the background, so that Ctrl-C (or a SIGINT/SIGTERM to this script) is handled at once.
@@ -727,7 +729,7 @@ Try, in another terminal:
   redis-cli -p $RLS_PORT SET alert:my_test "hello from the demo" EX 3600
   redis-cli -p $RLS_PORT RPUSH trade_execution:T-9 "not MessagePack"   # a log entry for a dead letter
   redis-cli -p $RTRS_PORT XADD trade_results '*' trade_id T-9 event closed
-  $BIN simulate --rls 127.0.0.1:$RLS_PORT --rtrs 127.0.0.1:$RTRS_PORT --duration 60
+  $BIN simulate --rls 127.0.0.1:$RLS_PORT --rtrs 127.0.0.1:$RTRS_PORT --allow-nonempty --duration 60
   curl -s $CH_URL/ --data-binary "SELECT key, message FROM spillway.alerts FINAL ORDER BY key FORMAT PrettyCompact"
   tail -f $WORK/spillway.log
 EOF

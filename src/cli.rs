@@ -1,4 +1,6 @@
-//! The command line: `spillway run`, `check-config`, `schema` and `simulate`.
+//! The command line: `spillway run`, `check-config`, `schema` and `simulate`; logging (text,
+//! coloured only on a terminal, or one JSON object per line) and the panic hook (a panic in any
+//! thread or task is logged and ends the process with [`PANIC_EXIT_CODE`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,10 +22,32 @@ pub const VERSION: &str = concat!(
 #[derive(Debug, Parser)]
 #[command(name = "spillway", version = VERSION, about)]
 pub struct Cli {
+    /// Log lines as text (coloured only when stderr is a terminal) or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "SPILLWAY_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour escapes only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (timestamp, level, fields, target), for log shippers.
+    Json,
+}
+
+/// The exit status after a panic (EX_SOFTWARE in sysexits.h): a supervisor sees a failure and
+/// restarts the process.
+pub const PANIC_EXIT_CODE: i32 = 70;
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -76,12 +100,8 @@ impl ConfigArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
+    std::panic::set_hook(Box::new(panic_hook));
     let result = match cli.command {
         Command::Run(args) => args.load().and_then(run),
         Command::CheckConfig(args) => args.load().map(|s| println!("{}", s.to_toml())),
@@ -106,10 +126,59 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("spillway: {}", report(&e));
+            match cli.log_format {
+                LogFormat::Text => eprintln!("spillway: {}", report(&e)),
+                LogFormat::Json => tracing::error!(error = %report(&e), "exiting"),
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr in `format`, at the level `RUST_LOG` says (info by default). Text carries
+/// colour escapes only when stderr is a terminal, so a log file or a pipe gets plain lines.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            use std::io::IsTerminal as _;
+            builder.with_ansi(std::io::stderr().is_terminal()).init();
+        }
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+/// The panic hook: a panic anywhere (a tokio task's included, which would otherwise surface only
+/// when, and if, something awaits its handle) is logged through `tracing`, with its location,
+/// thread and a backtrace when `RUST_BACKTRACE` asks for one, then ends the process with
+/// [`PANIC_EXIT_CODE`]. A half-dead sidecar that looks alive loses data; a restarted one does
+/// not (what was read and not committed is read again).
+fn panic_hook(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+    let thread = std::thread::current();
+    let backtrace = std::backtrace::Backtrace::capture();
+    let backtrace = match backtrace.status() {
+        std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
+        _ => None,
+    };
+    tracing::error!(
+        panic = message,
+        location = %location,
+        thread = thread.name().unwrap_or("unnamed"),
+        backtrace = backtrace.as_deref(),
+        "panic: exiting with status {PANIC_EXIT_CODE}"
+    );
+    std::process::exit(PANIC_EXIT_CODE);
 }
 
 /// The error and its causes, joined with `: `, leaving out a cause whose text an outer message
@@ -153,5 +222,66 @@ mod report_tests {
         );
         let plain = anyhow::anyhow!("inner").context("outer");
         assert_eq!(super::report(&plain), "outer: inner");
+    }
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    /// Set when this test runs itself as the child that panics.
+    const CHILD: &str = "SPILLWAY_TEST_PANIC_HOOK_CHILD";
+    const NAME: &str = "cli::panic_tests::a_panic_in_a_task_is_logged_and_ends_the_process";
+
+    /// Runs this test binary again, filtered to this test, as a child that installs the logging
+    /// and the hook `main` installs, then panics in a tokio task and sleeps: with the hook the
+    /// child ends at once with [`super::PANIC_EXIT_CODE`] after logging the panic (without it,
+    /// the runtime would swallow the panic and the child would pass after its sleep).
+    #[test]
+    fn a_panic_in_a_task_is_logged_and_ends_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            super::init_logging(super::LogFormat::Json);
+            std::panic::set_hook(Box::new(super::panic_hook));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let _task = tokio::spawn(async { panic!("boom in a task") });
+                tokio::time::sleep(Duration::from_secs(20)).await;
+            });
+            return;
+        }
+        let start = Instant::now();
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(super::PANIC_EXIT_CODE), "{stderr}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the child slept on"
+        );
+        let logged: Vec<serde_json::Value> = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let panic = logged
+            .iter()
+            .find(|l| l["fields"]["panic"] == "boom in a task")
+            .unwrap_or_else(|| panic!("no panic logged: {stderr}"));
+        assert_eq!(panic["level"], "ERROR");
+        let location = panic["fields"]["location"].as_str().unwrap();
+        assert!(location.starts_with("src/cli.rs:"), "{location}");
+        assert!(panic["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exiting with status 70"));
     }
 }

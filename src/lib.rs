@@ -9,6 +9,9 @@ pub(crate) mod app;
 pub mod cli;
 pub(crate) mod config;
 pub mod decode;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub mod rows;

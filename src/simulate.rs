@@ -13,8 +13,14 @@
 //! At the end (`--duration`, or Ctrl-C) every trade in flight writes its remaining steps and is
 //! closed. A writer with more than four seconds' worth of trades in flight starts no new one.
 //! Values are a function of the seed (`--seed`), timestamps of the clock.
+//!
+//! It writes only where it is told (`--rls`, `--rtrs`: required, never read from the service's
+//! environment) and, unless `--allow-nonempty`, only into a Redis that is empty or that it marked
+//! as its own on an earlier run (`owner.rs`): made-up trades in a production Redis would be
+//! archived as real ones.
 
 pub(crate) mod alerts;
+mod owner;
 pub(crate) mod rng;
 pub(crate) mod trades;
 mod writer;
@@ -39,22 +45,20 @@ pub(crate) const STREAM: &str = "trade_results";
 /// Options of `spillway simulate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// RLS (alerts, execution logs): redis:// or rediss:// URL, or host:port.
-    #[arg(
-        long,
-        env = "SPILLWAY_RLS_URL",
-        hide_env_values = true,
-        default_value = "redis://127.0.0.1:6384"
-    )]
+    /// RLS (alerts, execution logs): redis:// or rediss:// URL, or host:port. Required, with no
+    /// default and never taken from the environment, so the simulator cannot write into a
+    /// production Redis by accident.
+    #[arg(long)]
     pub rls: String,
-    /// RTRS (the trade_results stream): redis:// or rediss:// URL, or host:port.
-    #[arg(
-        long,
-        env = "SPILLWAY_RTRS_URL",
-        hide_env_values = true,
-        default_value = "redis://127.0.0.1:6382"
-    )]
+    /// RTRS (the trade_results stream): redis:// or rediss:// URL, or host:port. Required, like
+    /// `--rls`.
+    #[arg(long)]
     pub rtrs: String,
+    /// Write into a Redis that holds keys the simulator did not write. Without it the simulator
+    /// writes only into an empty Redis (database) or one it marked as its own (the key
+    /// `spillway:simulate:owner`, set when it starts on an empty one).
+    #[arg(long)]
+    pub allow_nonempty: bool,
     /// Alerts written per second.
     #[arg(long, default_value_t = 1000)]
     pub alerts_per_sec: u64,
@@ -172,6 +176,12 @@ pub(crate) async fn run(
         .unwrap_or_else(|| rng::mix(crate::rows::now_ms() as u64));
     let run = format!("{:06x}", rng::mix(seed) & 0xff_ffff);
     let (rls_url, rtrs_url) = (with_scheme(&args.rls), with_scheme(&args.rtrs));
+    owner::claim(
+        &[("RLS", "--rls", &rls_url), ("RTRS", "--rtrs", &rtrs_url)],
+        args.allow_nonempty,
+        &run,
+    )
+    .await?;
     println!(
         "simulating: RLS {}, RTRS {}; {} alerts/s, {} trades/s over {} connections; seed {seed} (ids {run}-N); {}",
         redact_url(&rls_url),

@@ -185,6 +185,10 @@ pub fn decode_msgpack_array_of_fields(
     )
 }
 
+/// How deep MessagePack values may nest (serde_json's limit for JSON): rmp-serde's own, 1024,
+/// overflowed a 2 MiB stack (a tokio worker's) in a debug build; no producer nests that deep.
+const MAX_DEPTH: usize = 128;
+
 /// Decodes exactly one MessagePack value covering all of `bytes` with `seed`: a well-formed
 /// value of another type is `msgpack_not_map` (saying `not_map`), anything else
 /// `invalid_msgpack`.
@@ -200,6 +204,7 @@ fn decode_msgpack_with<'de, S: DeserializeSeed<'de>>(
     // Borrowing from `bytes` (strings are not copied into a scratch buffer first); that reader
     // does not tell where the value ended, so `msgpack_len` does.
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
     let value = seed.deserialize(&mut de).map_err(|e| {
         let detail = e.to_string();
         if detail.contains(EXPECTING_MAP) && complete_value(bytes) {
@@ -277,6 +282,7 @@ fn msgpack_len(bytes: &[u8]) -> Option<usize> {
 /// Whether `bytes` are exactly one well-formed MessagePack value (of any type).
 fn complete_value(bytes: &[u8]) -> bool {
     let mut de = rmp_serde::Deserializer::new(bytes);
+    de.set_max_depth(MAX_DEPTH);
     serde::de::IgnoredAny::deserialize(&mut de).is_ok() && de.get_ref().is_empty()
 }
 
@@ -292,11 +298,47 @@ struct Json(Value);
 
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(JsonVisitor).map(Json)
+        d.deserialize_any(JsonVisitor::default()).map(Json)
     }
 }
 
-struct JsonVisitor;
+/// How deep map keys that are maps or arrays may nest in one another. Such a key becomes its
+/// JSON text, and every level escapes the quotes and backslashes of the text inside it again,
+/// doubling them: unbounded, a value of a few hundred bytes (found by the fuzzer: sixty maps
+/// each the key of the next) asked for gigabytes and hung the decoder.
+const MAX_KEY_DEPTH: u8 = 2;
+
+/// Makes a [`Value`]; `key_depth` counts the map keys it is inside of.
+#[derive(Debug, Clone, Copy, Default)]
+struct JsonVisitor {
+    key_depth: u8,
+}
+
+/// A visitor for a map key (of a map that is not itself inside a key).
+const KEY: JsonVisitor = JsonVisitor { key_depth: 1 };
+
+impl JsonVisitor {
+    /// Refuses a map or array inside more than [`MAX_KEY_DEPTH`] keys.
+    fn container<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        match self.key_depth > MAX_KEY_DEPTH {
+            true => Err(E::custom(format!(
+                "map keys that are maps or arrays nest more than {MAX_KEY_DEPTH} deep"
+            ))),
+            false => Ok(()),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for JsonVisitor {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
 
 fn base64(b: &[u8]) -> Value {
     use base64::Engine as _;
@@ -355,8 +397,9 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
         self,
         mut seq: A,
     ) -> std::result::Result<Value, A::Error> {
+        self.container::<A::Error>()?;
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
-        while let Some(Json(v)) = seq.next_element()? {
+        while let Some(v) = seq.next_element_seed(self)? {
             out.push(v);
         }
         Ok(Value::Array(out))
@@ -365,8 +408,12 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
         self,
         mut map: A,
     ) -> std::result::Result<Value, A::Error> {
+        self.container::<A::Error>()?;
+        let key_visitor = JsonVisitor {
+            key_depth: self.key_depth.saturating_add(1),
+        };
         let mut out = Map::new();
-        while let Some((Json(k), Json(v))) = map.next_entry()? {
+        while let Some((k, v)) = map.next_entry_seed(key_visitor, self)? {
             let key = match k {
                 Value::String(s) => s,
                 other => other.to_string(),
@@ -690,7 +737,7 @@ impl<'de> DeserializeSeed<'de> for KeySeed {
 macro_rules! key_via_json {
     ($($name:ident($t:ty)),*) => {$(
         fn $name<E: serde::de::Error>(self, v: $t) -> std::result::Result<Key, E> {
-            JsonVisitor.$name(v).map(|v| self.owned(v.to_string()))
+            KEY.$name(v).map(|v| self.owned(v.to_string()))
         }
     )*};
 }
@@ -722,24 +769,19 @@ impl<'de> Visitor<'de> for KeySeed {
         Ok(self.owned("null".into()))
     }
     fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Key, D::Error> {
-        JsonVisitor.visit_some(d).map(|v| self.owned(v.to_string()))
+        KEY.visit_some(d).map(|v| self.owned(v.to_string()))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Key, A::Error> {
-        JsonVisitor
-            .visit_seq(seq)
-            .map(|v| self.owned(v.to_string()))
+        KEY.visit_seq(seq).map(|v| self.owned(v.to_string()))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Key, A::Error> {
-        JsonVisitor
-            .visit_map(map)
-            .map(|v| self.owned(v.to_string()))
+        KEY.visit_map(map).map(|v| self.owned(v.to_string()))
     }
     fn visit_newtype_struct<D: serde::Deserializer<'de>>(
         self,
         d: D,
     ) -> std::result::Result<Key, D::Error> {
-        JsonVisitor
-            .visit_newtype_struct(d)
+        KEY.visit_newtype_struct(d)
             .map(|v| self.owned(v.to_string()))
     }
 }
@@ -751,6 +793,80 @@ mod tests {
 
     fn mp(v: &impl serde::Serialize) -> Vec<u8> {
         rmp_serde::to_vec_named(v).unwrap()
+    }
+
+    /// Values nested deeper than any producer writes are refused (rmp-serde and serde_json stop
+    /// at their depth limits), not decoded until a tokio worker's 2 MiB stack overflows.
+    #[test]
+    fn deep_nesting_fits_a_worker_stack() {
+        let mut arrays = vec![0x91; 100_000];
+        arrays.push(0x01);
+        let mut maps = [0x81, 0xa1, b'a'].repeat(100_000);
+        maps.push(0x01);
+        let mut json_arrays = "[".repeat(100_000).into_bytes();
+        json_arrays.extend(b"1");
+        let mut entry = vec![0x81, 0xa1, b'x'];
+        entry.extend(&arrays);
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for bytes in [&arrays, &maps, &json_arrays, &entry] {
+                    let _ = decode_value_fields(bytes, crate::rows::alert::ALERT_FIELDS);
+                    let _ = decode_log_value(bytes, crate::rows::trade::EXECUTION_FIELDS);
+                }
+                assert!(decode_msgpack_map(&entry).is_err());
+                // A hundred levels are still a value like any other.
+                let mut deep_enough = vec![0x81, 0xa1, b'x'];
+                deep_enough.extend([0x91; 100]);
+                deep_enough.push(0x01);
+                assert!(decode_msgpack_map(&deep_enough).is_ok());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// Found by the fuzzer (target `decode`, a timeout): maps each the key of the next, whose
+    /// JSON texts doubled at every level. Refused now, at once, and named.
+    #[test]
+    fn keys_nested_in_keys_are_refused_not_expanded() {
+        let found: Vec<u8> = [
+        "8eaa6163636f8a918ba0969b5abe43432d818181818181818181818181818181818181818181818181818181",
+        "818181818181818181818181818181818181818181818181818181818181818131ab696e7374616e63655f69",
+        "64a56d74352d31a673796d626f6ca6455552555344a473696465a473656c6c5a856f6c90929a34c00fffff00",
+        "000000aa6f70656e5f7072696365cb3ff199999999909090909090909090909090909090999aab636c6f7365",
+        "5f7072696365cb3ff3333333333333a670726f666974cbffffffffffffffffc029000000000000aa6331ab69",
+        "6e7374616e63655f6964a56d74352d31a673796d626f6c5ab95552555344a473696465a473656c6c5a856f6c",
+        "90929a34c00fffff00000000aa6f70656e5f7072696365cb3ff199999999999aab636c6f73655f7072696365",
+        "cb3ff3333333333333a670726f666974cbc029000000000000aa636f6d6d697373696f6e6d74352d31a67379",
+        "6d626f6ca645556f756e745f6964a54143432d31ab696e7374617663655f6964a56d74352d31a673796d626f",
+        "6ca64552555344a473696465a473656c6c6400a6766f6c75f265cb61745f6d7302a3746167c3a46e6f6d6d69",
+        "7373696f6e6d742d31ab696e7374617663655f6964a56d0f00000000000000626f6ca64552555344a4736964",
+        "65a473656c6c6400a6766f6c75f265cb61745f6d7302a3746167c3a46e6f6e65c0",
+        ]
+        .concat()
+        .as_bytes()
+        .chunks(2)
+        .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
+        .collect();
+        // Sixty-four maps, each the key of the next.
+        let mut deep = vec![0x81; 64];
+        deep.extend([0xa1, b'a']);
+        deep.extend([0x01; 64]);
+        for bytes in [&found, &deep] {
+            let start = std::time::Instant::now();
+            assert!(decode_value_fields(bytes, crate::rows::alert::ALERT_FIELDS).is_err());
+            let e = decode_log_value(bytes, crate::rows::trade::EXECUTION_FIELDS).unwrap_err();
+            assert_eq!(e.reason, "invalid_msgpack", "{e}");
+            assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        }
+        let e = decode_value_fields(&deep, &[]).unwrap_err();
+        assert!(e.detail.contains("nest more than 2 deep"), "{e}");
+        // Two levels are kept, as JSON text.
+        let two = [0x81, 0x81, 0x81, 0xa1, b'a', 0x01, 0x02, 0x03];
+        let map = decode_msgpack_map(&two).unwrap();
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map[r#"{"{\"a\":1}":2}"#], json!(3));
     }
 
     #[test]

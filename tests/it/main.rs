@@ -8,6 +8,7 @@ extern crate spillway_testkit as common;
 mod alerts;
 mod faults;
 mod harness;
+mod logging;
 mod modern_clickhouse;
 mod observability;
 mod prometheus_e2e;

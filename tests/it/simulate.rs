@@ -2,9 +2,12 @@
 //! seconds at a small rate and checks what it left in Redis: alerts with their TTL in all three
 //! value forms, execution logs (LISTs and STRINGs) complete before their close is on the
 //! `trade_results` stream, every log and payload decoding into the rows Spillway archives.
+//! And that it is safe to have on a production host: it needs its targets on the command line
+//! (never from the service's environment), and refuses to write into a Redis holding keys it did
+//! not write unless `--allow-nonempty` says so.
 
 use std::collections::HashMap;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use bytes::Bytes;
 use fred::cmd;
@@ -143,4 +146,143 @@ async fn simulator_writes_what_the_contract_describes() {
         finished,
         "every log written was closed at the end"
     );
+}
+
+/// The key the simulator marks a Redis it started on empty with.
+const OWNER: &str = "spillway:simulate:owner";
+
+/// Runs `spillway simulate ARGS` for a second at a small rate, with `env` set (a seed of the
+/// clock: runs with one seed on one Redis would write the same keys).
+fn simulate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("simulate")
+        .args(args)
+        .args(["--alerts-per-sec", "100", "--trades-per-sec", "10"])
+        .args(["--duration", "1", "--connections", "1"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run spillway simulate")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn simulator_refuses_a_redis_holding_keys_it_did_not_write() {
+    let (rls, rtrs) = (RedisServer::start(), RedisServer::start());
+    let (rls_url, rtrs_url) = (rls.url(), rtrs.url());
+    let targets = ["--rls", rls_url.as_str(), "--rtrs", rtrs_url.as_str()];
+
+    // RTRS holds the platform's stream: refused, and nothing written anywhere (RLS, checked
+    // first and empty, is not marked either).
+    rtrs.cli(&[
+        "XADD",
+        "trade_results",
+        "1-1",
+        "trade_id",
+        "T1",
+        "event",
+        "closed",
+    ]);
+    let out = simulate(&targets, &[]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("refusing to write into RTRS")
+            && said.contains("--allow-nonempty")
+            && said.contains("--rtrs")
+            && said.contains("`trade_results`"),
+        "{said}"
+    );
+    assert_eq!(rls.cli(&["DBSIZE"]), "0", "nothing written into RLS");
+    assert_eq!(rtrs.cli(&["DBSIZE"]), "1");
+    assert_eq!(rtrs.cli(&["XLEN", "trade_results"]), "1");
+
+    // A key named like the simulator's own (an alert) is still someone else's.
+    rls.cli(&["SET", "alert:real", "a real alert", "EX", "3000"]);
+    rtrs.cli(&["DEL", "trade_results"]);
+    let out = simulate(&targets, &[]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("refusing to write into RLS")
+            && said.contains("--allow-nonempty")
+            && said.contains("`alert:real`"),
+        "{said}"
+    );
+    assert_eq!(rls.cli(&["DBSIZE"]), "1");
+    assert_eq!(rls.cli(&["GET", "alert:real"]), "a real alert");
+    assert_eq!(rtrs.cli(&["DBSIZE"]), "0", "nothing written into RTRS");
+
+    // Told so, it writes, leaving the foreign key alone and RLS unmarked (the next run without
+    // the flag is refused again).
+    let mut allowed = targets.to_vec();
+    allowed.push("--allow-nonempty");
+    let out = simulate(&allowed, &[]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("writing anyway (--allow-nonempty)"), "{said}");
+    assert_eq!(rls.cli(&["GET", "alert:real"]), "a real alert");
+    let ttl: i64 = rls.cli(&["TTL", "alert:real"]).parse().unwrap();
+    assert!((2900..=3000).contains(&ttl), "TTL {ttl}");
+    let dbsize: u64 = rls.cli(&["DBSIZE"]).parse().unwrap();
+    assert!(dbsize > 50, "{dbsize} keys in RLS");
+    assert_eq!(rls.cli(&["EXISTS", OWNER]), "0");
+    assert_eq!(
+        rtrs.cli(&["EXISTS", OWNER]),
+        "1",
+        "RTRS was empty: now the simulator's"
+    );
+    assert!(!simulate(&targets, &[]).status.success());
+}
+
+#[test]
+fn simulator_needs_its_targets_on_the_command_line_not_the_environment() {
+    let (rls, rtrs) = (RedisServer::start(), RedisServer::start());
+    let (rls_url, rtrs_url) = (rls.url(), rtrs.url());
+    // The service's variables, naming servers that answer: not used, the flags are required.
+    let service_env = [
+        ("SPILLWAY_RLS_URL", rls_url.as_str()),
+        ("SPILLWAY_RTRS_URL", rtrs_url.as_str()),
+    ];
+    for args in [
+        &[][..],
+        &["--rls", rls_url.as_str()][..],
+        &["--rtrs", rtrs_url.as_str()][..],
+    ] {
+        let out = simulate(args, &service_env);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(said.contains("required") && said.contains("--r"), "{said}");
+    }
+    assert_eq!(rls.cli(&["DBSIZE"]), "0");
+    assert_eq!(rtrs.cli(&["DBSIZE"]), "0");
+
+    // Explicit targets win over bogus variables; empty servers become the simulator's own, and
+    // a second run on them needs no flag.
+    let bogus = [
+        ("SPILLWAY_RLS_URL", "redis://127.0.0.1:1"),
+        ("SPILLWAY_RTRS_URL", "redis://127.0.0.1:1"),
+    ];
+    let targets = ["--rls", rls_url.as_str(), "--rtrs", rtrs_url.as_str()];
+    for run in 0..2 {
+        let out = simulate(&targets, &bogus);
+        assert!(out.status.success(), "run {run}: {}", text(&out));
+        assert!(
+            text(&out).contains(&format!("RLS {rls_url}")),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(rls.cli(&["EXISTS", OWNER]), "1");
+    assert_eq!(rtrs.cli(&["EXISTS", OWNER]), "1");
+    assert!(rls
+        .cli(&["GET", OWNER])
+        .starts_with("written by spillway simulate"));
+    let alerts: u64 = rls
+        .cli(&["EVAL", "return #redis.call('KEYS', 'alert:*')", "0"])
+        .parse()
+        .unwrap();
+    assert!(alerts > 100, "{alerts} alerts from two runs");
 }

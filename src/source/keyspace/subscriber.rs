@@ -186,27 +186,69 @@ impl Subscription {
 
     /// Waits for bytes, then hands every whole notification buffered to `each`; other frames
     /// (subscription confirmations) are skipped. An error means the connection is done.
-    pub(crate) async fn next_batch(
-        &mut self,
-        mut each: impl FnMut(Notification),
-    ) -> Result<(), Error> {
+    pub(crate) async fn next_batch(&mut self, each: impl FnMut(Notification)) -> Result<(), Error> {
         self.read().await?;
-        while let Some((frame, used)) = parse(&self.buf)? {
-            if let Frame::Array(items) = &frame {
-                if let [b"message", channel, key] = items.as_slice() {
-                    if let Some((_, op)) =
-                        self.channels.iter().find(|(c, _)| c.as_bytes() == *channel)
-                    {
-                        each(Notification {
-                            operation: op.clone(),
-                            key: Key::from(Bytes::copy_from_slice(key)),
-                        });
-                    }
+        drain(&mut self.buf, &self.channels, each)
+    }
+}
+
+/// Hands every whole notification at the start of `buf` on one of `channels` to `each`, removing
+/// every whole frame read; other frames (subscription confirmations) are skipped. What is left
+/// is the start of a frame still to come.
+fn drain(
+    buf: &mut BytesMut,
+    channels: &[(String, Arc<str>)],
+    mut each: impl FnMut(Notification),
+) -> Result<(), Error> {
+    while let Some((frame, used)) = parse(buf)? {
+        if let Frame::Array(items) = &frame {
+            if let [b"message", channel, key] = items.as_slice() {
+                if let Some((_, op)) = channels.iter().find(|(c, _)| c.as_bytes() == *channel) {
+                    each(Notification {
+                        operation: op.clone(),
+                        key: Key::from(Bytes::copy_from_slice(key)),
+                    });
                 }
             }
-            self.buf.advance(used);
         }
-        Ok(())
+        buf.advance(used);
+    }
+    Ok(())
+}
+
+/// The parser as the fuzz targets see it (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    use super::*;
+
+    /// The notifications on `__keyevent@0__:set` and `__keyevent@0__:expired` that the
+    /// subscriber takes out of `reads`, bytes arriving in those pieces, as (operation, key);
+    /// the error's text if the bytes are not Redis talking.
+    pub(crate) fn notifications(reads: &[&[u8]]) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let channels: Vec<(String, Arc<str>)> = ["set", "expired"]
+            .iter()
+            .map(|e| (format!("__keyevent@0__:{e}"), Arc::from(*e)))
+            .collect();
+        let (mut buf, mut out) = (BytesMut::new(), Vec::new());
+        for read in reads {
+            buf.extend_from_slice(read);
+            drain(&mut buf, &channels, |n| {
+                out.push((n.operation.to_string(), n.key.as_bytes().to_vec()))
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(out)
+    }
+
+    /// Every whole frame of `bytes` as the handshake prints it, up to the first error.
+    pub(crate) fn frames(mut bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Some((frame, used))) = parse(bytes) {
+            assert!(used > 0 && used <= bytes.len(), "a frame of {used} bytes");
+            out.push(frame.to_string());
+            bytes = &bytes[used..];
+        }
+        out
     }
 }
 

@@ -1,0 +1,113 @@
+//! Whether the simulator may write into a Redis. It writes made-up alerts and closes made-up
+//! trades, which a Spillway reading that Redis would archive as real: so it writes only into a
+//! Redis (database) that is empty, or that it marked as its own ([`OWNER_KEY`], set when it
+//! starts on an empty one), unless `--allow-nonempty` says the Redis is the operator's to fill.
+//! Every target is checked before anything is written to any of them.
+
+use fred::cmd;
+use fred::prelude::*;
+
+use crate::config::redact_url;
+
+/// The key the simulator sets in a Redis it starts on empty: the Redis is then its own to
+/// write into on the next runs.
+pub(crate) const OWNER_KEY: &str = "spillway:simulate:owner";
+
+/// Keys named in a refusal, at most.
+const SAMPLE: usize = 3;
+
+/// What a Redis holds, as far as the simulator is concerned.
+#[derive(Debug, PartialEq)]
+enum Holds {
+    /// No key at all.
+    Empty,
+    /// The owner key: a Redis the simulator started on empty.
+    Ours,
+    /// Keys the simulator did not write: how many, and a few of their names.
+    Foreign(u64, Vec<String>),
+}
+
+/// Checks every target (its name, its flag and its URL) and, when all may be written into,
+/// marks those that were empty as the simulator's own; otherwise fails naming the Redis, what
+/// it holds and `--allow-nonempty`, having written nothing.
+pub(super) async fn claim(
+    targets: &[(&str, &str, &str)],
+    allow_nonempty: bool,
+    run: &str,
+) -> anyhow::Result<()> {
+    let mut empty = Vec::new();
+    for &(what, flag, url) in targets {
+        let client = super::connect(url, what).await?;
+        let holds = holds(&client).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot tell what {what} at {} holds: {}",
+                redact_url(url),
+                e.details()
+            )
+        })?;
+        match holds {
+            Holds::Empty => {
+                empty.push((client, what));
+                continue;
+            }
+            Holds::Ours => {}
+            Holds::Foreign(keys, _) if allow_nonempty => println!(
+                "{what} at {} holds {keys} keys the simulator did not write; writing anyway (--allow-nonempty)",
+                redact_url(url)
+            ),
+            Holds::Foreign(keys, sample) => {
+                let e_g = match sample.is_empty() {
+                    true => String::new(),
+                    false => format!(" (e.g. {})", sample.join(", ")),
+                };
+                anyhow::bail!(
+                    "refusing to write into {what} at {}: it holds {keys} key{} the simulator did \
+                     not write{e_g}. `spillway simulate` writes made-up alerts and trades; point \
+                     {flag} at a Redis of its own (empty), or pass --allow-nonempty if this one \
+                     is yours to fill",
+                    redact_url(url),
+                    if keys == 1 { "" } else { "s" },
+                )
+            }
+        }
+        client.quit().await.ok();
+    }
+    let value = format!(
+        "written by spillway simulate, run {run}, at {} ms",
+        crate::rows::now_ms()
+    );
+    for (client, what) in empty {
+        let _: Option<String> = client
+            .set(OWNER_KEY, value.as_str(), None, Some(SetOptions::NX), false)
+            .await
+            .map_err(|e| anyhow::anyhow!("marking {what} as the simulator's: {}", e.details()))?;
+        client.quit().await.ok();
+    }
+    Ok(())
+}
+
+/// What the Redis of `client` (its database) holds.
+async fn holds(client: &Client) -> Result<Holds, Error> {
+    let ours: i64 = client.exists(OWNER_KEY).await?;
+    if ours > 0 {
+        return Ok(Holds::Ours);
+    }
+    let keys: u64 = client.custom(cmd!("DBSIZE"), Vec::<String>::new()).await?;
+    if keys == 0 {
+        return Ok(Holds::Empty);
+    }
+    let page: Value = client
+        .custom(cmd!("SCAN"), vec!["0", "COUNT", "100"])
+        .await?;
+    let sample = match page.into_array().pop() {
+        Some(keys) => keys
+            .into_array()
+            .into_iter()
+            .filter_map(|k| k.into_string())
+            .take(SAMPLE)
+            .map(|k| format!("`{}`", k.escape_debug()))
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(Holds::Foreign(keys, sample))
+}
