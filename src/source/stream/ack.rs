@@ -28,7 +28,7 @@ pub(super) struct AckWork {
 /// next start), so a Redis that is down does not hold up the exit.
 const ATTEMPTS_WHEN_STOPPING: u32 = 3;
 
-/// Runs acknowledgements in order: release the staging keys, then XACK. A connection error is
+/// Runs acknowledgements in order: XACK, then release the staging keys. A connection error is
 /// retried with capped backoff (while running; a few times once stopping); a command Redis
 /// refuses is counted and not retried. Ends when every sender is gone.
 pub(super) async fn acknowledge(
@@ -84,8 +84,8 @@ pub(super) async fn acknowledge(
     }
 }
 
-/// One attempt: the staging keys released in one pipeline (with, for each removed log, whether
-/// the platform wrote its key again after the take), then the XACK. Err only for a connection
+/// One attempt: the XACK, then the staging keys released in one pipeline (with, for each
+/// removed log, whether the platform wrote its key again after the take). Err only for a connection
 /// error (the whole attempt is repeatable: DEL, EXPIRE and the park script are idempotent).
 async fn ack_once(
     work: &AckWork,
@@ -96,6 +96,22 @@ async fn ack_once(
     grace: u64,
     name: &str,
 ) -> std::result::Result<(), Error> {
+    // XACK first: once a close is acknowledged it is never delivered again, so its staging key
+    // cannot be taken a second time under the same take id (which, were the platform to have
+    // written the log again meanwhile, would give other entries the archived rows' identities).
+    // A crash between the two leaves the staging key, which the start-up recovery archives
+    // again (the same rows) and releases.
+    if !work.ids.is_empty() {
+        let acked: std::result::Result<u64, Error> = ctl
+            .xack(def.stream.as_str(), def.group.as_str(), work.ids.clone())
+            .await;
+        match acked {
+            Ok(_) => {}
+            Err(e) if is_connection(&e) => return Err(e),
+            // NOGROUP after the stream or group was recreated: nothing pending to acknowledge.
+            Err(e) => refused(name, "XACK", &e),
+        }
+    }
     if !work.logs.is_empty() {
         let p = logs.pipeline();
         for log in &work.logs {
@@ -151,17 +167,6 @@ async fn ack_once(
         if noscript {
             scripts.park.load(logs).await?;
             return Err(Error::new(ErrorKind::NotFound, "park script reloaded"));
-        }
-    }
-    if !work.ids.is_empty() {
-        let acked: std::result::Result<u64, Error> = ctl
-            .xack(def.stream.as_str(), def.group.as_str(), work.ids.clone())
-            .await;
-        match acked {
-            Ok(_) => {}
-            Err(e) if is_connection(&e) => return Err(e),
-            // NOGROUP after the stream or group was recreated: nothing pending to acknowledge.
-            Err(e) => refused(name, "XACK", &e),
         }
     }
     Ok(())
