@@ -259,29 +259,22 @@ pub(crate) async fn read_page(
 /// Staging keys of logs under `prefix` that no commit has released (no TTL: a staging key
 /// given its grace expiry after a commit is done).
 pub(crate) async fn staged(client: &Client, prefix: &str) -> Result<Vec<String>, Error> {
-    let escaped: String = prefix
-        .chars()
-        .flat_map(|c| match c {
-            '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
-            c => vec![c],
-        })
-        .collect();
+    // One pass over the keyspace (both forms of staging key contain STAGING), filtered here.
     let mut keys = Vec::new();
-    for pattern in [
-        format!("{{{escaped}*}}{STAGING}*"),
-        format!("{escaped}*{STAGING}*"),
-    ] {
-        let mut cursor = "0".to_string();
-        loop {
-            let (next, page): (String, Vec<Key>) = client
-                .scan_page(cursor, pattern.clone(), Some(1000), None::<ScanType>)
-                .await?;
-            keys.extend(page.iter().map(|k| k.as_str_lossy().into_owned()));
-            if next == "0" {
-                break;
-            }
-            cursor = next;
+    let mut cursor = "0".to_string();
+    loop {
+        let (next, page): (String, Vec<Key>) = client
+            .scan_page(cursor, format!("*{STAGING}*"), Some(1000), None::<ScanType>)
+            .await?;
+        keys.extend(
+            page.iter()
+                .map(|k| k.as_str_lossy().into_owned())
+                .filter(|k| parse_staging(k, prefix).is_some()),
+        );
+        if next == "0" {
+            break;
         }
+        cursor = next;
     }
     keys.sort();
     keys.dedup();
