@@ -165,7 +165,7 @@ async fn ack_once(
             }
         }
         if noscript {
-            scripts.park.load(logs).await?;
+            scripts.load(logs).await?;
             return Err(Error::new(ErrorKind::NotFound, "park script reloaded"));
         }
     }

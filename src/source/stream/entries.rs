@@ -8,7 +8,7 @@ use fred::prelude::Value;
 
 use super::config::StreamSource;
 use super::moves::{string_log, Ctx, Cursor, LogAck, Taken};
-use super::take::{side_key, LogRead, STAGING};
+use super::take::LogRead;
 use crate::decode::DecodeError;
 use crate::metrics as m;
 use crate::rows::trade::{trade_row, LogState, TradeRow};
@@ -211,7 +211,7 @@ pub(crate) struct Work {
     pub more: Vec<(Cursor, Option<TradeRow>)>,
 }
 
-/// Turns entries (and the logs taken for them, by staging key) into rows; `orphans` are logs
+/// Turns entries (and the logs taken for them, by take id) into rows; `orphans` are logs
 /// found staged at start that no pending entry will take again: their rows alone.
 pub(crate) fn rows(
     ctx: &Ctx<'_>,
@@ -263,10 +263,9 @@ pub(crate) fn rows(
         }
         let payload = e.field("payload").map(|b| b.as_ref());
         let (mut state, mut moved, mut cursor) = (LogState::Kept, 0u32, None);
-        if let Some(key) = e.log_key(def) {
-            let staging = side_key(&key, STAGING, &e.take);
+        if e.log_key(def).is_some() {
             state = LogState::Missing;
-            match logs.remove(&staging) {
+            match logs.remove(&e.take) {
                 Some((taken, read @ (LogRead::List { .. } | LogRead::Str { .. }))) => {
                     state = LogState::Moved;
                     match move_log(ctx, taken, read, &mut w) {
@@ -395,6 +394,7 @@ mod tests {
     use super::*;
     use crate::pipeline::{parse, Source};
     use crate::rows::Table;
+    use crate::source::stream::take::{side_key, STAGING};
     use serde_json::json;
 
     fn def() -> StreamSource {
@@ -420,18 +420,12 @@ mod tests {
         rmp_serde::to_vec_named(&v).unwrap()
     }
 
-    /// The logs of `(log key, take id)` as taken, by staging key.
+    /// The logs of `(log key, take id)` as taken, by take id.
     fn taken(logs: Vec<(&str, &str, LogRead)>) -> HashMap<String, (Taken, LogRead)> {
         logs.into_iter()
             .map(|(key, take, read)| {
-                let t = Taken {
-                    key: key.to_string(),
-                    staging: side_key(key, STAGING, take),
-                    take_id: take.to_string(),
-                    trade_id: key.trim_start_matches("trade_execution:").to_string(),
-                    stream_id: take.to_string(),
-                };
-                (t.staging.clone(), (t, read))
+                let t = Taken::new(key.into(), "trade_execution:", take.into(), take.into());
+                (t.take_id.clone(), (t, read))
             })
             .collect()
     }

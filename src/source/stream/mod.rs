@@ -34,7 +34,7 @@ use config::StreamSource;
 use entries::{parse_entries, Entry, RecentMoves};
 use moves::{Ctx, Taken};
 use stall::Stall;
-use take::{side_key, LogRead, Scripts, STAGING};
+use take::{LogRead, Scripts};
 
 /// Acknowledgements waiting for the acknowledger, at most: past that the row builder waits, and
 /// with it the reading of new entries.
@@ -69,12 +69,10 @@ impl Stream {
         let ctl = endpoint.client(def.db).await?;
         let logs = log_endpoint.client(def.log_db).await?;
         let scripts = Scripts::new();
-        for script in [&scripts.take, &scripts.park] {
-            script
-                .load(&logs)
-                .await
-                .map_err(log_endpoint.err("loading the log scripts (SCRIPT LOAD)"))?;
-        }
+        scripts
+            .load(&logs)
+            .await
+            .map_err(log_endpoint.err("loading the log scripts (SCRIPT LOAD)"))?;
         match group::create(&ctl, &def).await {
             Ok(true) => {
                 tracing::info!(pipeline = name, stream = %def.stream, group = %def.group, "consumer group created")
@@ -408,14 +406,8 @@ impl Stream {
             .iter()
             .filter_map(|e| {
                 let key = e.log_key(&self.def)?;
-                let trade_id = key[self.def.log_key_prefix.len()..].to_string();
-                Some(Taken {
-                    staging: side_key(&key, STAGING, &e.take),
-                    key,
-                    take_id: e.take.clone(),
-                    trade_id,
-                    stream_id: e.id.clone(),
-                })
+                let prefix = &self.def.log_key_prefix;
+                Some(Taken::new(key, prefix, e.take.clone(), e.id.clone()))
             })
             .collect();
         taken.sort_by(|a, b| a.staging.cmp(&b.staging));
@@ -435,7 +427,7 @@ impl Stream {
         let logs = taken
             .into_iter()
             .zip(reads)
-            .map(|(t, r)| (t.staging.clone(), (t, r)))
+            .map(|(t, r)| (t.take_id.clone(), (t, r)))
             .collect();
         let job = Job {
             entries,
@@ -499,14 +491,8 @@ impl Stream {
             if self.pending(&take_id).await {
                 continue;
             }
-            let trade_id = key[self.def.log_key_prefix.len()..].to_string();
-            orphans.push(Taken {
-                key,
-                staging,
-                take_id,
-                trade_id,
-                stream_id: String::new(),
-            });
+            let prefix = &self.def.log_key_prefix;
+            orphans.push(Taken::new(key, prefix, take_id, String::new()));
         }
         if orphans.is_empty() {
             return true;
@@ -546,7 +532,7 @@ impl Stream {
     }
 }
 
-/// A batch read from Redis: the entries and the logs taken for them (by staging key), or logs
+/// A batch read from Redis: the entries and the logs taken for them (by take id), or logs
 /// found staged at start.
 struct Job {
     entries: Vec<Entry>,

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use super::config::{OverLimit, StreamSource};
-use super::take::{side_key, OVERFLOW};
+use super::take::{side_key, OVERFLOW, STAGING};
 use crate::decode::DecodeError;
 use crate::metrics as m;
 use crate::rows::trade::{log_value_rows, LogOrigin};
@@ -25,6 +25,30 @@ pub(crate) struct Taken {
     pub trade_id: String,
     /// The stream entry that took it (empty for pub/sub closes and recovered logs).
     pub stream_id: String,
+}
+
+impl Taken {
+    /// The take `take_id` of the log `key` (prefixed `prefix` before the trade id), made by
+    /// the stream entry `stream_id` (empty when none will be acknowledged).
+    pub(crate) fn new(key: String, prefix: &str, take_id: String, stream_id: String) -> Self {
+        Taken {
+            staging: side_key(&key, STAGING, &take_id),
+            trade_id: key.get(prefix.len()..).unwrap_or_default().to_string(),
+            key,
+            take_id,
+            stream_id,
+        }
+    }
+
+    /// Where its rows come from, archived at `now`.
+    fn origin(&self, now: i64) -> LogOrigin<'_> {
+        LogOrigin {
+            trade_id: &self.trade_id,
+            take_id: &self.take_id,
+            key: &self.key,
+            now,
+        }
+    }
 }
 
 /// What becomes of a staging key once its rows are committed.
@@ -132,12 +156,7 @@ impl Cursor {
             return;
         }
         let t = &self.taken;
-        let origin = LogOrigin {
-            trade_id: &t.trade_id,
-            take_id: &t.take_id,
-            key: &t.key,
-            now: ctx.now,
-        };
+        let origin = t.origin(ctx.now);
         for item in items {
             let size = item.len() as u64;
             if self.next >= self.end || (self.bytes + size > ctx.def.log_max_bytes && self.next > 0)
@@ -192,13 +211,7 @@ pub(crate) fn string_log(
         );
         return (over_limit(ctx, 1, taken, 0, value.to_vec(), detail, out), 0);
     }
-    let origin = LogOrigin {
-        trade_id: &taken.trade_id,
-        take_id: &taken.take_id,
-        key: &taken.key,
-        now: ctx.now,
-    };
-    let entries = match log_value_rows(origin, value, 0) {
+    let entries = match log_value_rows(taken.origin(ctx.now), value, 0) {
         Ok(rows) => {
             count_foreign(ctx, rows.foreign_trade_ids);
             let n = rows.rows.len() as u32;
@@ -269,7 +282,6 @@ mod tests {
     use super::*;
     use crate::pipeline::{parse, Source};
     use crate::rows::Table;
-    use crate::source::stream::take::STAGING;
 
     fn def(extra: &str) -> StreamSource {
         let text = format!(
@@ -287,13 +299,7 @@ mod tests {
 
     fn taken() -> Taken {
         let key = "trade_execution:T1".to_string();
-        Taken {
-            staging: side_key(&key, STAGING, "1-0"),
-            key,
-            take_id: "1-0".into(),
-            trade_id: "T1".into(),
-            stream_id: "1-0".into(),
-        }
+        Taken::new(key, "trade_execution:", "1-0".into(), "1-0".into())
     }
 
     fn entry(seq: u32) -> Bytes {

@@ -71,6 +71,13 @@ impl Scripts {
             park: Script::from_lua(PARK),
         }
     }
+
+    /// Loads both into `client`'s Redis (`SCRIPT LOAD`): at connect, and again after a Redis
+    /// restart made them unknown (NOSCRIPT).
+    pub(crate) async fn load(&self, client: &Client) -> Result<(), Error> {
+        self.take.load(client).await?;
+        self.park.load(client).await
+    }
 }
 
 /// The key a log is moved to for `take_id` (`kind`: [`STAGING`] or [`OVERFLOW`]), in the hash
@@ -149,8 +156,7 @@ pub(crate) async fn take_logs(
         Err(e) if e.details().starts_with("NOSCRIPT") => {
             // Redis restarted (or flushed its scripts): load them again and take again (a take
             // is repeatable: an existing staging key is reused).
-            scripts.take.load(client).await?;
-            scripts.park.load(client).await?;
+            scripts.load(client).await?;
             take_once(client, scripts, logs, page, max_bytes).await
         }
         other => other,
