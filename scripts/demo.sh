@@ -244,24 +244,7 @@ cat >"$CHD/users.xml" <<'EOF'
   </interval></default></quotas>
 </yandex>
 EOF
-cat >"$CHD/config.xml" <<EOF
-<?xml version="1.0"?>
-<yandex>
-  <logger><level>warning</level><log>$CHD/server.log</log><errorlog>$CHD/error.log</errorlog>
-    <console>0</console></logger>
-  <http_port>$CH_HTTP_PORT</http_port>
-  <tcp_port>$CH_TCP_PORT</tcp_port>
-  <listen_host>127.0.0.1</listen_host>
-  <path>$CHD/data/</path>
-  <tmp_path>$CHD/tmp/</tmp_path>
-  <user_files_path>$CHD/user_files/</user_files_path>
-  <format_schema_path>$CHD/format_schemas/</format_schema_path>
-  <users_config>$CHD/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>268435456</mark_cache_size>
-</yandex>
-EOF
+clickhouse_config "$CHD" "$CH_HTTP_PORT" "$CH_TCP_PORT" "$CHD/error.log"
 pushd "$CHD" >/dev/null
 start_bg "$CHD/stdout.log" clickhouse-server --config-file="$CHD/config.xml"
 CH_PID=$STARTED_PID

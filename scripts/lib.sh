@@ -71,3 +71,40 @@ install_packages() {
     release_policy_rc
     stop_autostarted "$busy_before"
 }
+
+# pip_install PACKAGE...: python3 -m pip install; where Debian's python3 refuses (PEP 668,
+# "externally-managed-environment"), into the user's site-packages instead, leaving /usr untouched.
+pip_install() {
+    python3 -m pip --version >/dev/null 2>&1 ||
+        die "pip missing for python3: install it (apt-get install python3-pip), then rerun"
+    if ! python3 -m pip install --quiet "$@"; then
+        echo "note: retrying as 'python3 -m pip install --user --break-system-packages $*'"
+        python3 -m pip install --quiet --user --break-system-packages "$@" ||
+            die "'python3 -m pip install $*' failed: install it for python3 yourself (or use a venv)"
+    fi
+}
+
+# clickhouse_config DIR HTTP_PORT TCP_PORT ERROR_LOG: writes DIR/config.xml, a minimal
+# clickhouse-server (18.16, <yandex>) config on 127.0.0.1 with its data under DIR and its users
+# in DIR/users.xml.
+clickhouse_config() {
+    local dir=$1 http=$2 tcp=$3 errorlog=$4
+    cat >"$dir/config.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>$dir/server.log</log><errorlog>$errorlog</errorlog>
+    <console>0</console></logger>
+  <http_port>$http</http_port>
+  <tcp_port>$tcp</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>$dir/data/</path>
+  <tmp_path>$dir/tmp/</tmp_path>
+  <user_files_path>$dir/user_files/</user_files_path>
+  <format_schema_path>$dir/format_schemas/</format_schema_path>
+  <users_config>$dir/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+EOF
+}

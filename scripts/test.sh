@@ -47,15 +47,7 @@ command -v python3 >/dev/null 2>&1 ||
     die "python3 not found: install it (apt-get install python3 python3-pip), then 'python3 -m pip install chdb-core'"
 if ! (cd / && python3 -c "import importlib.metadata as m, chdb.session; assert m.version('chdb-core') == '$CHDB_VERSION'") >/dev/null 2>&1; then
     step "Installing chdb-core (ClickHouse 26.x in-process) with pip"
-    python3 -m pip --version >/dev/null 2>&1 ||
-        die "pip missing for python3: install it (apt-get install python3-pip), then rerun"
-    if ! python3 -m pip install --quiet "chdb-core==$CHDB_VERSION"; then
-        # Debian's own python3 refuses pip installs (PEP 668, "externally-managed-environment"):
-        # install into the user's site-packages instead, leaving /usr untouched.
-        echo "note: retrying as 'python3 -m pip install --user --break-system-packages chdb-core'"
-        python3 -m pip install --quiet --user --break-system-packages "chdb-core==$CHDB_VERSION" ||
-            die "'python3 -m pip install chdb-core' failed: install chdb-core for python3 yourself (or use a venv)"
-    fi
+    pip_install "chdb-core==$CHDB_VERSION"
     (cd / && python3 -c 'import chdb.session') || die "chdb-core installed but python3 cannot import chdb"
 fi
 
