@@ -174,7 +174,8 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
     let readers = TaskTracker::new();
     let ackers = TaskTracker::new();
     for s in keyspaces {
-        readers.spawn(s.run(cancel.clone()));
+        // Half the shutdown's time to read back what is queued, half to commit it.
+        readers.spawn(s.run(cancel.clone(), settings.shutdown_timeout / 2));
     }
     for s in streams {
         let (cancel, ackers) = (cancel.clone(), ackers.clone());

@@ -188,6 +188,8 @@ pub struct KeyspaceSettings {
     pub readers: NonZeroUsize,
     /// Whether each value's remaining TTL is read with it.
     pub read_ttl: bool,
+    /// (key, content) pairs each keyspace pipeline remembers as archived.
+    pub remember_values: usize,
 }
 
 impl FileConfig {

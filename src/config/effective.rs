@@ -70,6 +70,7 @@ impl Settings {
         keyspace.insert("read_batch".into(), count(k.read_batch.get()));
         keyspace.insert("readers".into(), count(k.readers.get()));
         keyspace.insert("read_ttl".into(), k.read_ttl.into());
+        keyspace.insert("remember_values".into(), count(k.remember_values));
         root.insert("keyspace".into(), Value::Table(keyspace));
         let mut observe = Table::new();
         observe.insert(

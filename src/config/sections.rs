@@ -101,6 +101,10 @@ pub(crate) struct KeyspaceSection {
     /// MGET) into the `ttl_ms` columns and the expiry-risk gauge. Default false: that read
     /// triples the read-back's work in Redis; without it `ttl_ms` is -3 and the gauge +Inf.
     pub read_ttl: Option<bool>,
+    /// (key, content) pairs a pipeline remembers as archived (about 20 bytes each), so that a
+    /// rescan inserts again only what it cannot prove archived, and a rewrite with the same
+    /// content is counted, not archived twice. Default 1000000; 0 remembers nothing.
+    pub remember_values: Option<usize>,
 }
 
 impl RedisSection {
@@ -280,6 +284,7 @@ impl KeyspaceSection {
                 }
             }),
             read_ttl: self.read_ttl.unwrap_or(false),
+            remember_values: self.remember_values.unwrap_or(1_000_000),
         })
     }
 }

@@ -20,6 +20,14 @@ pub(crate) const EVENTS_RECEIVED: &str = "spillway_events_received_total";
 pub(crate) const EVENTS_LOST: &str = "spillway_events_lost_total";
 /// Values read from Redis and turned into rows, by pipeline and how (`event`, `scan`).
 pub(crate) const VALUES_CAPTURED: &str = "spillway_values_captured_total";
+/// Write notifications received, by pipeline and what became of them (the loss account).
+pub(crate) const WRITES: &str = "spillway_writes_total";
+/// Write notifications received and not yet resolved (queued or being read), by pipeline.
+pub(crate) const WRITES_PENDING: &str = "spillway_writes_pending";
+/// Keys a rescan read, by pipeline.
+pub(crate) const RESCAN_KEYS: &str = "spillway_rescan_keys_total";
+/// Keys a rescan found with a value already archived (not inserted again), by pipeline.
+pub(crate) const RESCAN_KNOWN: &str = "spillway_rescan_known_total";
 /// Values gone when read (expired, evicted or deleted first), by pipeline and reason.
 pub(crate) const VALUES_GONE: &str = "spillway_values_gone_total";
 /// Values that could not be decoded, by pipeline and reason.
@@ -149,11 +157,24 @@ fn describe() {
     );
     describe_counter!(
         EVENTS_LOST,
-        "Keyspace notifications lost before Spillway read them, by reason: buffer_overrun (its queue, keyspace.subscriber_buffer, was full). A subscriber Redis cut off counts in spillway_subscriber_reconnects_total."
+        "Keyspace notifications lost before Spillway read them, by reason: buffer_overrun (its queue, keyspace.subscriber_buffer, was full), shutdown (still queued when the graceful drain's time ran out). A subscriber Redis cut off counts in spillway_subscriber_reconnects_total."
     );
     describe_counter!(
         VALUES_CAPTURED,
         "Values read from Redis and turned into rows, by pipeline and how (event, scan)."
+    );
+    describe_counter!(
+        WRITES,
+        "Write notifications received, by pipeline and outcome: archived, already_archived, rewritten_before_read, gone_before_read, dead_letter, lost_buffer_overrun, lost_shutdown. Their sum plus spillway_writes_pending equals the write events of spillway_events_received_total."
+    );
+    describe_gauge!(
+        WRITES_PENDING,
+        "Write notifications received and not yet resolved (queued or being read), by pipeline."
+    );
+    describe_counter!(RESCAN_KEYS, "Keys a rescan read, by pipeline.");
+    describe_counter!(
+        RESCAN_KNOWN,
+        "Keys a rescan found holding a value already archived by this process (not inserted again), by pipeline."
     );
     describe_counter!(VALUES_GONE, "Values gone when Spillway read them (expired, evicted or deleted first), by pipeline and reason.");
     describe_counter!(

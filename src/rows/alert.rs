@@ -43,6 +43,19 @@ pub struct AlertRow {
     pub captured_at_ms: i64,
     /// How it was found: `event` (keyspace notification) or `scan` (rescan).
     pub captured_by: CapturedBy,
+    /// The version `ReplacingMergeTree` keeps the highest of: larger for an earlier capture
+    /// ([`first_capture_version`]), so a rescan or a restart never rewrites an archived value.
+    pub version: u64,
+}
+
+/// The version of a value captured at `captured_at_ms` by `by`: the earlier the capture, the
+/// higher, and at the same millisecond a notification's capture above a rescan's. Under `FINAL`
+/// the first capture of a (key, content) is the row kept, whatever was inserted later.
+pub fn first_capture_version(captured_at_ms: i64, by: CapturedBy) -> u64 {
+    // Milliseconds fit in 53 bits until the year 287,000.
+    const LATEST: i64 = 1 << 53;
+    let earlier = LATEST.saturating_sub(captured_at_ms).max(0) as u64;
+    earlier * 2 + u64::from(by == CapturedBy::Event)
 }
 
 /// A lifecycle event of an alert key (`alert_events`).
@@ -163,6 +176,7 @@ impl CapturedAlert<'_> {
             ttl_ms: self.ttl_ms,
             captured_at_ms: self.captured_at_ms,
             captured_by: self.captured_by,
+            version: first_capture_version(self.captured_at_ms, self.captured_by),
         }
     }
 }
@@ -207,6 +221,15 @@ mod tests {
         assert_eq!(r.format, "msgpack");
         assert_eq!(r.extra, r#"{"ts_ms_bad":1,"venue":"x"}"#);
         assert_eq!(r.content_hash, content_hash(&raw));
+    }
+
+    #[test]
+    fn the_first_capture_has_the_highest_version() {
+        let event = first_capture_version(1_700_000_000_000, CapturedBy::Event);
+        let scan = first_capture_version(1_700_000_000_000, CapturedBy::Scan);
+        let later = first_capture_version(1_700_000_000_001, CapturedBy::Event);
+        assert!(event > scan && scan > later);
+        assert!(first_capture_version(0, CapturedBy::Scan) > event);
     }
 
     #[test]

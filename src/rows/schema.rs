@@ -118,11 +118,12 @@ pub(crate) const TABLES: &[Table] = &[
             ("ttl_ms", Col::I64),
             ("captured_at_ms", Col::TimeMs),
             ("captured_by", Col::Label),
+            ("version", Col::U64),
         ],
         order_by: "key, content_hash",
         archived_at: "captured_at_ms",
         partition_time: None,
-        version: None,
+        version: Some("version"),
     },
     Table {
         name: "alert_events",
@@ -252,6 +253,8 @@ fn encloses(s: &str) -> bool {
 pub(crate) enum Difference {
     /// Its engine (not a ReplacingMergeTree: nothing is deduplicated).
     Engine(String),
+    /// Its ReplacingMergeTree version column (empty: none), and Spillway's.
+    Version(String, Option<&'static str>),
     /// Its sorting key, and Spillway's (the identity rows are deduplicated on).
     OrderBy(String, &'static str),
     /// A column Spillway writes is missing: its name and type.
@@ -266,6 +269,12 @@ impl std::fmt::Display for Difference {
             Difference::Engine(e) => write!(
                 f,
                 "engine is {e}, not ReplacingMergeTree (rows written twice would stay twice)"
+            ),
+            Difference::Version(found, want) => write!(
+                f,
+                "ReplacingMergeTree({found}) keeps the row {}, Spillway needs ReplacingMergeTree({})",
+                if found.is_empty() { "inserted last" } else { "with the highest version" },
+                want.unwrap_or("")
             ),
             Difference::OrderBy(found, want) => write!(
                 f,
@@ -330,9 +339,10 @@ impl Table {
     }
 
     /// How an existing table differs from this one, as Spillway writes it on a server of
-    /// `generation`: `columns` (name, type) as `system.columns` lists them, `engine` and
-    /// `sorting_key` as `system.tables` does. Empty when Spillway can write into it as it is.
-    /// Columns Spillway does not write are allowed (they take their defaults).
+    /// `generation`: `columns` (name, type) as `system.columns` lists them, `engine` (the
+    /// engine with its parameters, `engine_full`) and `sorting_key` as `system.tables` does.
+    /// Empty when Spillway can write into it as it is. Columns Spillway does not write are
+    /// allowed (they take their defaults).
     pub(crate) fn differences(
         &self,
         generation: Generation,
@@ -341,8 +351,17 @@ impl Table {
         sorting_key: &str,
     ) -> Vec<Difference> {
         let mut out = Vec::new();
-        if !engine.ends_with("ReplacingMergeTree") {
-            out.push(Difference::Engine(engine.to_string()));
+        // `ReplacingMergeTree(version) ORDER BY ...`, or without parameters.
+        let (name, params) = match engine.split_once('(') {
+            Some((name, rest)) if !name.contains(' ') => {
+                (name, rest.split_once(')').map_or("", |(p, _)| p))
+            }
+            _ => (engine.split(' ').next().unwrap_or(""), ""),
+        };
+        if !name.ends_with("ReplacingMergeTree") {
+            out.push(Difference::Engine(name.to_string()));
+        } else if params.trim() != self.version.unwrap_or("") {
+            out.push(Difference::Version(params.trim().to_string(), self.version));
         }
         if sorting(sorting_key) != sorting(self.order_by) {
             out.push(Difference::OrderBy(sorting_key.to_string(), self.order_by));
@@ -457,8 +476,31 @@ mod tests {
             .iter()
             .map(|(n, c)| (n.to_string(), g.render(*c).to_string()))
             .collect();
-        let engine = "ReplacingMergeTree";
+        let engine =
+            "ReplacingMergeTree(version) ORDER BY trade_id SETTINGS index_granularity = 8192";
         assert!(t.differences(g, &exact, engine, "trade_id").is_empty());
+        // Without the version column the last insert wins: refused.
+        let d = t.differences(
+            g,
+            &exact,
+            "ReplacingMergeTree ORDER BY trade_id",
+            "trade_id",
+        );
+        assert_eq!(d, [Difference::Version(String::new(), Some("version"))]);
+        assert_eq!(
+            d[0].to_string(),
+            "ReplacingMergeTree() keeps the row inserted last, Spillway needs ReplacingMergeTree(version)"
+        );
+        assert!(
+            t.differences(
+                g,
+                &exact,
+                "ReplacingMergeTree() ORDER BY trade_id",
+                "trade_id"
+            )
+            .len()
+                == 1
+        );
         // Columns Spillway does not write are fine.
         let mut more = exact.clone();
         more.push(("note".into(), "String".into()));
@@ -478,7 +520,12 @@ mod tests {
         // Another type, engine or key: the table is renamed aside.
         let mut typed = exact.clone();
         typed[1].1 = "UInt8".into();
-        let d = t.differences(g, &typed, "MergeTree", "trade_id, event");
+        let d = t.differences(
+            g,
+            &typed,
+            "MergeTree ORDER BY (trade_id, event)",
+            "trade_id, event",
+        );
         assert_eq!(d.len(), 3, "{d:?}");
         assert_eq!(
             d[0].to_string(),

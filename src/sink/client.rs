@@ -110,7 +110,7 @@ impl Sink {
                 .map(|(n, ty)| (n.to_string(), ty.to_string()))
                 .collect();
             let table: String = base
-                .query("SELECT concat(engine, '\t', sorting_key) FROM system.tables WHERE database = ? AND name = ?")
+                .query("SELECT concat(engine_full, '\t', sorting_key) FROM system.tables WHERE database = ? AND name = ?")
                 .bind(&s.database)
                 .bind(t.name)
                 .fetch_one()

@@ -3,12 +3,15 @@
 //! trip of the next.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use fred::types::Key;
 use tokio::sync::mpsc;
 
+use super::account::{Account, Outcome};
 use super::config::KeyspaceSource;
+use super::seen::{fingerprint, Seen};
 use crate::metrics as m;
 use crate::rows::alert::{CapturedAlert, CapturedBy};
 use crate::rows::{content_hash, AlertEventRow, DeadLetterRow, Record};
@@ -46,6 +49,19 @@ pub(super) struct Capturer {
     def: KeyspaceSource,
     tx: mpsc::Sender<Record>,
     counters: Counters,
+    account: Account,
+    /// The (key, content) pairs archived by this process, recently.
+    seen: Mutex<Seen>,
+}
+
+/// What the capture of one read became.
+enum Captured {
+    /// A new row (alert or dead letter) and the outcome of its notification.
+    New(Record, Outcome),
+    /// A value archived before.
+    Known,
+    /// The key was gone.
+    Gone,
 }
 
 impl Capturer {
@@ -55,9 +71,13 @@ impl Capturer {
         instance: &str,
         def: KeyspaceSource,
         tx: mpsc::Sender<Record>,
+        account: Account,
+        remember: usize,
     ) -> Self {
         Capturer {
-            counters: Counters::new(name, &def),
+            counters: Counters::new(name),
+            account,
+            seen: Mutex::new(Seen::new(remember)),
             name: name.to_string(),
             instance: instance.to_string(),
             def,
@@ -75,7 +95,9 @@ impl Capturer {
         }
     }
 
-    /// Rows of one job, pushed into the channel; false when the channel is closed.
+    /// Rows of one job, pushed into the channel; false when the channel is closed. Each write
+    /// notification of the job is resolved in the account: the last one of each key with what
+    /// its read found, the earlier ones as rewritten before the read.
     async fn finish(&self, job: Job) -> bool {
         let Job {
             now,
@@ -85,11 +107,38 @@ impl Capturer {
             written,
             mut records,
         } = job;
+        let mut notified: HashMap<&[u8], u64> = HashMap::with_capacity(written.len());
+        for key in &written {
+            *notified.entry(key.as_bytes()).or_default() += 1;
+        }
         let mut hashes: HashMap<&[u8], (u64, i64)> = HashMap::with_capacity(keys.len());
-        for (key, read) in keys.iter().zip(reads) {
-            let (rec, hash, ttl) = self.capture(key, read, now, by);
-            hashes.insert(key.as_bytes(), (hash, ttl));
-            records.extend(rec);
+        let mut tally = [0u64; Outcome::ALL.len()];
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, read) in keys.iter().zip(reads) {
+                let (captured, hash, ttl) = self.capture(key, read, now, by, &mut seen);
+                hashes.insert(key.as_bytes(), (hash, ttl));
+                let outcome = match captured {
+                    Captured::New(rec, outcome) => {
+                        records.push(rec);
+                        outcome
+                    }
+                    Captured::Known => {
+                        if by == CapturedBy::Scan {
+                            self.counters.rescan_known.increment(1);
+                        }
+                        Outcome::AlreadyArchived
+                    }
+                    Captured::Gone => Outcome::GoneBeforeRead,
+                };
+                if let Some(n) = notified.get(key.as_bytes()) {
+                    tally[outcome as usize] += 1;
+                    tally[Outcome::RewrittenBeforeRead as usize] += n - 1;
+                }
+            }
+        }
+        for (outcome, n) in Outcome::ALL.iter().zip(tally) {
+            self.account.resolve(*outcome, n);
         }
         for key in &written {
             let (hash, ttl) = hashes.get(key.as_bytes()).copied().unwrap_or((0, -2));
@@ -120,38 +169,36 @@ impl Capturer {
         }
     }
 
-    /// Counts a received notification.
-    pub(super) fn count_event(&self, op: &str) {
-        if let Some((_, c)) = self.counters.events.iter().find(|(e, _)| e == op) {
-            c.increment(1);
-        }
-    }
-
     fn id_of<'k>(&self, key: &'k str) -> &'k str {
         key.strip_prefix(self.def.id_prefix.as_str()).unwrap_or(key)
     }
 
-    /// One key's read, as a row (alert or dead letter) with its content hash and TTL.
+    /// One key's read: a new row (alert or dead letter) unless the pair (key, content) was
+    /// archived already, with its content hash and TTL.
     fn capture(
         &self,
         key: &Key,
         read: Read,
         now: i64,
         by: CapturedBy,
-    ) -> (Option<Record>, u64, i64) {
+        seen: &mut Seen,
+    ) -> (Captured, u64, i64) {
         let key_str = key.as_str_lossy();
         let (raw, ttl_ms) = match read {
             Read::Value(raw, ttl) => (raw, ttl),
             Read::Gone => {
                 self.counters.gone.increment(1);
-                return (None, 0, -2);
+                return (Captured::Gone, 0, -2);
             }
             Read::Refused(error) => {
                 let row = self.dead_letter(&key_str, Vec::new(), "read_refused", error, now);
-                return (Some(row), 0, -2);
+                return (Captured::New(row, Outcome::DeadLetter), 0, -2);
             }
         };
         let hash = content_hash(&raw);
+        if !seen.insert(fingerprint(key.as_bytes(), hash)) {
+            return (Captured::Known, hash, ttl_ms);
+        }
         let captured = CapturedAlert {
             key: &key_str,
             id_from_key: self.id_of(&key_str),
@@ -160,17 +207,25 @@ impl Capturer {
             captured_at_ms: now,
             captured_by: by,
         };
-        let record = match captured.decode() {
+        let captured = match captured.decode() {
             Ok(row) => {
                 match by {
                     CapturedBy::Scan => self.counters.captured_scan.increment(1),
                     CapturedBy::Event => self.counters.captured_event.increment(1),
                 }
-                Record::alert(row)
+                Captured::New(Record::alert(row), Outcome::Archived)
             }
-            Err(e) => self.dead_letter(&key_str, raw.to_vec(), e.reason, e.detail, now),
+            Err(e) => Captured::New(
+                self.dead_letter(&key_str, raw.to_vec(), e.reason, e.detail, now),
+                Outcome::DeadLetter,
+            ),
         };
-        (Some(record), hash, ttl_ms)
+        (captured, hash, ttl_ms)
+    }
+
+    /// Pairs remembered now.
+    pub(super) fn remembered(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     fn dead_letter(
@@ -200,30 +255,21 @@ impl Capturer {
 
 /// Metric handles of one pipeline, registered once.
 struct Counters {
-    events: Vec<(String, metrics::Counter)>,
     captured_event: metrics::Counter,
     captured_scan: metrics::Counter,
     gone: metrics::Counter,
+    rescan_known: metrics::Counter,
 }
 
 impl Counters {
-    fn new(pipeline: &str, def: &KeyspaceSource) -> Counters {
+    fn new(pipeline: &str) -> Counters {
         let p = pipeline.to_string();
-        let events = def
-            .write_events
-            .iter()
-            .chain(&def.lifecycle_events)
-            .map(|e| {
-                let labels = [("pipeline", p.clone()), ("event", e.clone())];
-                (e.clone(), metrics::counter!(m::EVENTS_RECEIVED, &labels))
-            })
-            .collect();
         let captured = |via: &'static str| metrics::counter!(m::VALUES_CAPTURED, "pipeline" => p.clone(), "via" => via);
         Counters {
-            events,
             captured_event: captured("event"),
             captured_scan: captured("scan"),
             gone: metrics::counter!(m::VALUES_GONE, "pipeline" => p.clone(), "reason" => "missing_on_read"),
+            rescan_known: metrics::counter!(m::RESCAN_KNOWN, "pipeline" => p.clone()),
         }
     }
 }

@@ -29,6 +29,14 @@ pub struct KeyspaceSource {
     /// Scan the pattern again every this many seconds (0: never); default 300.
     #[serde(default = "five_minutes")]
     pub rescan_interval_secs: u64,
+    /// Most keys a rescan reads per second (0: as fast as Redis answers); default 20000. A
+    /// rescan also waits while notifications are queued: the notification path goes first.
+    #[serde(default = "rescan_pace")]
+    pub rescan_keys_per_sec: u64,
+}
+
+fn rescan_pace() -> u64 {
+    20_000
 }
 
 fn five_minutes() -> u64 {

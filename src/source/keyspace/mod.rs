@@ -8,10 +8,12 @@
 //! full the newest are dropped and counted in `spillway_events_lost_total`; the values they
 //! announced are recovered by the next rescan while their keys live.
 
+pub(crate) mod account;
 mod capture;
 pub(crate) mod config;
 pub(crate) mod notify;
 mod read;
+mod seen;
 pub(crate) mod subscriber;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +30,7 @@ use crate::metrics as m;
 use crate::rows::alert::CapturedBy;
 use crate::rows::{now_ms, Record};
 use crate::source::{Endpoint, Result};
+use account::{Account, Outcome};
 use capture::{Capturer, Job};
 use config::KeyspaceSource;
 use read::Reader;
@@ -54,6 +57,7 @@ pub(crate) struct Keyspace {
     buffer: usize,
     read_batch: usize,
     capturer: Arc<Capturer>,
+    account: Account,
     jobs: Option<mpsc::Sender<Job>>,
 }
 
@@ -98,9 +102,18 @@ impl Keyspace {
             .await
             .map_err(endpoint.err("subscribing to keyevent channels"))?;
         tracing::info!(pipeline = name, endpoint = ?endpoint, pattern = %def.pattern, "keyspace source subscribed");
+        let account = Account::new(name);
         Ok(Keyspace {
             name: name.to_string(),
-            capturer: Arc::new(Capturer::new(name, &endpoint.instance, def.clone(), tx)),
+            capturer: Arc::new(Capturer::new(
+                name,
+                &endpoint.instance,
+                def.clone(),
+                tx,
+                account.clone(),
+                settings.remember_values,
+            )),
+            account,
             jobs: None,
             def,
             endpoint,
@@ -117,9 +130,11 @@ impl Keyspace {
         self.readers[0].client.clone()
     }
 
-    /// Runs until `cancel`: the start-up rescan (when configured), then the event loop. Every
-    /// batch read is pushed into the channel before the task stops.
-    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+    /// Runs until `cancel`: the start-up rescan (when configured), then the event loop. On
+    /// `cancel` it drains: the subscriber stops, the notifications queued are read back and
+    /// their rows pushed into the channel; what is still queued `drain_for` later is counted
+    /// lost (reason `shutdown`).
+    pub(crate) async fn run(mut self, cancel: CancellationToken, drain_for: Duration) {
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let capture = tokio::spawn(self.capturer.clone().run(queue));
         let (forwarded, events) = mpsc::channel(self.buffer);
@@ -133,15 +148,16 @@ impl Keyspace {
         let reconnects = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(tokio::sync::Notify::new());
         let forwarder = {
-            let listener = Listener {
-                name: self.name.clone(),
-                target: self.target.clone(),
-                def: self.def.clone(),
-                tx: forwarded,
-                lost: lost.clone(),
-                reconnects: reconnects.clone(),
-                wake: wake.clone(),
-            };
+            let listener = Listener::new(
+                &self.name,
+                self.target.clone(),
+                self.def.clone(),
+                forwarded,
+                lost.clone(),
+                reconnects.clone(),
+                wake.clone(),
+                self.account.clone(),
+            );
             let (sub, stop) = (
                 self.subscription.take().expect("run once"),
                 stop_forwarding.clone(),
@@ -159,6 +175,16 @@ impl Keyspace {
                 })
                 .expect("a thread for the notification forwarder")
         };
+        // Once cancelled, the readers have `drain_for` to read back what is queued.
+        let abandon = CancellationToken::new();
+        let deadline = {
+            let (cancel, abandon) = (cancel.clone(), abandon.clone());
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                tokio::time::sleep(drain_for).await;
+                abandon.cancel();
+            })
+        };
         // Each idle reader takes the notifications waiting (up to `read_batch`) and reads their
         // values: under load the batches grow, idle they stay small and quick.
         let events = Arc::new(tokio::sync::Mutex::new(events));
@@ -172,7 +198,8 @@ impl Keyspace {
                     self.def.clone(),
                     self.read_batch,
                     jobs.clone(),
-                    cancel.clone(),
+                    abandon.clone(),
+                    self.account.clone(),
                 );
                 tokio::spawn(serve)
             })
@@ -191,6 +218,7 @@ impl Keyspace {
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.account.publish();
             match lost.queue_full.swap(0, Ordering::Relaxed) {
                 0 => {}
                 n => gap = self.lost(n, "buffer_overrun", gap),
@@ -204,7 +232,7 @@ impl Keyspace {
             let waiting = backlog.max_capacity() - backlog.capacity();
             if gap && waiting < self.read_batch {
                 gap = false;
-                match self.rescan(&cancel).await {
+                match self.rescan(&cancel, &backlog).await {
                     Ok(_) if cancel.is_cancelled() || self.jobs_closed() => break,
                     Ok(_) => {}
                     Err(e) => {
@@ -224,19 +252,45 @@ impl Keyspace {
             }
         }
         stop_forwarding.cancel();
-        // The readers finish the reads they started (and, unless cancelled, the notifications
-        // waiting), then the capture stage its jobs.
+        // The subscriber stops (closing its end of the queue); the readers read back what is
+        // queued, until the queue is empty or the drain's time is up; the capture stage then
+        // finishes its jobs.
         drop(backlog);
+        let _ = tokio::task::spawn_blocking(move || forwarder.join()).await;
+        let queued = events.lock().await.len();
+        if cancel.is_cancelled() && queued > 0 {
+            tracing::info!(pipeline = %self.name, queued, "draining the notifications queued");
+        }
         for r in readers {
             let _ = r.await;
         }
-        let _ = tokio::task::spawn_blocking(move || forwarder.join()).await;
+        deadline.abort();
+        self.abandon_queued(&events).await;
         self.jobs = None;
         let _ = capture.await;
+        self.account.publish();
         for r in &self.readers {
             let _ = r.client.quit().await;
         }
         tracing::info!(pipeline = %self.name, "keyspace source stopped");
+    }
+
+    /// Counts what is still queued once the readers stopped (the drain's time ran out, or the
+    /// capture stage stopped): lost, reason `shutdown`.
+    async fn abandon_queued(&self, events: &tokio::sync::Mutex<mpsc::Receiver<Notification>>) {
+        let mut rx = events.lock().await;
+        let (mut writes, mut all) = (0u64, 0u64);
+        while let Ok(n) = rx.try_recv() {
+            all += 1;
+            if self.def.write_events.iter().any(|e| **e == *n.operation) {
+                writes += 1;
+            }
+        }
+        if all > 0 {
+            tracing::warn!(pipeline = %self.name, notifications = all, "notifications still queued at the end of the drain are lost; the next start's rescan recovers the values still alive");
+        }
+        self.account.resolve(Outcome::LostShutdown, writes);
+        read::lost_at_shutdown(&self.name, all);
     }
 
     fn jobs_closed(&self) -> bool {
@@ -261,15 +315,20 @@ impl Keyspace {
         true
     }
 
-    /// SCANs the pattern and captures every live key (rows only, no events): idempotent with
-    /// what was already archived.
+    /// SCANs the pattern and captures every live key whose value this process has not
+    /// archived yet (rows only, no events): idempotent with what was already archived. Paced at
+    /// `rescan_keys_per_sec`, and it waits while notifications are queued: the notification
+    /// path goes first.
     pub(crate) async fn rescan(
         &self,
         cancel: &CancellationToken,
+        backlog: &mpsc::Sender<Notification>,
     ) -> std::result::Result<u64, crate::source::SourceError> {
         let started = Instant::now();
         let mut cursor = "0".to_string();
         let mut seen = 0u64;
+        let pace = self.def.rescan_keys_per_sec;
+        let scanned = metrics::counter!(m::RESCAN_KEYS, "pipeline" => self.name.clone());
         loop {
             let (next, keys): (String, Vec<Key>) = self
                 .reader()
@@ -282,10 +341,25 @@ impl Keyspace {
                 .await
                 .map_err(self.endpoint.err("scanning"))?;
             for chunk in keys.chunks(self.read_batch) {
+                // Notifications first: wait while more than a read's worth is queued.
+                while backlog.max_capacity() - backlog.capacity() > self.read_batch {
+                    if cancel.is_cancelled() {
+                        return Ok(seen);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if pace > 0 {
+                    let due = started + Duration::from_secs_f64(seen as f64 / pace as f64);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(seen),
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                    }
+                }
                 let Some(reads) = self.readers[0].read_with_retry(chunk, cancel).await else {
                     return Ok(seen);
                 };
                 seen += chunk.len() as u64;
+                scanned.increment(chunk.len() as u64);
                 let job = Job {
                     now: now_ms(),
                     by: CapturedBy::Scan,
@@ -303,7 +377,7 @@ impl Keyspace {
             }
             cursor = next;
         }
-        tracing::info!(pipeline = %self.name, keys = seen, took = ?started.elapsed(), "rescan done");
+        tracing::info!(pipeline = %self.name, keys = seen, took = ?started.elapsed(), remembered = self.capturer.remembered(), "rescan done");
         Ok(seen)
     }
 }
@@ -320,8 +394,9 @@ struct Lost {
 const FORWARD_POLL: Duration = Duration::from_millis(1);
 
 /// The subscriber's side: reads notifications off its connection and puts those of the
-/// pipeline's keys into the pipeline's queue, counting what the queue cannot hold; reconnects
-/// (and resubscribes) when the connection fails, then reports it for a rescan.
+/// pipeline's keys into the pipeline's queue, counting what it receives and what the queue
+/// cannot hold; reconnects (and resubscribes) when the connection fails, then reports it for a
+/// rescan.
 struct Listener {
     name: String,
     target: Target,
@@ -330,9 +405,50 @@ struct Listener {
     lost: Arc<Lost>,
     reconnects: Arc<AtomicU64>,
     wake: Arc<tokio::sync::Notify>,
+    account: Account,
+    /// Each subscribed event: its name, whether it carries a value, its received counter.
+    events: Vec<(String, bool, metrics::Counter)>,
 }
 
 impl Listener {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: &str,
+        target: Target,
+        def: KeyspaceSource,
+        tx: mpsc::Sender<Notification>,
+        lost: Arc<Lost>,
+        reconnects: Arc<AtomicU64>,
+        wake: Arc<tokio::sync::Notify>,
+        account: Account,
+    ) -> Listener {
+        let events = def
+            .write_events
+            .iter()
+            .map(|e| (e, true))
+            .chain(def.lifecycle_events.iter().map(|e| (e, false)))
+            .map(|(e, write)| {
+                let labels = [("pipeline", name.to_string()), ("event", e.clone())];
+                (
+                    e.clone(),
+                    write,
+                    metrics::counter!(m::EVENTS_RECEIVED, &labels),
+                )
+            })
+            .collect();
+        Listener {
+            name: name.to_string(),
+            target,
+            def,
+            tx,
+            lost,
+            reconnects,
+            wake,
+            account,
+            events,
+        }
+    }
+
     /// Until `cancel` or the queue closes.
     ///
     /// After each read it waits [`FORWARD_POLL`] before the next, so that under load one read
@@ -340,6 +456,8 @@ impl Listener {
     /// costs more than a notification); idle, the read waits for the next one.
     async fn run(self, mut sub: Subscription, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // Per event: received, and dropped for a full queue, in this read.
+        let mut tally = vec![(0u64, 0u64); self.events.len()];
         loop {
             let error = loop {
                 let mut closed = false;
@@ -350,15 +468,18 @@ impl Listener {
                         if !self.def.matches(n.key.as_bytes()) {
                             return;
                         }
+                        let Some(i) = self.events.iter().position(|(e, ..)| **e == *n.operation) else {
+                            return;
+                        };
+                        tally[i].0 += 1;
                         match self.tx.try_send(n) {
                             Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                self.lost.queue_full.fetch_add(1, Ordering::Relaxed);
-                            }
+                            Err(mpsc::error::TrySendError::Full(_)) => tally[i].1 += 1,
                             Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
                         }
                     }) => read,
                 };
+                self.count(&mut tally);
                 if closed {
                     return;
                 }
@@ -386,6 +507,29 @@ impl Listener {
             // Subscribed again: a rescan from now on misses nothing.
             self.reconnects.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();
+        }
+    }
+
+    /// Moves one read's tally into the counters and the account.
+    fn count(&self, tally: &mut [(u64, u64)]) {
+        let (mut writes, mut dropped_writes, mut dropped) = (0, 0, 0);
+        for ((_, write, received), (n, full)) in self.events.iter().zip(tally.iter_mut()) {
+            if *n == 0 {
+                continue;
+            }
+            received.increment(*n);
+            dropped += *full;
+            if *write {
+                writes += *n;
+                dropped_writes += *full;
+            }
+            (*n, *full) = (0, 0);
+        }
+        self.account.received(writes);
+        self.account
+            .resolve(Outcome::LostBufferOverrun, dropped_writes);
+        if dropped > 0 {
+            self.lost.queue_full.fetch_add(dropped, Ordering::Relaxed);
         }
     }
 }

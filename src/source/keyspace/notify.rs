@@ -134,6 +134,7 @@ mod tests {
             lifecycle_events: life.iter().map(|s| s.to_string()).collect(),
             rescan_on_start: true,
             rescan_interval_secs: 300,
+            rescan_keys_per_sec: 20_000,
         }
     }
 

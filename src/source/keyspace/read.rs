@@ -11,6 +11,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::account::{Account, Outcome};
 use super::capture::{Capturer, Job, Read};
 use super::config::{KeyspaceSource, LIFECYCLE};
 use super::subscriber::Notification;
@@ -40,9 +41,8 @@ pub(super) fn request(
     let now = now_ms();
     let mut records = Vec::new();
     let mut written: Vec<Key> = Vec::new();
-    // Only the pipeline's keys are here: the forwarder filtered them.
+    // Only the pipeline's keys are here: the forwarder filtered them (and counted them).
     for ev in batch.drain(..) {
-        capturer.count_event(&ev.operation);
         if def.write_events.iter().any(|e| **e == *ev.operation) {
             written.push(ev.key);
         } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == &*ev.operation) {
@@ -68,6 +68,14 @@ pub(super) struct Request {
     pub(super) keys: Vec<Key>,
     pub(super) written: Vec<Key>,
     pub(super) records: Vec<Record>,
+}
+
+/// Counts `n` notifications dropped at shutdown.
+pub(super) fn lost_at_shutdown(pipeline: &str, n: u64) {
+    if n > 0 {
+        metrics::counter!(crate::metrics::EVENTS_LOST, "pipeline" => pipeline.to_string(), "reason" => "shutdown")
+            .increment(n);
+    }
 }
 
 /// One command connection reading values back.
@@ -96,8 +104,11 @@ impl Reader {
     }
 
     /// Takes the notifications waiting (when there are none, waits for the first), reads their
-    /// values and hands them to the capture stage; until `cancel`, the notifications end, or
-    /// the capture stage stops.
+    /// values and hands them to the capture stage; until the notifications end (the subscriber
+    /// stopped and the queue is empty: a graceful drain reads back everything queued), the
+    /// capture stage stops, or `abandon` (the drain's time is up: the write notifications of
+    /// the read in flight are counted lost, reason `shutdown`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn serve(
         self,
         events: Arc<tokio::sync::Mutex<mpsc::Receiver<Notification>>>,
@@ -105,7 +116,8 @@ impl Reader {
         def: KeyspaceSource,
         read_batch: usize,
         jobs: mpsc::Sender<Job>,
-        cancel: CancellationToken,
+        abandon: CancellationToken,
+        account: Account,
     ) {
         let mut batch = Vec::with_capacity(read_batch);
         loop {
@@ -113,7 +125,7 @@ impl Reader {
                 let mut rx = events.lock().await;
                 let first = tokio::select! {
                     biased;
-                    _ = cancel.cancelled() => return,
+                    _ = abandon.cancelled() => return,
                     ev = rx.recv() => ev,
                 };
                 let Some(first) = first else { return };
@@ -126,7 +138,19 @@ impl Reader {
                 }
             }
             let req = request(&capturer, &def, &mut batch);
-            let Some(reads) = self.read_with_retry(&req.keys, &cancel).await else {
+            let Some(reads) = self.read_with_retry(&req.keys, &abandon).await else {
+                account.resolve(Outcome::LostShutdown, req.written.len() as u64);
+                lost_at_shutdown(&self.name, req.written.len() as u64);
+                // The lifecycle rows need no read: they still go.
+                let job = Job {
+                    now: req.now,
+                    by: CapturedBy::Event,
+                    keys: Vec::new(),
+                    reads: Vec::new(),
+                    written: Vec::new(),
+                    records: req.records,
+                };
+                let _ = jobs.send(job).await;
                 return;
             };
             let job = Job {
