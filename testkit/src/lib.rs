@@ -22,6 +22,7 @@ pub mod faults;
 pub mod load;
 pub mod observe;
 pub mod procstat;
+pub mod rewrite;
 pub mod trades;
 
 /// A port free on 127.0.0.1 for a server to listen on, below the kernel's ephemeral range: a

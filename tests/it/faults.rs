@@ -5,11 +5,18 @@
 //! (b) no duplicate under FINAL (count() FINAL == uniqExact(key, content_hash), one row per key);
 //! (c) sent (acknowledged SETs) == archived + losses explained by an `alert_events` row.
 //!
+//! Beside the producer, a rewriter writes keys again (some three times within microseconds,
+//! some with the same content) and deletes some: each of its values must be archived or
+//! replaced by a later operation on its key ([`rewrite::check`]), and the write account of
+//! `/metrics` must close exactly: every write notification received has one outcome
+//! ([`rewrite::assert_equation`]).
+//!
 //! The cases run one at a time (they share two cores with three servers each).
 
 use std::time::{Duration, Instant};
 
 use common::faults::{self, check, produce, Account, Produced};
+use common::rewrite::{self, rewrite};
 use common::{config_toml, free_port, ClickHouseServer, RedisServer, Spillway};
 
 /// Run name of the burst: ids of 64 characters (e.g. a UUID with a prefix).
@@ -64,18 +71,27 @@ async fn rls_killed_and_restarted_under_load() {
         u64::MAX,
         Duration::from_secs(12),
     );
+    let rewriter = rewrite(&redis.url(), 500, Duration::from_secs(12));
     tokio::time::sleep(Duration::from_secs(4)).await;
     block(|| faults::kill_redis(&mut redis));
     tokio::time::sleep(Duration::from_secs(2)).await;
     block(|| faults::start_redis_again(&mut redis));
     let produced = producer.join().await;
+    let rewrites = rewriter.join().await;
     assert!(
         produced.failed_pipelines > 0 && produced.reconnects > 0,
         "the producer did not see the outage: {produced:?}"
     );
 
     let mut f = check(case, &redis, &ch, "fkill", &[&produced], WAIT).await;
-    f.account = Account::from_metrics(&sp.metrics().await);
+    let metrics = rewrite::settled(&sp, WAIT).await;
+    f.account = Account::from_metrics(&metrics);
+    let rw = rewrite::check(case, &redis, &ch, "fkill", &rewrites).await;
+    println!(
+        "REWRITES {case}: {rewrites_line} {rw:?}",
+        rewrites_line = rewrites.line()
+    );
+    rewrite::assert_equation(case, &metrics);
     println!(
         "{} producer_failed_pipelines={}",
         f.line(case),
@@ -126,6 +142,7 @@ async fn subscriber_cut_off_by_output_buffer_limit() {
         u64::MAX,
         Duration::from_secs(10),
     );
+    let rewriter = rewrite(&redis.url(), 500, Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = sp.pid().expect("spillway runs");
     faults::signal(pid, "STOP");
@@ -143,10 +160,15 @@ async fn subscriber_cut_off_by_output_buffer_limit() {
     let burst = burst.join().await;
     faults::signal(pid, "CONT");
     let steady = steady.join().await;
+    let rewrites = rewriter.join().await;
 
     let produced: [&Produced; 2] = [&steady, &burst];
     let mut f = check(case, &redis, &ch, "fcut", &produced, WAIT).await;
-    f.account = Account::from_metrics(&sp.metrics().await);
+    let metrics = rewrite::settled(&sp, WAIT).await;
+    f.account = Account::from_metrics(&metrics);
+    let rw = rewrite::check(case, &redis, &ch, "fcut", &rewrites).await;
+    println!("REWRITES {case}: {} {rw:?}", rewrites.line());
+    rewrite::assert_equation(case, &metrics);
     let cut = faults::output_buffer_cutoffs(&redis);
     println!("{} redis_output_buffer_cutoffs={cut}", f.line(case));
     faults::assert_account(case, &f);
@@ -156,7 +178,7 @@ async fn subscriber_cut_off_by_output_buffer_limit() {
         f.line(case)
     );
     assert!(
-        f.account.events_written < f.sent,
+        f.account.events_written < f.sent + rewrites.sets,
         "no notification was missed, the fault did not happen: {}",
         f.line(case)
     );
@@ -195,6 +217,7 @@ async fn clickhouse_down_20s_under_load() {
         u64::MAX,
         Duration::from_secs(30),
     );
+    let rewriter = rewrite(&redis.url(), 500, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(3)).await;
     block(|| ch.stop());
     let down = Instant::now();
@@ -209,6 +232,7 @@ async fn clickhouse_down_20s_under_load() {
     block(|| ch.start_again());
     let outage = down.elapsed();
     let produced = producer.join().await;
+    let rewrites = rewriter.join().await;
 
     let mut f = check(
         case,
@@ -219,7 +243,11 @@ async fn clickhouse_down_20s_under_load() {
         Duration::from_secs(90),
     )
     .await;
-    f.account = Account::from_metrics(&sp.metrics().await);
+    let metrics = rewrite::settled(&sp, WAIT).await;
+    f.account = Account::from_metrics(&metrics);
+    let rw = rewrite::check(case, &redis, &ch, "fch", &rewrites).await;
+    println!("REWRITES {case}: {} {rw:?}", rewrites.line());
+    rewrite::assert_equation(case, &metrics);
     let hwm = faults::proc_status_kb(pid, "VmHWM");
     println!(
         "{} outage_s={:.1} retries_during_outage={} channel_depth_in_outage={channel_depth} rss_before_kb={rss_before} vm_hwm_kb={hwm}",
@@ -268,6 +296,7 @@ async fn sigterm_under_load_then_restart() {
         u64::MAX,
         Duration::from_secs(10),
     );
+    let rewriter = rewrite(&redis.url(), 500, Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(4)).await;
     let pid = sp.pid().expect("spillway runs");
     let signalled = Instant::now();
@@ -320,7 +349,11 @@ async fn sigterm_under_load_then_restart() {
     );
     // Nothing read is lost: every value turned into a row before the exit was committed (each
     // key is written once, and no rescan ran in this run, so each capture is one distinct row).
-    if exact.is_some() {
+    if let Some(exact) = &exact {
+        // Drained: every notification received before the signal has its outcome, and none
+        // was dropped for want of time.
+        let outcomes = rewrite::assert_equation("sigterm (first run)", exact);
+        assert_eq!(outcomes[6], ("lost_shutdown", 0), "{outcomes:?}");
         assert_eq!(committed, captured, "captured values not committed at exit");
     } else {
         assert!(
@@ -333,12 +366,17 @@ async fn sigterm_under_load_then_restart() {
     // Restart while the producer still writes: the start-up rescan re-captures every live key.
     let sp = start(&config).await;
     let produced = producer.join().await;
+    let rewrites = rewriter.join().await;
     assert!(
         produced.acked.len() as u64 > committed,
         "the producer did not write after the signal"
     );
     let mut f = check(case, &redis, &ch, "fterm", &[&produced], WAIT).await;
-    let second = Account::from_metrics(&sp.metrics().await);
+    let metrics = rewrite::settled(&sp, WAIT).await;
+    let second = Account::from_metrics(&metrics);
+    let rw = rewrite::check(case, &redis, &ch, "fterm", &rewrites).await;
+    println!("REWRITES {case}: {} {rw:?}", rewrites.line());
+    rewrite::assert_equation(case, &metrics);
     f.account = first_run.plus(second);
     println!(
         "{} second_run_captured_scan={}",

@@ -6,6 +6,7 @@
 extern crate spillway_testkit as common;
 
 mod alerts;
+mod archive;
 mod faults;
 mod harness;
 mod logging;

@@ -12,7 +12,7 @@
 //! of (written while it was disconnected) are outside the equation: the rescan that follows
 //! each gap captures them (`spillway_values_captured_total{via="scan"}`).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::metrics as m;
@@ -69,6 +69,8 @@ impl Outcome {
 #[derive(Clone)]
 pub(crate) struct Account {
     outcomes: [metrics::Counter; 7],
+    /// The same counts, for the account logged at the end.
+    totals: Arc<[AtomicU64; 8]>,
     /// Write notifications received and not yet resolved.
     pending: Arc<AtomicI64>,
     pending_gauge: metrics::Gauge,
@@ -82,6 +84,7 @@ impl Account {
         });
         Account {
             outcomes,
+            totals: Arc::default(),
             pending: Arc::default(),
             pending_gauge: metrics::gauge!(m::WRITES_PENDING, "pipeline" => name.to_string()),
         }
@@ -90,6 +93,7 @@ impl Account {
     /// `n` write notifications received (queued).
     pub(crate) fn received(&self, n: u64) {
         if n > 0 {
+            self.totals[7].fetch_add(n, Ordering::Relaxed);
             self.pending.fetch_add(n as i64, Ordering::Relaxed);
         }
     }
@@ -98,8 +102,27 @@ impl Account {
     pub(crate) fn resolve(&self, outcome: Outcome, n: u64) {
         if n > 0 {
             self.outcomes[outcome as usize].increment(n);
+            self.totals[outcome as usize].fetch_add(n, Ordering::Relaxed);
             self.pending.fetch_sub(n as i64, Ordering::Relaxed);
         }
+    }
+
+    /// Logs the account of this process's life (at the end of a pipeline).
+    pub(crate) fn log(&self, pipeline: &str) {
+        let n = |i: usize| self.totals[i].load(Ordering::Relaxed);
+        tracing::info!(
+            pipeline,
+            received = n(7),
+            archived = n(0),
+            already_archived = n(1),
+            rewritten_before_read = n(2),
+            gone_before_read = n(3),
+            dead_letter = n(4),
+            lost_buffer_overrun = n(5),
+            lost_shutdown = n(6),
+            pending = self.pending.load(Ordering::Relaxed),
+            "write notifications account"
+        );
     }
 
     /// Publishes the pending count (`spillway_writes_pending`).

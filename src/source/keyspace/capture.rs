@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use fred::types::Key;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::account::{Account, Outcome};
 use super::config::KeyspaceSource;
@@ -85,20 +86,39 @@ impl Capturer {
         }
     }
 
-    /// Takes jobs until the queue closes (then every job taken has been pushed) or the channel
-    /// to ClickHouse closes.
-    pub(super) async fn run(self: std::sync::Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
+    /// Takes jobs until the queue closes (then every job taken has been pushed), the channel
+    /// to ClickHouse closes, or `abandon` (the drain's time is up) while a job waits for room
+    /// in the channel: its notifications are then counted lost (reason `shutdown`).
+    pub(super) async fn run(
+        self: std::sync::Arc<Self>,
+        mut jobs: mpsc::Receiver<Job>,
+        abandon: CancellationToken,
+    ) {
         while let Some(job) = jobs.recv().await {
-            if !self.finish(job).await {
+            if !self.finish(job, &abandon).await {
                 break;
             }
         }
+        // Jobs the readers queued before the end: none of their rows went out.
+        jobs.close();
+        while let Ok(job) = jobs.try_recv() {
+            self.abandon(&job);
+        }
     }
 
-    /// Rows of one job, pushed into the channel; false when the channel is closed. Each write
-    /// notification of the job is resolved in the account: the last one of each key with what
-    /// its read found, the earlier ones as rewritten before the read.
-    async fn finish(&self, job: Job) -> bool {
+    /// Counts an abandoned job's write notifications lost (reason `shutdown`).
+    fn abandon(&self, job: &Job) {
+        self.account
+            .resolve(Outcome::LostShutdown, job.written.len() as u64);
+        super::read::lost_at_shutdown(&self.name, job.written.len() as u64);
+    }
+
+    /// Rows of one job, pushed into the channel; false when the channel is closed or the drain
+    /// abandoned. Each write notification of the job is resolved in the account once its rows
+    /// are in the channel: the last one of each key with what its read found, the earlier ones
+    /// as rewritten before the read.
+    async fn finish(&self, job: Job, abandon: &CancellationToken) -> bool {
+        let n_written = job.written.len() as u64;
         let Job {
             now,
             by,
@@ -137,16 +157,29 @@ impl Capturer {
                 }
             }
         }
-        for (outcome, n) in Outcome::ALL.iter().zip(tally) {
-            self.account.resolve(*outcome, n);
-        }
         for key in &written {
             let (hash, ttl) = hashes.get(key.as_bytes()).copied().unwrap_or((0, -2));
             records.push(Record::alert_event(
                 self.event_row(key, "written", now, hash, ttl),
             ));
         }
-        crate::source::send_all(&self.tx, records).await
+        drop(hashes);
+        tokio::select! {
+            biased;
+            sent = crate::source::send_all(&self.tx, records) => {
+                for (outcome, n) in Outcome::ALL.iter().zip(tally) {
+                    self.account.resolve(*outcome, n);
+                }
+                sent
+            }
+            _ = abandon.cancelled() => {
+                // Some of its rows may have gone out: counted lost all the same (the next
+                // start's rescan archives what is still alive).
+                self.account.resolve(Outcome::LostShutdown, n_written);
+                super::read::lost_at_shutdown(&self.name, n_written);
+                false
+            }
+        }
     }
 
     /// A lifecycle row.

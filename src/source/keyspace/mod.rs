@@ -135,8 +135,18 @@ impl Keyspace {
     /// their rows pushed into the channel; what is still queued `drain_for` later is counted
     /// lost (reason `shutdown`).
     pub(crate) async fn run(mut self, cancel: CancellationToken, drain_for: Duration) {
+        // Once cancelled, the readers have `drain_for` to read back what is queued.
+        let abandon = CancellationToken::new();
+        let deadline = {
+            let (cancel, abandon) = (cancel.clone(), abandon.clone());
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                tokio::time::sleep(drain_for).await;
+                abandon.cancel();
+            })
+        };
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
-        let capture = tokio::spawn(self.capturer.clone().run(queue));
+        let capture = tokio::spawn(self.capturer.clone().run(queue, abandon.clone()));
         let (forwarded, events) = mpsc::channel(self.buffer);
         // How many notifications wait (the readers hold the receiving end).
         let backlog = forwarded.clone();
@@ -174,16 +184,6 @@ impl Keyspace {
                     }
                 })
                 .expect("a thread for the notification forwarder")
-        };
-        // Once cancelled, the readers have `drain_for` to read back what is queued.
-        let abandon = CancellationToken::new();
-        let deadline = {
-            let (cancel, abandon) = (cancel.clone(), abandon.clone());
-            tokio::spawn(async move {
-                cancel.cancelled().await;
-                tokio::time::sleep(drain_for).await;
-                abandon.cancel();
-            })
         };
         // Each idle reader takes the notifications waiting (up to `read_batch`) and reads their
         // values: under load the batches grow, idle they stay small and quick.
@@ -264,11 +264,12 @@ impl Keyspace {
         for r in readers {
             let _ = r.await;
         }
-        deadline.abort();
         self.abandon_queued(&events).await;
         self.jobs = None;
         let _ = capture.await;
+        deadline.abort();
         self.account.publish();
+        self.account.log(&self.name);
         for r in &self.readers {
             let _ = r.client.quit().await;
         }
@@ -285,9 +286,6 @@ impl Keyspace {
             if self.def.write_events.iter().any(|e| **e == *n.operation) {
                 writes += 1;
             }
-        }
-        if all > 0 {
-            tracing::warn!(pipeline = %self.name, notifications = all, "notifications still queued at the end of the drain are lost; the next start's rescan recovers the values still alive");
         }
         self.account.resolve(Outcome::LostShutdown, writes);
         read::lost_at_shutdown(&self.name, all);

@@ -73,6 +73,7 @@ pub(super) struct Request {
 /// Counts `n` notifications dropped at shutdown.
 pub(super) fn lost_at_shutdown(pipeline: &str, n: u64) {
     if n > 0 {
+        tracing::warn!(pipeline, notifications = n, "the drain's time ran out: notifications lost; the next start's rescan archives the values still alive");
         metrics::counter!(crate::metrics::EVENTS_LOST, "pipeline" => pipeline.to_string(), "reason" => "shutdown")
             .increment(n);
     }
@@ -161,8 +162,20 @@ impl Reader {
                 written: req.written,
                 records: req.records,
             };
-            if jobs.send(job).await.is_err() {
-                return;
+            let n_written = job.written.len() as u64;
+            tokio::select! {
+                biased;
+                sent = jobs.send(job) => if sent.is_err() {
+                    // The capture stage stopped (the drain's time ran out): none of it went.
+                    account.resolve(Outcome::LostShutdown, n_written);
+                    lost_at_shutdown(&self.name, n_written);
+                    return;
+                },
+                _ = abandon.cancelled() => {
+                    account.resolve(Outcome::LostShutdown, n_written);
+                    lost_at_shutdown(&self.name, n_written);
+                    return;
+                }
             }
         }
     }
