@@ -13,6 +13,7 @@ mod capture;
 pub(crate) mod config;
 pub(crate) mod notify;
 mod read;
+mod resp;
 mod seen;
 pub(crate) mod subscriber;
 
