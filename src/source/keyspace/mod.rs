@@ -30,7 +30,7 @@ use crate::config::KeyspaceSettings;
 use crate::metrics as m;
 use crate::rows::alert::CapturedBy;
 use crate::rows::{now_ms, Record};
-use crate::source::{Endpoint, Result};
+use crate::source::{Endpoint, Result, READ_TIMEOUT};
 use account::{Account, Outcome};
 use capture::{Capturer, Job};
 use config::KeyspaceSource;
@@ -72,7 +72,7 @@ impl Keyspace {
         settings: &KeyspaceSettings,
         tx: mpsc::Sender<Record>,
     ) -> Result<Keyspace> {
-        let reader = endpoint.client(def.db).await?;
+        let reader = endpoint.client_with_timeout(def.db, READ_TIMEOUT).await?;
         notify::check(&reader, &endpoint, &def, settings.configure_notifications).await?;
         let read_duration = metrics::histogram!(m::READ_DURATION, "pipeline" => name.to_string());
         let mut readers = vec![Reader::new(
@@ -82,7 +82,7 @@ impl Keyspace {
             read_duration.clone(),
         )];
         for _ in 1..settings.readers.get() {
-            let client = endpoint.client(def.db).await?;
+            let client = endpoint.client_with_timeout(def.db, READ_TIMEOUT).await?;
             readers.push(Reader::new(
                 name,
                 client,

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::resp::{parse, protocol, Frame};
+use crate::source::tcp_keepalive;
 
 /// How long connecting, authenticating and subscribing may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,6 +109,7 @@ impl Target {
     async fn subscribe_now(&self) -> Result<Subscription, Error> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         tcp.set_nodelay(true)?;
+        socket2::SockRef::from(&tcp).set_tcp_keepalive(&tcp_keepalive())?;
         let stream: Box<dyn Stream> = match &self.tls {
             None => Box::new(tcp),
             Some((connector, name)) => match connector {
