@@ -6,8 +6,12 @@
 //! few comparisons and one copy of its key. The connection, AUTH and TLS come from fred's URL
 //! parsing, so `redis://` and `rediss://` URLs mean what they mean for the command clients.
 //!
-//! Reconnects with capped exponential backoff; a reconnect is reported only once the channels
-//! are subscribed again, so that a rescan started then misses nothing written after it.
+//! The connection proves it is alive: TCP keepalive on the socket, and a PING after
+//! `keyspace.subscriber_ping_secs` of silence that must be answered (by anything at all) within
+//! `keyspace.subscriber_timeout_secs` ([`liveness`](super::liveness)); a half-open connection
+//! then ends with an error like a closed one, and the listener reconnects. The PING is written
+//! between two reads by the same task, bounded by the same deadline, so it never holds up the
+//! reading, and it works alike on plain TCP and TLS streams.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +22,9 @@ use fred::types::config::{Config, ServerConfig, TlsConnector};
 use fred::types::Key;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
+use super::liveness::{Due, Liveness, Watch};
 use super::resp::{parse, protocol, Frame};
 use crate::source::tcp_keepalive;
 
@@ -43,6 +49,19 @@ pub(crate) struct Subscription {
     buf: BytesMut,
     /// The subscribed channels and their operation names (the target's).
     channels: Channels,
+    /// When it was last heard from, and pinged.
+    watch: Watch,
+}
+
+/// Why a subscription ended, as `spillway_subscriber_reconnects_total` labels it:
+/// `ping_timeout` when nothing answered a PING in time, `connection_lost` for any other error
+/// (end of stream, reset, bytes that are not Redis talking).
+pub(crate) fn reason(error: &Error) -> &'static str {
+    if *error.kind() == ErrorKind::Timeout {
+        "ping_timeout"
+    } else {
+        "connection_lost"
+    }
 }
 
 /// Each keyevent channel (`__keyevent@{db}__:{event}`) and its event.
@@ -57,11 +76,18 @@ pub(crate) struct Target {
     password: Option<String>,
     tls: Option<(TlsConnector, String)>,
     channels: Channels,
+    liveness: Liveness,
 }
 
 impl Target {
-    /// From a `redis://` or `rediss://` URL and the keyevent channels of `events` on `db`.
-    pub(crate) fn new(url: &str, db: u8, events: &[String]) -> Result<Target, Error> {
+    /// From a `redis://` or `rediss://` URL and the keyevent channels of `events` on `db`; its
+    /// subscriptions are watched by `liveness`.
+    pub(crate) fn new(
+        url: &str,
+        db: u8,
+        events: &[String],
+        liveness: Liveness,
+    ) -> Result<Target, Error> {
         let config = Config::from_url(url)?;
         let ServerConfig::Centralized { server } = &config.server else {
             return Err(Error::new(
@@ -91,6 +117,7 @@ impl Target {
                 .iter()
                 .map(|e| (format!("__keyevent@{db}__:{e}"), Arc::from(e.as_str())))
                 .collect(),
+            liveness,
         })
     }
 
@@ -126,6 +153,7 @@ impl Target {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             channels: self.channels.clone(),
+            watch: Watch::new(self.liveness, Instant::now()),
         };
         if let Some(password) = &self.password {
             let mut auth = vec!["AUTH"];
@@ -149,6 +177,7 @@ impl Target {
                 return Err(protocol(format!("SUBSCRIBE answered {reply}")));
             }
         }
+        sub.watch.heard(Instant::now());
         Ok(sub)
     }
 }
@@ -189,10 +218,48 @@ impl Subscription {
     }
 
     /// Waits for bytes, then hands every whole notification buffered to `each`; other frames
-    /// (subscription confirmations) are skipped. An error means the connection is done.
+    /// (subscription confirmations, pongs) are skipped. Silent for too long, it PINGs the
+    /// connection; a PING unanswered in time is an error of kind `Timeout`. An error means the
+    /// connection is done.
     pub(crate) async fn next_batch(&mut self, each: impl FnMut(Notification)) -> Result<(), Error> {
-        self.read().await?;
-        drain(&mut self.buf, &self.channels, each)
+        loop {
+            let deadline = self.watch.deadline();
+            tokio::select! {
+                // Cancel-safe: a read cancelled by the deadline has taken no bytes.
+                read = self.read() => {
+                    read?;
+                    self.watch.heard(Instant::now());
+                    return drain(&mut self.buf, &self.channels, each);
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            match self.watch.due(Instant::now()) {
+                None => {}
+                Some(Due::Ping) => self.ping().await?,
+                Some(Due::Dead) => return Err(self.dead()),
+            }
+        }
+    }
+
+    /// Sends a PING (allowed in subscribed mode; its answer is `[pong, ""]`), within the time
+    /// the answer has: a write that cannot even be handed to the kernel by then is a dead end.
+    async fn ping(&mut self) -> Result<(), Error> {
+        self.watch.pinged(Instant::now());
+        match tokio::time::timeout_at(self.watch.deadline(), self.send(&["PING"])).await {
+            Ok(sent) => sent,
+            Err(_) => Err(self.dead()),
+        }
+    }
+
+    fn dead(&self) -> Error {
+        let l = self.watch.liveness();
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "nothing received for {:?} after a PING sent after {:?} of silence",
+                l.timeout, l.ping_after
+            ),
+        )
     }
 }
 
@@ -253,5 +320,145 @@ pub(crate) mod fuzzing {
             bytes = &bytes[used..];
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    const CFG: Liveness = Liveness {
+        ping_after: Duration::from_secs(5),
+        timeout: Duration::from_secs(15),
+    };
+    const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+    const PONG: &[u8] = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+
+    fn channels() -> Channels {
+        ["set", "expired"]
+            .iter()
+            .map(|e| (format!("__keyevent@0__:{e}"), Arc::from(*e)))
+            .collect()
+    }
+
+    fn message(event: &str, key: &str) -> Vec<u8> {
+        let channel = format!("__keyevent@0__:{event}");
+        format!(
+            "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{key}\r\n",
+            channel.len(),
+            key.len()
+        )
+        .into_bytes()
+    }
+
+    /// A subscription on one end of an in-memory pipe; the test plays Redis on the other.
+    fn subscription(ours: DuplexStream) -> Subscription {
+        Subscription {
+            stream: Box::new(ours),
+            buf: BytesMut::new(),
+            channels: channels(),
+            watch: Watch::new(CFG, Instant::now()),
+        }
+    }
+
+    async fn keys(sub: &mut Subscription) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        sub.next_batch(|n| out.push(format!("{} {}", n.operation, n.key.as_str_lossy())))
+            .await?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_pong_is_skipped_not_taken_for_a_notification() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&message("set", "alert:1"));
+        buf.extend_from_slice(PONG);
+        buf.extend_from_slice(&message("expired", "alert:2"));
+        // The answer to `PING x` too, and a pong cut short: it waits for its last bytes.
+        buf.extend_from_slice(b"*2\r\n$4\r\npong\r\n$1\r\nx\r\n");
+        buf.extend_from_slice(&PONG[..PONG.len() - 1]);
+        let mut got = Vec::new();
+        drain(&mut buf, &channels(), |n| {
+            got.push((n.operation.to_string(), n.key.as_str_lossy().to_string()))
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                ("set".to_string(), "alert:1".to_string()),
+                ("expired".to_string(), "alert:2".to_string())
+            ]
+        );
+        assert_eq!(&buf[..], &PONG[..PONG.len() - 1]);
+        buf.extend_from_slice(b"\n");
+        drain(&mut buf, &channels(), |_| {
+            panic!("a pong is no notification")
+        })
+        .unwrap();
+        assert!(buf.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_pinged_then_given_up_at_the_deadline() {
+        let (ours, mut redis) = tokio::io::duplex(4096);
+        let mut sub = subscription(ours);
+        let started = Instant::now();
+        let error = keys(&mut sub).await.unwrap_err();
+        assert_eq!(reason(&error), "ping_timeout", "{error}");
+        assert_eq!(started.elapsed(), CFG.ping_after + CFG.timeout);
+        let mut sent = vec![0; 64];
+        let n = redis.read(&mut sent).await.unwrap();
+        assert_eq!(&sent[..n], PING, "exactly one PING");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn anything_received_keeps_it_alive_and_a_late_answer_is_too_late() {
+        let (ours, mut redis) = tokio::io::duplex(4096);
+        let mut sub = subscription(ours);
+        let started = Instant::now();
+        let peer = tokio::spawn(async move {
+            let mut ping = vec![0; PING.len()];
+            redis.read_exact(&mut ping).await.unwrap();
+            assert_eq!(ping, PING);
+            // Answered just inside the deadline.
+            tokio::time::sleep(CFG.timeout - Duration::from_millis(1)).await;
+            redis.write_all(PONG).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            redis.write_all(&message("set", "alert:1")).await.unwrap();
+            // The next PING, answered a millisecond after its deadline.
+            redis.read_exact(&mut ping).await.unwrap();
+            tokio::time::sleep(CFG.timeout + Duration::from_millis(1)).await;
+            let _ = redis.write_all(PONG).await;
+            redis
+        });
+        let elapsed = |s: Instant| s.elapsed().as_millis();
+        assert_eq!(keys(&mut sub).await.unwrap(), Vec::<String>::new());
+        assert_eq!(elapsed(started), 19_999, "the pong came");
+        assert_eq!(keys(&mut sub).await.unwrap(), ["set alert:1"]);
+        assert_eq!(elapsed(started), 22_999, "the notification came");
+        let error = keys(&mut sub).await.unwrap_err();
+        assert_eq!(reason(&error), "ping_timeout", "{error}");
+        assert_eq!(
+            elapsed(started),
+            22_999 + 20_000,
+            "given up at the deadline"
+        );
+        drop(sub);
+        peer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_is_lost_not_timed_out() {
+        let (ours, redis) = tokio::io::duplex(4096);
+        let mut sub = subscription(ours);
+        drop(redis);
+        let error = keys(&mut sub).await.unwrap_err();
+        assert_eq!(reason(&error), "connection_lost", "{error}");
+        let (ours, mut redis) = tokio::io::duplex(4096);
+        let mut sub = subscription(ours);
+        redis.write_all(b"!garbage\r\n").await.unwrap();
+        let error = keys(&mut sub).await.unwrap_err();
+        assert_eq!(reason(&error), "connection_lost", "{error}");
     }
 }
