@@ -190,6 +190,10 @@ pub struct KeyspaceSettings {
     pub read_ttl: bool,
     /// (key, content) pairs each keyspace pipeline remembers as archived.
     pub remember_values: usize,
+    /// Silence on the subscriber connection after which it is sent a PING.
+    pub subscriber_ping: Duration,
+    /// How long after that PING nothing may arrive before the connection counts as dead.
+    pub subscriber_timeout: Duration,
 }
 
 impl FileConfig {
@@ -450,6 +454,18 @@ mod tests {
             ("[observe]\ninterval_secs = 0\n", "observe.interval_secs"),
             ("[keyspace]\nreaders = 0\n", "keyspace.readers"),
             ("[keyspace]\nreaders = 65\n", "keyspace.readers"),
+            (
+                "[keyspace]\nsubscriber_ping_secs = 0\n",
+                "keyspace.subscriber_ping_secs",
+            ),
+            (
+                "[keyspace]\nsubscriber_timeout_secs = 0\n",
+                "keyspace.subscriber_timeout_secs",
+            ),
+            (
+                "[keyspace]\nsubscriber_timeout_secs = 100000\n",
+                "keyspace.subscriber_timeout_secs",
+            ),
             ("[metrics]\naddr = \"nowhere\"\n", "metrics.addr"),
             ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),
             ("[clickhouse]\ndatabase = \"a;b\"\n", "clickhouse.database"),

@@ -71,6 +71,14 @@ impl Settings {
         keyspace.insert("readers".into(), count(k.readers.get()));
         keyspace.insert("read_ttl".into(), k.read_ttl.into());
         keyspace.insert("remember_values".into(), count(k.remember_values));
+        keyspace.insert(
+            "subscriber_ping_secs".into(),
+            secs(k.subscriber_ping.as_secs()),
+        );
+        keyspace.insert(
+            "subscriber_timeout_secs".into(),
+            secs(k.subscriber_timeout.as_secs()),
+        );
         root.insert("keyspace".into(), Value::Table(keyspace));
         let mut observe = Table::new();
         observe.insert(
@@ -137,6 +145,10 @@ database = "audit"
 
 [batch]
 max_rows = 5000
+
+[keyspace]
+subscriber_ping_secs = 2
+subscriber_timeout_secs = 7
 "#;
         let base = Path::new(env!("CARGO_MANIFEST_DIR"));
         let s = FileConfig::from_toml(text).unwrap().validate(base).unwrap();
@@ -155,6 +167,12 @@ max_rows = 5000
             .unwrap();
         assert_eq!(again.to_toml(), printed.replace("password: set (not shown; give it again with SPILLWAY_CLICKHOUSE_PASSWORD or in the file)", "password: none"));
         assert_eq!(again.batch.max_rows.get(), 5000);
+        assert!(printed.contains("subscriber_ping_secs = 2\n"), "{printed}");
+        assert!(
+            printed.contains("subscriber_timeout_secs = 7\n"),
+            "{printed}"
+        );
+        assert_eq!(again.keyspace.subscriber_timeout.as_secs(), 7);
         assert_eq!(again.clickhouse.database, "audit");
     }
 }

@@ -105,6 +105,13 @@ pub(crate) struct KeyspaceSection {
     /// rescan inserts again only what it cannot prove archived, and a rewrite with the same
     /// content is counted, not archived twice. Default 1000000; 0 remembers nothing.
     pub remember_values: Option<usize>,
+    /// Seconds of silence on the subscriber connection before Spillway sends it a PING (anything
+    /// received counts as life); default 5.
+    pub subscriber_ping_secs: Option<u64>,
+    /// Seconds after that PING within which something must arrive, else the connection is
+    /// taken for dead (a half-open TCP connection): it is dropped, reconnected and the gap
+    /// rescanned; default 15.
+    pub subscriber_timeout_secs: Option<u64>,
 }
 
 impl RedisSection {
@@ -285,6 +292,16 @@ impl KeyspaceSection {
             }),
             read_ttl: self.read_ttl.unwrap_or(false),
             remember_values: self.remember_values.unwrap_or(1_000_000),
+            subscriber_ping: secs(
+                "keyspace.subscriber_ping_secs",
+                self.subscriber_ping_secs.unwrap_or(5),
+                "the seconds of silence before a PING",
+            )?,
+            subscriber_timeout: secs(
+                "keyspace.subscriber_timeout_secs",
+                self.subscriber_timeout_secs.unwrap_or(15),
+                "the seconds a PING may go unanswered",
+            )?,
         })
     }
 }
@@ -325,6 +342,18 @@ fn positive(field: &str, v: usize) -> Result<usize> {
         ))
     } else {
         Ok(v)
+    }
+}
+
+/// A duration in whole seconds, at least 1 and at most a day (`what` says what it is for the fix).
+fn secs(field: &str, v: u64, what: &str) -> Result<Duration> {
+    match v {
+        1..=86_400 => Ok(Duration::from_secs(v)),
+        _ => Err(invalid(
+            field,
+            format!("{v} s is out of range"),
+            format!("set {what} between 1 and 86400, or remove the line for the default"),
+        )),
     }
 }
 

@@ -92,7 +92,8 @@ pub(crate) const ACK_REFUSED: &str = "spillway_ack_refused_total";
 pub(crate) const PUBSUB_CLOSES: &str = "spillway_pubsub_closes_total";
 /// Close messages dropped (subscriber lagging or queue full), by pipeline.
 pub(crate) const PUBSUB_CLOSES_DROPPED: &str = "spillway_pubsub_closes_dropped_total";
-/// Reconnections of a keyspace subscriber (each a gap closed by a rescan), by pipeline.
+/// Subscriber connections of a keyspace pipeline given up and reconnected (each a gap closed by
+/// a rescan), by pipeline and reason (`connection_lost`, `ping_timeout`).
 pub(crate) const SUBSCRIBER_RECONNECTS: &str = "spillway_subscriber_reconnects_total";
 /// Time from a Redis event (as Spillway received it) to the commit of its row, by table.
 pub(crate) const EVENT_TO_COMMIT: &str = "spillway_event_to_commit_seconds";
@@ -295,7 +296,7 @@ fn describe() {
         PUBSUB_CLOSES_DROPPED,
         "Trade close messages dropped (at-most-once channel): the stream still moves those logs."
     );
-    describe_gauge!(SUBSCRIBER_RECONNECTS, "Reconnections of a keyspace subscriber; the notifications of the disconnected time are recovered by a rescan.");
+    describe_counter!(SUBSCRIBER_RECONNECTS, "Keyspace subscriber connections given up and reconnected, by reason: connection_lost (closed, reset or unreadable), ping_timeout (a PING unanswered within keyspace.subscriber_timeout_secs: a half-open connection). The notifications of the disconnected time are recovered by a rescan.");
     describe_histogram!(
         EVENT_TO_COMMIT,
         Unit::Seconds,

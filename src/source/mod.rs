@@ -4,7 +4,10 @@
 pub(crate) mod keyspace;
 pub(crate) mod stream;
 
+use std::time::Duration;
+
 use fred::prelude::*;
+use fred::types::config::UnresponsiveConfig;
 use tokio::sync::mpsc;
 
 use crate::config::redact_url;
@@ -52,6 +55,30 @@ pub(crate) enum SourceError {
     Notify(#[from] Box<keyspace::notify::NotifyError>),
 }
 
+/// TCP keepalive of every Redis connection: an idle connection whose peer is gone (a host
+/// powered off, a NAT or firewall that dropped the flow) is probed after 15 s of silence, every
+/// 5 s, and closed by the kernel after 3 probes unanswered, about 30 s in all. It also keeps
+/// idle flows alive in NAT and firewall tables. It cannot end a connection with bytes in flight
+/// (those are retransmitted instead): the command clients' unresponsive timeout and the
+/// subscriber's PING deadline cover that.
+pub(crate) fn tcp_keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(15))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3)
+}
+
+/// Time a command client waits for the answer to what it sent before it takes the connection
+/// for dead, closes it and reconnects (retrying the commands in flight); blocking reads
+/// (`XREADGROUP ... BLOCK`) and subscriptions are exempt. Shorter than [`READ_TIMEOUT`], so a
+/// read retried after its timeout does not keep a half-open connection looking busy.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(10);
+
+/// Most time a read-back command (the keyspace readers' MGET, TTL script, TYPE, SCAN) may take
+/// before it fails and is retried: on a half-open connection it would otherwise wait for TCP to
+/// give up (about 15 minutes).
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Result alias of this module.
 pub(crate) type Result<T> = std::result::Result<T, SourceError>;
 
@@ -87,15 +114,21 @@ impl Endpoint {
     }
 
     /// A fred builder for this endpoint on database `db`, reconnecting with capped exponential
-    /// backoff, with a pub/sub buffer of `buffer` messages.
+    /// backoff, with a pub/sub buffer of `buffer` messages, TCP keepalive, and connections that
+    /// go unanswered for [`UNRESPONSIVE_AFTER`] closed and reconnected.
     pub(crate) fn builder(&self, db: u8, buffer: usize) -> Result<Builder> {
         let mut config = Config::from_url(&self.url).map_err(self.err("parsing the URL"))?;
         config.database = Some(db);
         let mut b = Builder::from_config(config);
         b.with_performance_config(|p| p.broadcast_channel_capacity = buffer)
             .with_connection_config(|c| {
-                c.connection_timeout = std::time::Duration::from_secs(5);
-                c.internal_command_timeout = std::time::Duration::from_secs(10);
+                c.connection_timeout = Duration::from_secs(5);
+                c.internal_command_timeout = Duration::from_secs(10);
+                c.tcp.keepalive = Some(tcp_keepalive());
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(UNRESPONSIVE_AFTER),
+                    interval: Duration::from_secs(1),
+                };
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 10_000, 2));
         Ok(b)
@@ -103,10 +136,19 @@ impl Endpoint {
 
     /// A connected command client on database `db`.
     pub(crate) async fn client(&self, db: u8) -> Result<Client> {
-        let client = self
-            .builder(db, 32)?
-            .build()
-            .map_err(self.err("building a client"))?;
+        self.connect(self.builder(db, 32)?).await
+    }
+
+    /// A connected command client on database `db` whose commands fail after `timeout` (for
+    /// clients that never block: a blocking read outlasts any such limit).
+    pub(crate) async fn client_with_timeout(&self, db: u8, timeout: Duration) -> Result<Client> {
+        let mut b = self.builder(db, 32)?;
+        b.with_performance_config(|p| p.default_command_timeout = timeout);
+        self.connect(b).await
+    }
+
+    async fn connect(&self, builder: Builder) -> Result<Client> {
+        let client = builder.build().map_err(self.err("building a client"))?;
         client.init().await.map_err(self.err("connecting"))?;
         Ok(client)
     }

@@ -20,6 +20,7 @@ use tempfile::TempDir;
 
 pub mod faults;
 pub mod load;
+pub mod netns;
 pub mod observe;
 pub mod procstat;
 pub mod rewrite;
@@ -210,7 +211,12 @@ fn log_file(path: &Path) -> File {
 
 /// Sends `request` over TCP and returns everything the peer sent until it closed.
 fn tcp_roundtrip(port: u16, request: &[u8]) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp_roundtrip_to("127.0.0.1", port, request)
+}
+
+/// [`tcp_roundtrip`] to `host`.
+fn tcp_roundtrip_to(host: &str, port: u16, request: &[u8]) -> Option<String> {
+    let mut s = TcpStream::connect((host, port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(request).ok()?;
     let mut out = String::new();
@@ -238,6 +244,10 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
 /// A redis-server child process on a free loopback port, with its own working dir.
 pub struct RedisServer {
     pub port: u16,
+    /// The address it is reached at (127.0.0.1 unless started in a network namespace).
+    host: String,
+    /// What its command line starts with (e.g. `ip netns exec NS`), before `redis-server`.
+    prefix: Vec<String>,
     args: Vec<String>,
     proc: Proc,
     dir: TempDir,
@@ -251,6 +261,14 @@ impl RedisServer {
 
     /// Like `start`, with `extra_args` appended (later arguments override earlier ones).
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_at(&[], "127.0.0.1", extra_args)
+    }
+
+    /// Like `start_with`, with the command line prefixed by `prefix` (e.g.
+    /// `["ip", "netns", "exec", NS]`, which execs redis-server, same pid), listening on `host`
+    /// as well as 127.0.0.1 and reached at `host`; protected mode off, for clients not on its
+    /// loopback.
+    pub fn start_at(prefix: &[&str], host: &str, extra_args: &[&str]) -> Self {
         let port = free_port();
         // Relative paths: the working dir is the tempdir. '$' is passed literally (no shell).
         let fixed = format!(
@@ -259,10 +277,21 @@ impl RedisServer {
         );
         let mut args: Vec<String> = fixed.split(' ').map(String::from).collect();
         args.push(String::new()); // --save ""
+        if host != "127.0.0.1" {
+            let bind = format!("{host} 127.0.0.1");
+            args.extend([
+                "--bind".into(),
+                bind,
+                "--protected-mode".into(),
+                "no".into(),
+            ]);
+        }
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let (proc, dir) = (Proc(Mutex::new(None)), tempdir("redis-"));
         let mut server = RedisServer {
             port,
+            host: host.to_string(),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
             args,
             proc,
             dir,
@@ -273,14 +302,19 @@ impl RedisServer {
 
     fn launch(&mut self) {
         let log = self.dir.path().join("redis.log");
-        let child = spawn("redis-server", &self.args, |c| {
+        let mut command = self.prefix.clone();
+        command.push("redis-server".into());
+        command.extend(self.args.iter().cloned());
+        let (program, args) = command.split_first().expect("a program");
+        let child = spawn(program, args, |c| {
             c.current_dir(self.dir.path())
                 .stdout(log_file(&log))
                 .stderr(log_file(&log));
         });
         self.proc = Proc(Mutex::new(Some(child)));
         let ready = || {
-            tcp_roundtrip(self.port, b"PING\r\nQUIT\r\n").is_some_and(|r| r.starts_with("+PONG"))
+            tcp_roundtrip_to(&self.host, self.port, b"PING\r\nQUIT\r\n")
+                .is_some_and(|r| r.starts_with("+PONG"))
         };
         self.proc
             .wait_for("redis-server", Duration::from_secs(10), ready, || {
@@ -288,15 +322,15 @@ impl RedisServer {
             });
     }
 
-    /// `redis://127.0.0.1:PORT`
+    /// `redis://HOST:PORT` (HOST 127.0.0.1 unless started elsewhere)
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}:{}", self.host, self.port)
     }
 
-    /// Runs `redis-cli -p PORT args..` and returns its trimmed stdout; panics if it fails.
+    /// Runs `redis-cli -h HOST -p PORT args..` and returns its trimmed stdout; panics if it fails.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-h", &self.host, "-p", &self.port.to_string()])
             .args(args)
             .stdin(Stdio::null())
             .output()

@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod logging;
 mod modern_clickhouse;
+mod netfault;
 mod observability;
 mod prometheus_e2e;
 mod queries;

@@ -11,8 +11,10 @@
 pub(crate) mod account;
 mod capture;
 pub(crate) mod config;
+mod liveness;
 pub(crate) mod notify;
 mod read;
+mod resp;
 mod seen;
 pub(crate) mod subscriber;
 
@@ -29,10 +31,11 @@ use crate::config::KeyspaceSettings;
 use crate::metrics as m;
 use crate::rows::alert::CapturedBy;
 use crate::rows::{now_ms, Record};
-use crate::source::{Endpoint, Result};
+use crate::source::{Endpoint, Result, READ_TIMEOUT};
 use account::{Account, Outcome};
 use capture::{Capturer, Job};
 use config::KeyspaceSource;
+use liveness::Liveness;
 use read::Reader;
 use subscriber::{Notification, Subscription, Target};
 
@@ -71,7 +74,7 @@ impl Keyspace {
         settings: &KeyspaceSettings,
         tx: mpsc::Sender<Record>,
     ) -> Result<Keyspace> {
-        let reader = endpoint.client(def.db).await?;
+        let reader = endpoint.client_with_timeout(def.db, READ_TIMEOUT).await?;
         notify::check(&reader, &endpoint, &def, settings.configure_notifications).await?;
         let read_duration = metrics::histogram!(m::READ_DURATION, "pipeline" => name.to_string());
         let mut readers = vec![Reader::new(
@@ -81,7 +84,7 @@ impl Keyspace {
             read_duration.clone(),
         )];
         for _ in 1..settings.readers.get() {
-            let client = endpoint.client(def.db).await?;
+            let client = endpoint.client_with_timeout(def.db, READ_TIMEOUT).await?;
             readers.push(Reader::new(
                 name,
                 client,
@@ -95,8 +98,12 @@ impl Keyspace {
             .chain(&def.lifecycle_events)
             .cloned()
             .collect();
-        let target =
-            Target::new(&endpoint.url, def.db, &events).map_err(endpoint.err("parsing the URL"))?;
+        let liveness = Liveness {
+            ping_after: settings.subscriber_ping,
+            timeout: settings.subscriber_timeout,
+        };
+        let target = Target::new(&endpoint.url, def.db, &events, liveness)
+            .map_err(endpoint.err("parsing the URL"))?;
         let subscription = target
             .subscribe()
             .await
@@ -225,8 +232,6 @@ impl Keyspace {
             }
             if reconnects.swap(0, Ordering::Relaxed) > 0 {
                 tracing::warn!(pipeline = %self.name, "subscriber reconnected: notifications of the disconnected time are lost; a rescan follows");
-                metrics::counter!(m::SUBSCRIBER_RECONNECTS, "pipeline" => self.name.clone())
-                    .increment(1);
                 gap = true;
             }
             let waiting = backlog.max_capacity() - backlog.capacity();
@@ -453,6 +458,10 @@ impl Listener {
     /// takes what a millisecond brought instead of one wake-up per notification (a wake-up
     /// costs more than a notification); idle, the read waits for the next one.
     async fn run(self, mut sub: Subscription, cancel: CancellationToken) {
+        for reason in ["connection_lost", "ping_timeout"] {
+            metrics::counter!(m::SUBSCRIBER_RECONNECTS, "pipeline" => self.name.clone(), "reason" => reason)
+                .increment(0);
+        }
         let mut backoff = Duration::from_millis(100);
         // Per event: received, and dropped for a full queue, in this read.
         let mut tally = vec![(0u64, 0u64); self.events.len()];
@@ -487,7 +496,12 @@ impl Listener {
                 backoff = Duration::from_millis(100);
                 tokio::time::sleep(FORWARD_POLL).await;
             };
-            tracing::warn!(pipeline = %self.name, error = %error, "keyevent subscription lost; reconnecting");
+            let reason = subscriber::reason(&error);
+            tracing::warn!(pipeline = %self.name, error = %error, reason, "keyevent subscription lost; reconnecting");
+            // Counted when the connection is given up, not once it is back: a half-open
+            // connection shows within its deadline even while Redis stays unreachable.
+            metrics::counter!(m::SUBSCRIBER_RECONNECTS, "pipeline" => self.name.clone(), "reason" => reason)
+                .increment(1);
             sub = loop {
                 tokio::select! {
                     biased;

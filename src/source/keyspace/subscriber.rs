@@ -6,8 +6,12 @@
 //! few comparisons and one copy of its key. The connection, AUTH and TLS come from fred's URL
 //! parsing, so `redis://` and `rediss://` URLs mean what they mean for the command clients.
 //!
-//! Reconnects with capped exponential backoff; a reconnect is reported only once the channels
-//! are subscribed again, so that a rescan started then misses nothing written after it.
+//! The connection proves it is alive: TCP keepalive on the socket, and a PING after
+//! `keyspace.subscriber_ping_secs` of silence that must be answered (by anything at all) within
+//! `keyspace.subscriber_timeout_secs` ([`liveness`](super::liveness)); a half-open connection
+//! then ends with an error like a closed one, and the listener reconnects. The PING is written
+//! between two reads by the same task, bounded by the same deadline, so it never holds up the
+//! reading, and it works alike on plain TCP and TLS streams.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +22,11 @@ use fred::types::config::{Config, ServerConfig, TlsConnector};
 use fred::types::Key;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::liveness::{Due, Liveness, Watch};
+use super::resp::{parse, protocol, Frame};
+use crate::source::tcp_keepalive;
 
 /// How long connecting, authenticating and subscribing may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +49,19 @@ pub(crate) struct Subscription {
     buf: BytesMut,
     /// The subscribed channels and their operation names (the target's).
     channels: Channels,
+    /// When it was last heard from, and pinged.
+    watch: Watch,
+}
+
+/// Why a subscription ended, as `spillway_subscriber_reconnects_total` labels it:
+/// `ping_timeout` when nothing answered a PING in time, `connection_lost` for any other error
+/// (end of stream, reset, bytes that are not Redis talking).
+pub(crate) fn reason(error: &Error) -> &'static str {
+    if *error.kind() == ErrorKind::Timeout {
+        "ping_timeout"
+    } else {
+        "connection_lost"
+    }
 }
 
 /// Each keyevent channel (`__keyevent@{db}__:{event}`) and its event.
@@ -54,11 +76,18 @@ pub(crate) struct Target {
     password: Option<String>,
     tls: Option<(TlsConnector, String)>,
     channels: Channels,
+    liveness: Liveness,
 }
 
 impl Target {
-    /// From a `redis://` or `rediss://` URL and the keyevent channels of `events` on `db`.
-    pub(crate) fn new(url: &str, db: u8, events: &[String]) -> Result<Target, Error> {
+    /// From a `redis://` or `rediss://` URL and the keyevent channels of `events` on `db`; its
+    /// subscriptions are watched by `liveness`.
+    pub(crate) fn new(
+        url: &str,
+        db: u8,
+        events: &[String],
+        liveness: Liveness,
+    ) -> Result<Target, Error> {
         let config = Config::from_url(url)?;
         let ServerConfig::Centralized { server } = &config.server else {
             return Err(Error::new(
@@ -88,6 +117,7 @@ impl Target {
                 .iter()
                 .map(|e| (format!("__keyevent@{db}__:{e}"), Arc::from(e.as_str())))
                 .collect(),
+            liveness,
         })
     }
 
@@ -106,6 +136,7 @@ impl Target {
     async fn subscribe_now(&self) -> Result<Subscription, Error> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         tcp.set_nodelay(true)?;
+        socket2::SockRef::from(&tcp).set_tcp_keepalive(&tcp_keepalive())?;
         let stream: Box<dyn Stream> = match &self.tls {
             None => Box::new(tcp),
             Some((connector, name)) => match connector {
@@ -122,6 +153,7 @@ impl Target {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             channels: self.channels.clone(),
+            watch: Watch::new(self.liveness, Instant::now()),
         };
         if let Some(password) = &self.password {
             let mut auth = vec!["AUTH"];
@@ -145,6 +177,7 @@ impl Target {
                 return Err(protocol(format!("SUBSCRIBE answered {reply}")));
             }
         }
+        sub.watch.heard(Instant::now());
         Ok(sub)
     }
 }
@@ -185,10 +218,51 @@ impl Subscription {
     }
 
     /// Waits for bytes, then hands every whole notification buffered to `each`; other frames
-    /// (subscription confirmations) are skipped. An error means the connection is done.
+    /// (subscription confirmations, pongs) are skipped. Silent for too long, it PINGs the
+    /// connection; a PING unanswered in time is an error of kind `Timeout`. An error means the
+    /// connection is done.
     pub(crate) async fn next_batch(&mut self, each: impl FnMut(Notification)) -> Result<(), Error> {
-        self.read().await?;
-        drain(&mut self.buf, &self.channels, each)
+        loop {
+            let deadline = self.watch.deadline();
+            tokio::select! {
+                // The read first: bytes that wait in the socket when the deadline has passed
+                // too (the process was stopped or starved) are life, not a timeout.
+                biased;
+                // Cancel-safe: a read cancelled by the deadline has taken no bytes.
+                read = self.read() => {
+                    read?;
+                    self.watch.heard(Instant::now());
+                    return drain(&mut self.buf, &self.channels, each);
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            match self.watch.due(Instant::now()) {
+                None => {}
+                Some(Due::Ping) => self.ping().await?,
+                Some(Due::Dead) => return Err(self.dead()),
+            }
+        }
+    }
+
+    /// Sends a PING (allowed in subscribed mode; its answer is `[pong, ""]`), within the time
+    /// the answer has: a write that cannot even be handed to the kernel by then is a dead end.
+    async fn ping(&mut self) -> Result<(), Error> {
+        self.watch.pinged(Instant::now());
+        match tokio::time::timeout_at(self.watch.deadline(), self.send(&["PING"])).await {
+            Ok(sent) => sent,
+            Err(_) => Err(self.dead()),
+        }
+    }
+
+    fn dead(&self) -> Error {
+        let l = self.watch.liveness();
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "nothing received for {:?} after a PING sent after {:?} of silence",
+                l.timeout, l.ping_after
+            ),
+        )
     }
 }
 
@@ -252,149 +326,6 @@ pub(crate) mod fuzzing {
     }
 }
 
-fn protocol(detail: String) -> Error {
-    Error::new(ErrorKind::Protocol, detail)
-}
-
-/// A RESP2 frame, as far as a subscriber sees them, borrowing from the read buffer.
-#[derive(Debug, PartialEq)]
-enum Frame<'a> {
-    /// `+OK`, `-ERR ...` or `:n`: the line after its type byte.
-    Line(u8, &'a [u8]),
-    /// An array of bulk strings and integers (as text; `$-1` as empty).
-    Array(Vec<&'a [u8]>),
-}
-
-impl std::fmt::Display for Frame<'_> {
-    /// `+OK`, `-ERR ...`, `:1`, or `[subscribe, channel, 1]`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Frame::Line(kind, text) => {
-                write!(f, "{}{}", *kind as char, String::from_utf8_lossy(text))
-            }
-            Frame::Array(items) => {
-                let items: Vec<_> = items.iter().map(|i| String::from_utf8_lossy(i)).collect();
-                write!(f, "[{}]", items.join(", "))
-            }
-        }
-    }
-}
-
-/// Redis's own limit on a bulk string (`proto-max-bulk-len`, 512 MB): anything longer is not
-/// Redis talking.
-const MAX_BULK: i64 = 512 << 20;
-
-/// The first whole frame of `buf` and its length; None when more bytes are needed.
-fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Error> {
-    let Some((head, mut at)) = line(buf, 0) else {
-        return Ok(None);
-    };
-    let frame = match head.first() {
-        Some(&kind @ (b'+' | b'-' | b':')) => Frame::Line(kind, &head[1..]),
-        Some(b'*') => {
-            let n = number(&head[1..])?;
-            let mut items = Vec::with_capacity(n.clamp(0, 8) as usize);
-            for _ in 0..n.max(0) {
-                let Some((item, next)) = line(buf, at) else {
-                    return Ok(None);
-                };
-                at = next;
-                match item.first() {
-                    Some(b'$') => {
-                        let len = number(&item[1..])?;
-                        if len < 0 {
-                            items.push(&[][..]);
-                            continue;
-                        }
-                        if len > MAX_BULK {
-                            return Err(protocol(format!("bulk string of {len} bytes")));
-                        }
-                        let end = at + len as usize;
-                        if buf.len() < end + 2 {
-                            return Ok(None);
-                        }
-                        items.push(&buf[at..end]);
-                        at = end + 2;
-                    }
-                    Some(b':') => items.push(&item[1..]),
-                    _ => return Err(protocol(format!("unexpected array item {item:?}"))),
-                }
-            }
-            Frame::Array(items)
-        }
-        _ => return Err(protocol(format!("unexpected frame {head:?}"))),
-    };
-    Ok(Some((frame, at)))
-}
-
-/// The line starting at `from` (without its CRLF) and where the next one starts.
-fn line(buf: &[u8], from: usize) -> Option<(&[u8], usize)> {
-    let rest = buf.get(from..)?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
-    Some((&rest[..end], from + end + 2))
-}
-
-fn number(digits: &[u8]) -> Result<i64, Error> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| protocol(format!("not a number: {digits:?}")))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(channel: &str, key: &str) -> Vec<u8> {
-        format!(
-            "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{key}\r\n",
-            channel.len(),
-            key.len()
-        )
-        .into_bytes()
-    }
-
-    #[test]
-    fn parses_messages_confirmations_and_errors() {
-        let msg = message("__keyevent@0__:set", "alert:a\r\nb");
-        let (frame, used) = parse(&msg).unwrap().unwrap();
-        assert_eq!(used, msg.len());
-        assert_eq!(
-            frame,
-            Frame::Array(vec![
-                &b"message"[..],
-                &b"__keyevent@0__:set"[..],
-                &b"alert:a\r\nb"[..],
-            ])
-        );
-        let confirm = b"*3\r\n$9\r\nsubscribe\r\n$3\r\nabc\r\n:1\r\n";
-        let (frame, _) = parse(confirm).unwrap().unwrap();
-        assert_eq!(frame.to_string(), "[subscribe, abc, 1]");
-        let (frame, _) = parse(b"-WRONGPASS invalid\r\n").unwrap().unwrap();
-        assert_eq!(frame.to_string(), "-WRONGPASS invalid");
-        assert_eq!(
-            parse(b"+OK\r\n").unwrap().unwrap(),
-            (Frame::Line(b'+', &b"OK"[..]), 5)
-        );
-        assert_eq!(parse(b"*-1\r\n").unwrap().unwrap().0, Frame::Array(vec![]));
-        assert!(parse(b"?\r\n").is_err());
-        assert!(parse(b"*1\r\n$9223372036854775807\r\n").is_err());
-        assert!(parse(b"*x\r\n").is_err());
-    }
-
-    #[test]
-    fn a_frame_cut_anywhere_waits_for_more_bytes() {
-        let mut two = message("__keyevent@0__:expired", "alert:1");
-        let first = two.len();
-        two.extend(message("__keyevent@0__:set", "alert:2"));
-        for cut in 0..first {
-            assert_eq!(parse(&two[..cut]).unwrap(), None, "cut at {cut}");
-        }
-        let (_, used) = parse(&two).unwrap().unwrap();
-        assert_eq!(used, first);
-        let (frame, used) = parse(&two[first..]).unwrap().unwrap();
-        assert_eq!(used, two.len() - first);
-        let Frame::Array(items) = frame else { panic!() };
-        assert_eq!(items[2], b"alert:2");
-    }
-}
+#[path = "subscriber_tests.rs"]
+mod tests;
