@@ -699,6 +699,27 @@ ch "SELECT t.event, t.log_state, count() AS trades, sum(t.log_entries) AS log_en
     FROM spillway.trades AS t FINAL GROUP BY t.event, t.log_state ORDER BY t.event, t.log_state FORMAT PrettyCompactNoEscapes"
 echo "execution log keys left in RLS: $("${RCLI[@]}" --scan --pattern 'trade_execution:*' | wc -l)"
 echo "alert keys in RLS: $("${RCLI[@]}" --scan --pattern 'alert:*' | wc -l) (they live for their TTL; Spillway copies, never deletes them)"
+echo "the alerts pipeline's write account (from /metrics): each write notification has one outcome"
+curl -fsS "$METRICS_URL/metrics" | python3 -c '
+import re, sys
+received, pending, outcomes = 0, 0, {}
+for line in sys.stdin:
+    m = re.match(r"(spillway_\w+)\{([^}]*)\} (\S+)", line)
+    if not m or "pipeline=\"alerts\"" not in m.group(2):
+        continue
+    name, labels, value = m.group(1), m.group(2), int(float(m.group(3)))
+    if name == "spillway_events_received_total" and "event=\"set\"" in labels:
+        received += value
+    elif name == "spillway_writes_pending":
+        pending += value
+    elif name == "spillway_writes_total":
+        outcomes[re.search(r"outcome=\"(\w+)\"", labels).group(1)] = value
+print(f"  set notifications received  {received}")
+for name, n in sorted(outcomes.items(), key=lambda o: -o[1]):
+    print(f"  {name:<26}  {n}")
+print(f"  pending                     {pending}")
+print(f"  unaccounted                 {received - sum(outcomes.values()) - pending}")
+'
 
 # --- 9. keep running, or stop -----------------------------------------------------------------
 

@@ -101,9 +101,10 @@ pub(crate) struct KeyspaceSection {
     /// MGET) into the `ttl_ms` columns and the expiry-risk gauge. Default false: that read
     /// triples the read-back's work in Redis; without it `ttl_ms` is -3 and the gauge +Inf.
     pub read_ttl: Option<bool>,
-    /// (key, content) pairs a pipeline remembers as archived (about 20 bytes each), so that a
-    /// rescan inserts again only what it cannot prove archived, and a rewrite with the same
-    /// content is counted, not archived twice. Default 1000000; 0 remembers nothing.
+    /// (key, content) pairs a pipeline remembers as archived, so that a rescan inserts again
+    /// only what it cannot prove archived, and a rewrite with the same content is counted, not
+    /// archived twice. Default 1835008 (two sets of 2^20 buckets, 19 MB when full; about 10
+    /// bytes a pair at such sizes, up to 20 at others); 0 remembers nothing.
     pub remember_values: Option<usize>,
     /// Seconds of silence on the subscriber connection before Spillway sends it a PING (anything
     /// received counts as life); default 5.
@@ -291,7 +292,7 @@ impl KeyspaceSection {
                 }
             }),
             read_ttl: self.read_ttl.unwrap_or(false),
-            remember_values: self.remember_values.unwrap_or(1_000_000),
+            remember_values: self.remember_values.unwrap_or(1_835_008),
             subscriber_ping: secs(
                 "keyspace.subscriber_ping_secs",
                 self.subscriber_ping_secs.unwrap_or(5),

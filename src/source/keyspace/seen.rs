@@ -2,8 +2,10 @@
 //! rescan does not insert again what is already on its way to ClickHouse or committed, and a
 //! notification whose read-back finds a value already archived is counted as such.
 //!
-//! Each pair is kept as one 64-bit fingerprint (the key's xxh3 seeded with the content hash): 9
-//! bytes a pair in two generations of hash sets. When the current generation is full, the older
+//! Each pair is kept as one 64-bit fingerprint (the key's xxh3 seeded with the content hash), in
+//! two generations of hash sets, each allocated whole when it starts: a set of 2^k buckets (9
+//! bytes each) holds 2^k * 7/8 pairs, so the default 1,835,008 pairs take two sets of 2^20
+//! buckets, 19 MB in all (10 bytes a pair). When the current generation is full, the older
 //! one is dropped and the current one becomes the older: what was captured or confirmed
 //! recently is remembered, the rest forgotten, and forgetting costs only a re-insert that
 //! ClickHouse deduplicates (the first capture's version wins). A false "known" would skip a
@@ -84,7 +86,10 @@ impl Seen {
     fn add(&mut self, fingerprint: u64) {
         if self.current.len() >= self.generation {
             self.older = std::mem::take(&mut self.current);
-            self.current.reserve(self.generation.min(1 << 16));
+        }
+        if self.current.capacity() == 0 {
+            // Whole at once: no rehash while it fills, and no table twice its size meanwhile.
+            self.current.reserve(self.generation);
         }
         self.current.insert(fingerprint);
     }
