@@ -48,7 +48,7 @@ pub(super) struct Capturer {
     name: String,
     instance: String,
     def: KeyspaceSource,
-    tx: mpsc::Sender<Record>,
+    tx: crate::channel::RecordTx,
     counters: Counters,
     account: Account,
     /// The (key, content) pairs archived by this process, recently.
@@ -71,7 +71,7 @@ impl Capturer {
         name: &str,
         instance: &str,
         def: KeyspaceSource,
-        tx: mpsc::Sender<Record>,
+        tx: crate::channel::RecordTx,
         account: Account,
         remember: usize,
     ) -> Self {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KeyspaceSettings;
 use crate::metrics as m;
 use crate::rows::alert::CapturedBy;
-use crate::rows::{now_ms, Record};
+use crate::rows::now_ms;
 use crate::source::{Endpoint, Result, READ_TIMEOUT};
 use account::{Account, Outcome};
 use capture::{Capturer, Job};
@@ -74,7 +74,7 @@ impl Keyspace {
         def: KeyspaceSource,
         endpoint: Endpoint,
         settings: &KeyspaceSettings,
-        tx: mpsc::Sender<Record>,
+        tx: crate::channel::RecordTx,
     ) -> Result<Keyspace> {
         let reader = endpoint.client_with_timeout(def.db, READ_TIMEOUT).await?;
         notify::check(&reader, &endpoint, &def, settings.configure_notifications).await?;
