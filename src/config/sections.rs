@@ -81,7 +81,7 @@ pub(crate) struct BatchSection {
     /// Flush at the latest this many milliseconds after the first buffered row; default 1000.
     pub max_delay_ms: Option<u64>,
     /// Bytes (RowBinary) of the rows the channel between readers and the writer holds, beside
-    /// `channel_capacity` rows; default 32 MiB, at most 4 GiB - 1. A row larger than this
+    /// `channel_capacity` rows; default 16 MiB, at most 4 GiB - 1. A row larger than this
     /// passes alone.
     pub channel_bytes: Option<usize>,
 }
@@ -275,14 +275,14 @@ impl BatchSection {
                 self.max_bytes.unwrap_or(16 << 20),
             )?),
             max_delay: Duration::from_millis(max_delay_ms as u64),
-            channel_bytes: nz(match self.channel_bytes.unwrap_or(32 << 20) {
+            channel_bytes: nz(match self.channel_bytes.unwrap_or(16 << 20) {
                 n @ 1..=MAX_CHANNEL_BYTES => n,
                 n => {
                     return Err(invalid(
                         "batch.channel_bytes",
                         format!("{n} bytes is out of range"),
                         format!(
-                            "set it between 1 and {MAX_CHANNEL_BYTES} (default 33554432, 32 MiB)"
+                            "set it between 1 and {MAX_CHANNEL_BYTES} (default 16777216, 16 MiB)"
                         ),
                     ))
                 }
