@@ -85,11 +85,15 @@ impl Keyspace {
         let dial =
             values::Dial::new(&endpoint.url, def.db).map_err(endpoint.err("parsing the URL"))?;
         let first = Reader::new(name, reader, Arc::new(dial), settings, read_duration);
-        let readers: Vec<Reader> = std::iter::repeat_n(first, settings.readers.get()).collect();
-        for r in &readers {
-            r.connect()
-                .await
-                .map_err(endpoint.err("connecting a reader"))?;
+        // Each reader's clone (one per reading task, see `run`) opens its connection at its
+        // first read; this one, the rescans', now: a URL that cannot be read fails at start.
+        first
+            .connect()
+            .await
+            .map_err(endpoint.err("connecting a reader"))?;
+        let mut readers = vec![first];
+        for _ in 1..settings.readers.get() {
+            readers.push(readers[0].clone());
         }
         let events: Vec<String> = def
             .write_events
