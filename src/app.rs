@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use fred::prelude::ClientLike as _;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -95,8 +94,10 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
         .await
         .context("starting the ClickHouse sink")?;
     let capacity = settings.batch.channel_capacity.get();
+    let bytes = settings.batch.channel_bytes.get();
     metrics::gauge!(m::CHANNEL_CAPACITY).set(capacity as f64);
-    let (tx, rx) = mpsc::channel(capacity);
+    metrics::gauge!(m::CHANNEL_CAPACITY_BYTES).set(bytes as f64);
+    let (tx, rx) = crate::channel::channel(capacity, bytes);
 
     let mut keyspaces = Vec::new();
     let mut streams = Vec::new();

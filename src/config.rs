@@ -173,6 +173,8 @@ pub struct BatchSettings {
     pub max_bytes: NonZeroUsize,
     /// Flush deadline after the first buffered row.
     pub max_delay: Duration,
+    /// Channel budget in bytes (RowBinary).
+    pub channel_bytes: NonZeroUsize,
 }
 
 /// Keyspace reading settings.
@@ -194,6 +196,10 @@ pub struct KeyspaceSettings {
     pub subscriber_ping: Duration,
     /// How long after that PING nothing may arrive before the connection counts as dead.
     pub subscriber_timeout: Duration,
+    /// Largest value archived; larger ones become `too_large` dead letters.
+    pub max_value_bytes: NonZeroUsize,
+    /// Bytes of values a reader holds before handing them to the capture stage.
+    pub read_batch_bytes: NonZeroUsize,
 }
 
 impl FileConfig {
@@ -465,6 +471,23 @@ mod tests {
             (
                 "[keyspace]\nsubscriber_timeout_secs = 100000\n",
                 "keyspace.subscriber_timeout_secs",
+            ),
+            (
+                "[keyspace]\nmax_value_bytes = 0\n",
+                "keyspace.max_value_bytes",
+            ),
+            (
+                "[keyspace]\nmax_value_bytes = 536870913\n",
+                "keyspace.max_value_bytes",
+            ),
+            (
+                "[keyspace]\nread_batch_bytes = 0\n",
+                "keyspace.read_batch_bytes",
+            ),
+            ("[batch]\nchannel_bytes = 0\n", "batch.channel_bytes"),
+            (
+                "[batch]\nchannel_bytes = 4294967296\n",
+                "batch.channel_bytes",
             ),
             ("[metrics]\naddr = \"nowhere\"\n", "metrics.addr"),
             ("[clickhouse]\nurl = \"tcp://x\"\n", "clickhouse.url"),

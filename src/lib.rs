@@ -6,6 +6,7 @@
 //! [`app::run`] wires it together; [`cli`] is the command line.
 
 pub(crate) mod app;
+pub(crate) mod channel;
 pub mod cli;
 pub(crate) mod config;
 pub mod decode;

@@ -59,6 +59,7 @@ impl Settings {
         batch.insert("max_rows".into(), count(b.max_rows.get()));
         batch.insert("max_bytes".into(), count(b.max_bytes.get()));
         batch.insert("max_delay_ms".into(), secs(b.max_delay.as_millis() as u64));
+        batch.insert("channel_bytes".into(), count(b.channel_bytes.get()));
         root.insert("batch".into(), Value::Table(batch));
         let k = &self.keyspace;
         let mut keyspace = Table::new();
@@ -79,6 +80,8 @@ impl Settings {
             "subscriber_timeout_secs".into(),
             secs(k.subscriber_timeout.as_secs()),
         );
+        keyspace.insert("max_value_bytes".into(), count(k.max_value_bytes.get()));
+        keyspace.insert("read_batch_bytes".into(), count(k.read_batch_bytes.get()));
         root.insert("keyspace".into(), Value::Table(keyspace));
         let mut observe = Table::new();
         observe.insert(
@@ -145,10 +148,13 @@ database = "audit"
 
 [batch]
 max_rows = 5000
+channel_bytes = 1000000
 
 [keyspace]
 subscriber_ping_secs = 2
 subscriber_timeout_secs = 7
+max_value_bytes = 2097152
+read_batch_bytes = 3000000
 "#;
         let base = Path::new(env!("CARGO_MANIFEST_DIR"));
         let s = FileConfig::from_toml(text).unwrap().validate(base).unwrap();
@@ -173,6 +179,9 @@ subscriber_timeout_secs = 7
             "{printed}"
         );
         assert_eq!(again.keyspace.subscriber_timeout.as_secs(), 7);
+        assert_eq!(again.batch.channel_bytes.get(), 1_000_000);
+        assert_eq!(again.keyspace.max_value_bytes.get(), 2 << 20);
+        assert_eq!(again.keyspace.read_batch_bytes.get(), 3_000_000);
         assert_eq!(again.clickhouse.database, "audit");
     }
 }

@@ -80,6 +80,10 @@ pub(crate) struct BatchSection {
     pub max_bytes: Option<usize>,
     /// Flush at the latest this many milliseconds after the first buffered row; default 1000.
     pub max_delay_ms: Option<u64>,
+    /// Bytes (RowBinary) of the rows the channel between readers and the writer holds, beside
+    /// `channel_capacity` rows; default 16 MiB, at most 4 GiB - 1. A row larger than this
+    /// passes alone.
+    pub channel_bytes: Option<usize>,
 }
 
 /// The `[keyspace]` table.
@@ -113,6 +117,13 @@ pub(crate) struct KeyspaceSection {
     /// taken for dead (a half-open TCP connection): it is dropped, reconnected and the gap
     /// rescanned; default 15.
     pub subscriber_timeout_secs: Option<u64>,
+    /// Largest value archived, in bytes; default 1 MiB, at most 512 MiB (Redis's own limit).
+    /// A larger value goes to `dead_letters` (reason `too_large`) with its first
+    /// `max_value_bytes` bytes; the rest is never held by Spillway.
+    pub max_value_bytes: Option<usize>,
+    /// Bytes of values a reader holds before it hands them to the capture stage (a read of
+    /// `read_batch` keys is handed over in pieces of about this size); default 2 MiB.
+    pub read_batch_bytes: Option<usize>,
 }
 
 impl RedisSection {
@@ -265,6 +276,18 @@ impl BatchSection {
                 self.max_bytes.unwrap_or(16 << 20),
             )?),
             max_delay: Duration::from_millis(max_delay_ms as u64),
+            channel_bytes: nz(match self.channel_bytes.unwrap_or(16 << 20) {
+                n @ 1..=MAX_CHANNEL_BYTES => n,
+                n => {
+                    return Err(invalid(
+                        "batch.channel_bytes",
+                        format!("{n} bytes is out of range"),
+                        format!(
+                            "set it between 1 and {MAX_CHANNEL_BYTES} (default 16777216, 16 MiB)"
+                        ),
+                    ))
+                }
+            }),
         })
     }
 }
@@ -303,6 +326,20 @@ impl KeyspaceSection {
                 self.subscriber_timeout_secs.unwrap_or(15),
                 "the seconds a PING may go unanswered",
             )?,
+            max_value_bytes: nz(match self.max_value_bytes.unwrap_or(1 << 20) {
+                n @ 1..=MAX_VALUE_BYTES => n,
+                n => {
+                    return Err(invalid(
+                        "keyspace.max_value_bytes",
+                        format!("{n} bytes is out of range"),
+                        format!("set it between 1 and {MAX_VALUE_BYTES} (Redis's largest value, 512 MiB; default 1048576, 1 MiB)"),
+                    ))
+                }
+            }),
+            read_batch_bytes: nz(positive(
+                "keyspace.read_batch_bytes",
+                self.read_batch_bytes.unwrap_or(2 << 20),
+            )?),
         })
     }
 }
@@ -333,6 +370,12 @@ impl ObserveSection {
         })
     }
 }
+
+/// Largest `batch.channel_bytes`: the budget is taken in `u32` pieces.
+const MAX_CHANNEL_BYTES: usize = u32::MAX as usize;
+
+/// Largest `keyspace.max_value_bytes`: Redis's `proto-max-bulk-len` cannot exceed 512 MiB.
+const MAX_VALUE_BYTES: usize = 512 << 20;
 
 fn positive(field: &str, v: usize) -> Result<usize> {
     if v == 0 {

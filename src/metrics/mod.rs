@@ -46,6 +46,10 @@ pub(crate) const INSERT_DURATION: &str = "spillway_insert_duration_seconds";
 pub(crate) const CHANNEL_DEPTH: &str = "spillway_channel_depth";
 /// Capacity of the channel.
 pub(crate) const CHANNEL_CAPACITY: &str = "spillway_channel_capacity";
+/// Bytes (RowBinary) of the rows waiting in the channel.
+pub(crate) const CHANNEL_BYTES: &str = "spillway_channel_bytes";
+/// The channel's byte budget.
+pub(crate) const CHANNEL_CAPACITY_BYTES: &str = "spillway_channel_capacity_bytes";
 /// Time of the last committed batch.
 pub(crate) const LAST_FLUSH: &str = "spillway_last_flush_timestamp_seconds";
 /// Round trips reading values back, by pipeline.
@@ -212,6 +216,16 @@ fn describe() {
     describe_gauge!(
         CHANNEL_CAPACITY,
         "Capacity of the channel between readers and the writer, in rows."
+    );
+    describe_gauge!(
+        CHANNEL_BYTES,
+        Unit::Bytes,
+        "Bytes (RowBinary) of the rows waiting in the channel between readers and the writer."
+    );
+    describe_gauge!(
+        CHANNEL_CAPACITY_BYTES,
+        Unit::Bytes,
+        "Byte budget of the channel between readers and the writer (batch.channel_bytes)."
     );
     describe_gauge!(
         LAST_FLUSH,

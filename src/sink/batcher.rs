@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::batch::Batch;
+use crate::channel::RecordRx;
 use crate::config::BatchSettings;
 use crate::metrics as m;
 use crate::rows::Record;
@@ -45,7 +46,7 @@ impl Cut {
 
 /// Cuts the stream of records from the channel into batches.
 pub(crate) struct Batcher {
-    rx: mpsc::Receiver<Record>,
+    rx: RecordRx,
     cfg: BatchSettings,
     /// Records taken from the channel but not yet in a batch (beyond the last cut).
     carry: std::collections::VecDeque<Record>,
@@ -121,7 +122,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Batcher {
     /// A batcher over `rx`.
-    pub(crate) fn new(rx: mpsc::Receiver<Record>, cfg: BatchSettings) -> Self {
+    pub(crate) fn new(rx: RecordRx, cfg: BatchSettings) -> Self {
         Batcher {
             rx,
             cfg,
@@ -153,6 +154,11 @@ impl Batcher {
         self.rx.len() + self.carry.len()
     }
 
+    /// Bytes of the rows waiting in the channel (see [`crate::channel`]).
+    pub(crate) fn bytes(&self) -> usize {
+        self.rx.bytes()
+    }
+
     /// Waits for the first record, then collects until max rows, max bytes or max delay. None
     /// when the channel is closed and everything was handed out.
     /// The delay counts from the oldest record's arrival: records found waiting count from the
@@ -177,14 +183,19 @@ impl Batcher {
         let deadline = since + self.delay();
         loop {
             while let Some(r) = self.carry.pop_front() {
+                self.rx.moved(&r);
                 batch.push(r);
                 if batch.rows() >= self.cfg.max_rows.get() {
+                    self.rx.give_back();
                     return Some((batch, Cut::Rows));
                 }
                 if batch.bytes() >= self.cfg.max_bytes.get() {
+                    self.rx.give_back();
                     return Some((batch, Cut::Bytes));
                 }
             }
+            // Before waiting: the senders may be waiting for exactly these bytes.
+            self.rx.give_back();
             match tokio::time::timeout_at(deadline, self.fill(RECV_CHUNK)).await {
                 Ok(true) => {}
                 Ok(false) => return Some((batch, Cut::Closed)),
@@ -210,7 +221,7 @@ pub(super) async fn cut_batches(mut batcher: Batcher, tx: mpsc::Sender<(Batch, I
     loop {
         // A place in the queue first: the next batch is collected only once the committer took
         // the previous one, so that at most two batches are held.
-        let depth = || batcher.depth();
+        let depth = || (batcher.depth(), batcher.bytes());
         let Ok(place) = reporting_depth(tx.reserve(), &mut tick, &depth).await else {
             break;
         };
@@ -219,6 +230,7 @@ pub(super) async fn cut_batches(mut batcher: Batcher, tx: mpsc::Sender<(Batch, I
         };
         let depth = batcher.depth();
         metrics::gauge!(m::CHANNEL_DEPTH).set(depth as f64);
+        metrics::gauge!(m::CHANNEL_BYTES).set(batcher.bytes() as f64);
         metrics::counter!(m::FLUSHES, "trigger" => cut.label()).increment(1);
         batcher.progress.cut(batch.expires_at_ms(), depth);
         place.send((batch, Instant::now()));
@@ -228,17 +240,21 @@ pub(super) async fn cut_batches(mut batcher: Batcher, tx: mpsc::Sender<(Batch, I
     }
 }
 
-/// Awaits `fut`, setting the channel depth gauge at every tick meanwhile.
+/// Awaits `fut`, setting the channel depth and bytes gauges at every tick meanwhile.
 async fn reporting_depth<T>(
     fut: impl std::future::Future<Output = T>,
     tick: &mut tokio::time::Interval,
-    depth: &impl Fn() -> usize,
+    depth: &impl Fn() -> (usize, usize),
 ) -> T {
     tokio::pin!(fut);
     loop {
         tokio::select! {
             out = &mut fut => return out,
-            _ = tick.tick() => metrics::gauge!(m::CHANNEL_DEPTH).set(depth() as f64),
+            _ = tick.tick() => {
+                let (rows, bytes) = depth();
+                metrics::gauge!(m::CHANNEL_DEPTH).set(rows as f64);
+                metrics::gauge!(m::CHANNEL_BYTES).set(bytes as f64);
+            }
         }
     }
 }
@@ -246,6 +262,7 @@ async fn reporting_depth<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::RecordTx;
     use crate::rows::{AlertEventRow, Record};
     use std::num::NonZeroUsize;
 
@@ -256,6 +273,7 @@ mod tests {
             max_rows: nz(rows),
             max_bytes: nz(bytes),
             max_delay: Duration::from_millis(delay_ms),
+            channel_bytes: nz(1 << 30),
         }
     }
 
@@ -270,15 +288,10 @@ mod tests {
         })
     }
 
-    async fn batcher(
-        rows: usize,
-        bytes: usize,
-        delay_ms: u64,
-        n: usize,
-    ) -> (mpsc::Sender<Record>, Batcher) {
-        let (tx, rx) = mpsc::channel(1000);
+    async fn batcher(rows: usize, bytes: usize, delay_ms: u64, n: usize) -> (RecordTx, Batcher) {
+        let (tx, rx) = crate::channel::channel(1000, 1 << 30);
         for i in 0..n {
-            tx.send(event(&format!("k{i:02}"))).await.unwrap();
+            assert!(tx.send_all(vec![event(&format!("k{i:02}"))]).await);
         }
         (tx, Batcher::new(rx, cfg(rows, bytes, delay_ms)))
     }
@@ -311,7 +324,7 @@ mod tests {
         assert_eq!((first.rows(), cut), (1, Cut::Delay));
         // A commit takes 400 ms; a record arrives meanwhile.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        tx.send(event("during")).await.unwrap();
+        assert!(tx.send_all(vec![event("during")]).await);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let started = Instant::now();
         let (batch, cut) = b.next().await.unwrap();
@@ -328,7 +341,7 @@ mod tests {
         for took in [
             200, 200, 200, 200, 200, 200, 200, 200, 5000, 5000, 5000, 5000,
         ] {
-            tx.send(event("k")).await.unwrap();
+            assert!(tx.send_all(vec![event("k")]).await);
             let started = Instant::now();
             b.next().await.unwrap();
             waited.push(started.elapsed().as_millis());
@@ -347,19 +360,19 @@ mod tests {
         let (tx, b) = batcher(10, 1 << 20, 1000, 10).await;
         let (queue, mut batches) = mpsc::channel(1);
         let cutter = tokio::spawn(cut_batches(b, queue));
-        let in_channel = |tx: &mpsc::Sender<Record>| tx.max_capacity() - tx.capacity();
+        let in_channel = |tx: &RecordTx| tx.waiting();
         // The committer takes the first batch and commits it (for as long as this test likes).
         let (first, _) = batches.recv().await.unwrap();
         assert_eq!(first.rows(), 10);
         // Meanwhile the next batch is collected and queued...
         for i in 0..10 {
-            tx.send(event(&format!("b{i}"))).await.unwrap();
+            assert!(tx.send_all(vec![event(&format!("b{i}"))]).await);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(batches.len(), 1);
         // ... but no third: its records stay in the channel, where the sources feel them.
         for i in 0..5 {
-            tx.send(event(&format!("c{i}"))).await.unwrap();
+            assert!(tx.send_all(vec![event(&format!("c{i}"))]).await);
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(in_channel(&tx), 5);
@@ -382,7 +395,7 @@ mod tests {
         let (batch, cut) = b.next().await.unwrap();
         assert_eq!((batch.rows(), cut), (11, Cut::Delay));
         assert_eq!(started.elapsed(), Duration::from_millis(250));
-        tx.send(event("last")).await.unwrap();
+        assert!(tx.send_all(vec![event("last")]).await);
         drop(tx);
         let (batch, cut) = b.next().await.unwrap();
         assert_eq!((batch.rows(), cut), (1, Cut::Closed));

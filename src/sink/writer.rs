@@ -10,13 +10,14 @@ use tokio::sync::mpsc;
 use super::batch::{Batch, Rows};
 use super::batcher::{cut_batches, Batcher};
 use super::client::{Result, Sink, SinkError};
+use crate::channel::RecordRx;
 use crate::config::BatchSettings;
 use crate::metrics as m;
 use crate::rows::schema;
-use crate::rows::{rowbinary, DeadLetterRow, Record, Row, Table};
+use crate::rows::{rowbinary, DeadLetterRow, Row, Table};
 
 /// Runs until the channel is closed and drained: every record received is committed.
-pub(crate) async fn run_writer(rx: mpsc::Receiver<Record>, sink: Sink, cfg: BatchSettings) {
+pub(crate) async fn run_writer(rx: RecordRx, sink: Sink, cfg: BatchSettings) {
     let batcher = Batcher::new(rx, cfg);
     let progress = batcher.progress();
     let (tx, mut batches) = mpsc::channel(1);

@@ -8,30 +8,15 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
-use tokio::sync::mpsc;
 
+use crate::channel::RecordTx;
 use crate::config::redact_url;
 use crate::rows::Record;
 
-/// Most records given room in the channel at once.
-const SEND_CHUNK: usize = 256;
-
-/// Sends `records` into the channel in order, taking room for up to [`SEND_CHUNK`] at a time
-/// (one wait on the channel per chunk, not per record); false when the channel is closed.
-pub(crate) async fn send_all(tx: &mpsc::Sender<Record>, records: Vec<Record>) -> bool {
-    let mut records = records.into_iter();
-    loop {
-        let n = records.len().min(SEND_CHUNK).min(tx.max_capacity());
-        if n == 0 {
-            return true;
-        }
-        let Ok(permits) = tx.reserve_many(n).await else {
-            return false;
-        };
-        for (permit, r) in permits.zip(&mut records) {
-            permit.send(r);
-        }
-    }
+/// Sends `records` into the channel in order (see [`RecordTx::send_all`]); false when the
+/// channel is closed.
+pub(crate) async fn send_all(tx: &RecordTx, records: Vec<Record>) -> bool {
+    tx.send_all(records).await
 }
 
 /// Errors of connecting a source.
@@ -151,44 +136,5 @@ impl Endpoint {
         let client = builder.build().map_err(self.err("building a client"))?;
         client.init().await.map_err(self.err("connecting"))?;
         Ok(client)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rows::{AlertEventRow, Table};
-
-    fn event(i: i64) -> Record {
-        Record::alert_event(AlertEventRow {
-            key: format!("alert:{i}"),
-            alert_id: i.to_string(),
-            event: "expired",
-            event_ms: i,
-            content_hash: 0,
-            ttl_ms: -2,
-        })
-    }
-
-    #[tokio::test]
-    async fn send_all_keeps_order_through_a_small_channel_and_stops_when_closed() {
-        let (tx, mut rx) = mpsc::channel(3);
-        let sender = tokio::spawn(async move {
-            let sent = send_all(&tx, (0..600).map(event).collect()).await;
-            (sent, tx)
-        });
-        let mut got = Vec::new();
-        while got.len() < 600 {
-            match rx.recv().await {
-                Some(Record::Row(r)) if r.table == Table::AlertEvents => got.push(r.event_ms),
-                other => panic!("{other:?}"),
-            }
-        }
-        let (sent, tx) = sender.await.unwrap();
-        assert!(sent);
-        assert_eq!(got, (0..600).collect::<Vec<_>>());
-        drop(rx);
-        assert!(!send_all(&tx, vec![event(1)]).await);
-        assert!(send_all(&tx, Vec::new()).await);
     }
 }

@@ -9,6 +9,7 @@ mod alerts;
 mod archive;
 mod faults;
 mod harness;
+mod large_values;
 mod logging;
 mod modern_clickhouse;
 mod netfault;

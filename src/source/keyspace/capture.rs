@@ -25,6 +25,8 @@ pub(super) enum Read {
     Gone,
     /// Redis refused the read (e.g. the key holds a list).
     Refused(String),
+    /// A value over `keyspace.max_value_bytes`: its first bytes (that many), its size, its TTL.
+    TooLarge(Bytes, u64, i64),
 }
 
 /// One batch of reads, with what else happened in it.
@@ -48,7 +50,7 @@ pub(super) struct Capturer {
     name: String,
     instance: String,
     def: KeyspaceSource,
-    tx: mpsc::Sender<Record>,
+    tx: crate::channel::RecordTx,
     counters: Counters,
     account: Account,
     /// The (key, content) pairs archived by this process, recently.
@@ -71,7 +73,7 @@ impl Capturer {
         name: &str,
         instance: &str,
         def: KeyspaceSource,
-        tx: mpsc::Sender<Record>,
+        tx: crate::channel::RecordTx,
         account: Account,
         remember: usize,
     ) -> Self {
@@ -227,6 +229,16 @@ impl Capturer {
                 let row = self.dead_letter(&key_str, Vec::new(), "read_refused", error, now);
                 return (Captured::New(row, Outcome::DeadLetter), 0, -2);
             }
+            Read::TooLarge(head, size, ttl) => {
+                // The hash of its first bytes seeded with its size: two values alike in their
+                // first bytes but not in size stay two rows.
+                let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&head, size);
+                if !seen.insert(fingerprint(key.as_bytes(), hash)) {
+                    return (Captured::Known, hash, ttl);
+                }
+                let row = self.too_large(&key_str, head, size, hash, now);
+                return (Captured::New(row, Outcome::DeadLetter), hash, ttl);
+            }
         };
         let hash = content_hash(&raw);
         if !seen.insert(fingerprint(key.as_bytes(), hash)) {
@@ -261,6 +273,18 @@ impl Capturer {
         self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
 
+    /// A value over the limit, as a dead letter of its first bytes, with content hash `hash`.
+    fn too_large(&self, key: &str, head: Bytes, size: u64, hash: u64, now: i64) -> Record {
+        let error = format!(
+            "value of {size} bytes is over keyspace.max_value_bytes = {}; its first {} bytes are kept",
+            head.len(),
+            head.len()
+        );
+        let mut row = self.dead_letter_row(key, head.to_vec(), "too_large", error, now);
+        row.content_hash = hash;
+        self.count_dead(row)
+    }
+
     fn dead_letter(
         &self,
         key: &str,
@@ -269,10 +293,27 @@ impl Capturer {
         error: String,
         now: i64,
     ) -> Record {
+        self.count_dead(self.dead_letter_row(key, raw, reason, error, now))
+    }
+
+    /// Counts and logs a dead letter, as a record.
+    fn count_dead(&self, row: DeadLetterRow) -> Record {
+        let (key, reason, error) = (&row.key, row.reason, &row.error);
         metrics::counter!(m::DEAD_LETTERS, "pipeline" => self.name.clone(), "reason" => reason)
             .increment(1);
         tracing::debug!(pipeline = %self.name, key, reason, %error, "dead letter");
-        Record::dead_letter(DeadLetterRow {
+        Record::dead_letter(row)
+    }
+
+    fn dead_letter_row(
+        &self,
+        key: &str,
+        raw: Vec<u8>,
+        reason: &'static str,
+        error: String,
+        now: i64,
+    ) -> DeadLetterRow {
+        DeadLetterRow {
             pipeline: self.name.clone(),
             instance: self.instance.clone(),
             key: key.to_string(),
@@ -282,7 +323,7 @@ impl Capturer {
             reason,
             error,
             received_at_ms: now,
-        })
+        }
     }
 }
 

@@ -15,9 +15,11 @@ mod listener;
 mod liveness;
 pub(crate) mod notify;
 mod read;
+mod request;
 mod resp;
 mod seen;
 pub(crate) mod subscriber;
+mod values;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KeyspaceSettings;
 use crate::metrics as m;
 use crate::rows::alert::CapturedBy;
-use crate::rows::{now_ms, Record};
 use crate::source::{Endpoint, Result, READ_TIMEOUT};
 use account::{Account, Outcome};
 use capture::{Capturer, Job};
@@ -74,25 +75,25 @@ impl Keyspace {
         def: KeyspaceSource,
         endpoint: Endpoint,
         settings: &KeyspaceSettings,
-        tx: mpsc::Sender<Record>,
+        tx: crate::channel::RecordTx,
     ) -> Result<Keyspace> {
         let reader = endpoint.client_with_timeout(def.db, READ_TIMEOUT).await?;
         notify::check(&reader, &endpoint, &def, settings.configure_notifications).await?;
         let read_duration = metrics::histogram!(m::READ_DURATION, "pipeline" => name.to_string());
-        let mut readers = vec![Reader::new(
-            name,
-            reader,
-            settings.read_ttl,
-            read_duration.clone(),
-        )];
+        // Values are read on connections of their own (`values`); the command client, shared,
+        // asks the rest.
+        let dial =
+            values::Dial::new(&endpoint.url, def.db).map_err(endpoint.err("parsing the URL"))?;
+        let first = Reader::new(name, reader, Arc::new(dial), settings, read_duration);
+        // Each reader's clone (one per reading task, see `run`) opens its connection at its
+        // first read; this one, the rescans', now: a URL that cannot be read fails at start.
+        first
+            .connect()
+            .await
+            .map_err(endpoint.err("connecting a reader"))?;
+        let mut readers = vec![first];
         for _ in 1..settings.readers.get() {
-            let client = endpoint.client_with_timeout(def.db, READ_TIMEOUT).await?;
-            readers.push(Reader::new(
-                name,
-                client,
-                settings.read_ttl,
-                read_duration.clone(),
-            ));
+            readers.push(readers[0].clone());
         }
         let events: Vec<String> = def
             .write_events
@@ -277,9 +278,8 @@ impl Keyspace {
         deadline.abort();
         self.account.publish();
         self.account.log(&self.name);
-        for r in &self.readers {
-            let _ = r.client.quit().await;
-        }
+        // One command client, shared by the readers.
+        let _ = self.readers[0].client.quit().await;
         tracing::info!(pipeline = %self.name, "keyspace source stopped");
     }
 
@@ -300,14 +300,6 @@ impl Keyspace {
 
     fn jobs_closed(&self) -> bool {
         self.jobs.as_ref().is_none_or(|j| j.is_closed())
-    }
-
-    /// Hands a batch to the capture stage; false when it stopped (the channel closed).
-    async fn submit(&self, job: Job) -> bool {
-        match &self.jobs {
-            Some(jobs) => jobs.send(job).await.is_ok(),
-            None => false,
-        }
     }
 
     /// Counts lost notifications (logged once per gap); returns true, a gap to close.
@@ -360,22 +352,16 @@ impl Keyspace {
                         _ = tokio::time::sleep_until(due.into()) => {}
                     }
                 }
-                let Some(reads) = self.readers[0].read_with_retry(chunk, cancel).await else {
+                let Some(jobs) = &self.jobs else {
                     return Ok(seen);
                 };
-                seen += chunk.len() as u64;
-                scanned.increment(chunk.len() as u64);
-                let job = Job {
-                    now: now_ms(),
-                    by: CapturedBy::Scan,
-                    keys: chunk.to_vec(),
-                    reads,
-                    written: Vec::new(),
-                    records: Vec::new(),
-                };
-                if !self.submit(job).await {
+                let req = read::Request::scan(chunk.to_vec());
+                let read = self.readers[0].read_with_retry(req, CapturedBy::Scan, jobs, cancel);
+                if read.await.is_err() {
                     return Ok(seen);
                 }
+                seen += chunk.len() as u64;
+                scanned.increment(chunk.len() as u64);
             }
             if next == "0" || cancel.is_cancelled() {
                 break;

@@ -1,22 +1,30 @@
 //! Reading values back: the keys of a batch of notifications (each once) read on one of a few
-//! command connections in one round trip (`MGET`, and with `read_ttl` their `PTTL` first), retried
+//! connections in one round trip (`MGET`, and with `read_ttl` their `PTTL` first), retried
 //! while Redis is unreachable; keys found without a string value are asked their `TYPE`.
+//!
+//! The values are parsed as they arrive ([`values`](super::values)) and handed to the capture
+//! stage in pieces of about `keyspace.read_batch_bytes`, each value cut at
+//! `keyspace.max_value_bytes`: what a reader holds is bounded in bytes whatever the values'
+//! sizes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use fred::types::{ClusterHash, CustomCommand};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::account::{Account, Outcome};
 use super::capture::{Capturer, Job, Read};
-use super::config::{KeyspaceSource, LIFECYCLE};
+use super::config::KeyspaceSource;
+use super::request::Pending;
+pub(super) use super::request::{request, Request, Stopped};
 use super::subscriber::Notification;
+use super::values::{Conn, Dial, Value};
+use crate::config::KeyspaceSettings;
 use crate::rows::alert::CapturedBy;
-use crate::rows::{now_ms, Record, TTL_NOT_READ};
+use crate::rows::TTL_NOT_READ;
 
 /// The PTTL of each key in KEYS, one round trip for all. It runs just before the MGET of the same
 /// keys (pipelined), and returns only the TTLs: values passed through Lua are copied into Lua
@@ -31,45 +39,6 @@ end
 return ttls
 "#;
 
-/// The read of one batch of notifications: the keys written (each once) and the rows of
-/// the lifecycle events.
-pub(super) fn request(
-    capturer: &Capturer,
-    def: &KeyspaceSource,
-    batch: &mut Vec<Notification>,
-) -> Request {
-    let now = now_ms();
-    let mut records = Vec::new();
-    let mut written: Vec<Key> = Vec::new();
-    // Only the pipeline's keys are here: the forwarder filtered them (and counted them).
-    for ev in batch.drain(..) {
-        if def.write_events.iter().any(|e| **e == *ev.operation) {
-            written.push(ev.key);
-        } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == &*ev.operation) {
-            records.push(Record::alert_event(
-                capturer.event_row(&ev.key, event, now, 0, -2),
-            ));
-        }
-    }
-    let mut keys: Vec<Key> = written.clone();
-    keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    keys.dedup_by(|a, b| a.as_bytes() == b.as_bytes());
-    Request {
-        now,
-        keys,
-        written,
-        records,
-    }
-}
-
-/// A batch of notifications to read the values of.
-pub(super) struct Request {
-    pub(super) now: i64,
-    pub(super) keys: Vec<Key>,
-    pub(super) written: Vec<Key>,
-    pub(super) records: Vec<Record>,
-}
-
 /// Counts `n` notifications dropped at shutdown.
 pub(super) fn lost_at_shutdown(pipeline: &str, n: u64) {
     if n > 0 {
@@ -79,29 +48,62 @@ pub(super) fn lost_at_shutdown(pipeline: &str, n: u64) {
     }
 }
 
-/// One command connection reading values back.
-#[derive(Clone)]
+/// One connection reading values back (opened at first use, and again after an error), with
+/// a command client for the rest (`TYPE`, `SCRIPT LOAD`).
 pub(super) struct Reader {
     pub(super) name: String,
     pub(super) client: Client,
     /// The TTL script, when `keyspace.read_ttl`.
     pub(super) script: Option<Script>,
     pub(super) read_duration: metrics::Histogram,
+    dial: Arc<Dial>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    /// `keyspace.max_value_bytes`.
+    limit: usize,
+    /// `keyspace.read_batch_bytes`.
+    piece_bytes: usize,
+}
+
+/// A clone reads on a connection of its own.
+impl Clone for Reader {
+    fn clone(&self) -> Reader {
+        Reader {
+            name: self.name.clone(),
+            client: self.client.clone(),
+            script: self.script.clone(),
+            read_duration: self.read_duration.clone(),
+            dial: self.dial.clone(),
+            conn: tokio::sync::Mutex::new(None),
+            limit: self.limit,
+            piece_bytes: self.piece_bytes,
+        }
+    }
 }
 
 impl Reader {
     pub(super) fn new(
         name: &str,
         client: Client,
-        read_ttl: bool,
+        dial: Arc<Dial>,
+        settings: &KeyspaceSettings,
         read_duration: metrics::Histogram,
     ) -> Reader {
         Reader {
             name: name.to_string(),
             client,
-            script: read_ttl.then(|| Script::from_lua(TTL_SCRIPT)),
+            script: settings.read_ttl.then(|| Script::from_lua(TTL_SCRIPT)),
             read_duration,
+            dial,
+            conn: tokio::sync::Mutex::new(None),
+            limit: settings.max_value_bytes.get(),
+            piece_bytes: settings.read_batch_bytes.get(),
         }
+    }
+
+    /// Opens the reading connection now (at start, to fail fast).
+    pub(super) async fn connect(&self) -> std::result::Result<(), Error> {
+        *self.conn.lock().await = Some(self.dial.open().await?);
+        Ok(())
     }
 
     /// Takes the notifications waiting (when there are none, waits for the first), reads their
@@ -139,61 +141,58 @@ impl Reader {
                 }
             }
             let req = request(&capturer, &def, &mut batch);
-            let Some(reads) = self.read_with_retry(&req.keys, &abandon).await else {
-                account.resolve(Outcome::LostShutdown, req.written.len() as u64);
-                lost_at_shutdown(&self.name, req.written.len() as u64);
+            if let Err(stopped) = self
+                .read_with_retry(req, CapturedBy::Event, &jobs, &abandon)
+                .await
+            {
+                account.resolve(Outcome::LostShutdown, stopped.written);
+                lost_at_shutdown(&self.name, stopped.written);
                 // The lifecycle rows need no read: they still go.
-                let job = Job {
-                    now: req.now,
-                    by: CapturedBy::Event,
-                    keys: Vec::new(),
-                    reads: Vec::new(),
-                    written: Vec::new(),
-                    records: req.records,
-                };
-                let _ = jobs.send(job).await;
-                return;
-            };
-            let job = Job {
-                now: req.now,
-                by: CapturedBy::Event,
-                keys: req.keys,
-                reads,
-                written: req.written,
-                records: req.records,
-            };
-            let n_written = job.written.len() as u64;
-            tokio::select! {
-                biased;
-                sent = jobs.send(job) => if sent.is_err() {
-                    // The capture stage stopped (the drain's time ran out): none of it went.
-                    account.resolve(Outcome::LostShutdown, n_written);
-                    lost_at_shutdown(&self.name, n_written);
-                    return;
-                },
-                _ = abandon.cancelled() => {
-                    account.resolve(Outcome::LostShutdown, n_written);
-                    lost_at_shutdown(&self.name, n_written);
-                    return;
+                if !stopped.records.is_empty() {
+                    let job = Job {
+                        now: stopped.now,
+                        by: CapturedBy::Event,
+                        keys: Vec::new(),
+                        reads: Vec::new(),
+                        written: Vec::new(),
+                        records: stopped.records,
+                    };
+                    let _ = jobs.send(job).await;
                 }
+                return;
             }
         }
     }
 
-    /// Reads keys until Redis answers or `cancel`; None when cancelled.
+    /// Reads the values of `req` and hands them to the capture stage, until Redis answers or
+    /// `cancel`; false when stopping (cancelled, or the capture stage gone).
     pub(super) async fn read_with_retry(
         &self,
-        keys: &[Key],
-        cancel: &CancellationToken,
-    ) -> Option<Vec<Read>> {
+        req: Request,
+        by: CapturedBy,
+        jobs: &mpsc::Sender<Job>,
+        abandon: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        let mut p = Pending {
+            req,
+            by,
+            done: 0,
+            lost: 0,
+        };
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.read(keys).await {
-                Ok(reads) => return Some(reads),
+            let read = match p.req.keys.is_empty() {
+                true => Ok(p.hand_over(0, Vec::new(), jobs, abandon).await),
+                false => self.read(&mut p, jobs, abandon).await,
+            };
+            match read {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(p.stopped()),
                 Err(e) => {
-                    tracing::warn!(pipeline = %self.name, error = %e, keys = keys.len(), "reading values failed; retrying");
+                    let keys = p.req.keys.len() - p.done;
+                    tracing::warn!(pipeline = %self.name, error = %e, keys, "reading values failed; retrying");
                     tokio::select! {
-                        _ = cancel.cancelled() => return None,
+                        _ = abandon.cancelled() => return Err(p.stopped()),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -202,102 +201,150 @@ impl Reader {
         }
     }
 
-    /// One round trip: with `keyspace.read_ttl`, the PTTL of every key (a script), then their
-    /// values (MGET), pipelined; without, the MGET alone. Another client may write between the
-    /// two: a key written anew then reads as its new value with the old TTL (its own
-    /// notification reads it again, with its TTL), and a key removed reads as gone. Keys that
-    /// MGET found no string for, unless the script saw them gone, are asked their TYPE in one
-    /// more round trip (rare: a key of another type, or one removed before its read): only a key
-    /// that still holds another type is refused.
-    pub(super) async fn read(&self, keys: &[Key]) -> std::result::Result<Vec<Read>, Error> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+    /// One round trip for the keys not yet handed over; on error the connection is closed (the
+    /// rest of its reply is of no use).
+    async fn read(
+        &self,
+        p: &mut Pending,
+        jobs: &mpsc::Sender<Job>,
+        abandon: &CancellationToken,
+    ) -> Result<bool, Error> {
+        let mut guard = self.conn.lock().await;
+        let conn = match guard.as_mut() {
+            Some(conn) => conn,
+            None => guard.insert(self.dial.open().await?),
+        };
+        let read = self.read_on(conn, p, jobs, abandon).await;
+        if read.is_err() {
+            *guard = None;
         }
+        read
+    }
+
+    /// With `keyspace.read_ttl`, the PTTL of every key (a script), then their values (MGET),
+    /// pipelined; without, the MGET alone. Another client may write between the two: a key
+    /// written anew then reads as its new value with the old TTL (its own notification reads it
+    /// again, with its TTL), and a key removed reads as gone. Keys that MGET found no string
+    /// for, unless the script saw them gone, are asked their TYPE in one more round trip (rare:
+    /// a key of another type, or one removed before its read): only a key that still holds
+    /// another type is refused. The values are handed over in pieces as they arrive.
+    async fn read_on(
+        &self,
+        conn: &mut Conn,
+        p: &mut Pending,
+        jobs: &mpsc::Sender<Job>,
+        abandon: &CancellationToken,
+    ) -> Result<bool, Error> {
         let started = Instant::now();
-        let (ttls, values) = match self.read_once(keys).await {
+        let ttls = self.send(conn, &p.req.keys[p.done..]).await?;
+        let total = p.req.keys.len();
+        if conn.array_len().await? != total - p.done {
+            return Err(Error::new(ErrorKind::Protocol, "read: wrong reply length"));
+        }
+        let (first, mut busy) = (p.done, started.elapsed());
+        while p.done < total {
+            let piece = Instant::now();
+            let (mut reads, mut unsure, mut held) = (Vec::new(), Vec::new(), 0);
+            let mut end = p.done;
+            while end < total && (held < self.piece_bytes || reads.is_empty()) {
+                let ttl = ttls.as_ref().map_or(TTL_NOT_READ, |t| t[end - first]);
+                // Written between the PTTL and the MGET: its TTL is unknown here.
+                let ttl_if_there = if ttl == -2 { -1 } else { ttl };
+                reads.push(match conn.value(self.limit).await? {
+                    Value::Nil if ttl == -2 => Read::Gone,
+                    Value::Nil => {
+                        unsure.push(reads.len());
+                        Read::Gone
+                    }
+                    Value::Bytes(b) => {
+                        held += b.len();
+                        Read::Value(b, ttl_if_there)
+                    }
+                    Value::TooLarge { head, size } => {
+                        held += head.len();
+                        Read::TooLarge(head, size, ttl_if_there)
+                    }
+                });
+                end += 1;
+            }
+            self.check_types(&p.req.keys[p.done..end], &unsure, &mut reads)
+                .await?;
+            busy += piece.elapsed();
+            if !p.hand_over(end, reads, jobs, abandon).await {
+                return Ok(false);
+            }
+        }
+        self.read_duration.record(busy.as_secs_f64());
+        Ok(true)
+    }
+
+    /// Sends the read of `keys` and reads the TTLs (when asked); the MGET's reply is next.
+    async fn send(&self, conn: &mut Conn, keys: &[Key]) -> Result<Option<Vec<i64>>, Error> {
+        let mut mget: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+        mget.push(b"MGET");
+        mget.extend(keys.iter().map(|k| k.as_bytes()));
+        let Some(script) = &self.script else {
+            conn.send(&[mget]).await?;
+            return Ok(None);
+        };
+        let count = keys.len().to_string();
+        let mut eval: Vec<&[u8]> = Vec::with_capacity(keys.len() + 3);
+        eval.extend([&b"EVALSHA"[..], script.sha1().as_bytes(), count.as_bytes()]);
+        eval.extend(keys.iter().map(|k| k.as_bytes()));
+        let commands = [eval, mget];
+        conn.send(&commands).await?;
+        let ttls = match ttls(conn, keys.len()).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                if let Some(script) = &self.script {
-                    script.load(&self.client).await?;
+                // The MGET's reply follows: read it off, keeping nothing; then again.
+                for _ in 0..conn.array_len().await? {
+                    conn.value(0).await?;
                 }
-                self.read_once(keys).await?
+                script.load(&self.client).await?;
+                conn.send(&commands).await?;
+                ttls(conn, keys.len()).await?
             }
             other => other?,
         };
-        self.read_duration.record(started.elapsed().as_secs_f64());
-        if values.len() != keys.len() || ttls.as_ref().is_some_and(|t| t.len() != keys.len()) {
-            return Err(Error::new(ErrorKind::Protocol, "read: wrong reply length"));
-        }
-        let mut ttls = ttls.map(Vec::into_iter);
-        let mut out = Vec::with_capacity(keys.len());
-        let mut unsure = Vec::new();
-        for (i, value) in values.into_iter().enumerate() {
-            let ttl = match &mut ttls {
-                Some(t) => t.next().and_then(|t| t.as_i64()).unwrap_or(-2),
-                None => TTL_NOT_READ,
-            };
-            out.push(match value {
-                Value::Null if ttl == -2 => Read::Gone,
-                Value::Null => {
-                    unsure.push(i);
-                    Read::Gone
-                }
-                // Written between the PTTL and the MGET: its TTL is unknown here.
-                Value::Bytes(b) if ttl == -2 => Read::Value(b, -1),
-                Value::Bytes(b) => Read::Value(b, ttl),
-                Value::String(s) if ttl == -2 => Read::Value(s.into_inner(), -1),
-                Value::String(s) => Read::Value(s.into_inner(), ttl),
-                other => Read::Refused(format!("unexpected reply {:?}", other.kind())),
-            });
-        }
-        if !unsure.is_empty() {
-            let pipeline = self.client.pipeline();
-            for &i in &unsure {
-                let () = pipeline.r#type(keys[i].clone()).await?;
-            }
-            let types: Vec<String> = pipeline.all().await?;
-            for (&i, kind) in unsure.iter().zip(types) {
-                if !matches!(kind.as_str(), "none" | "string") {
-                    out[i] = Read::Refused(format!("the key holds a {kind}, not a string"));
-                }
-            }
-        }
-        Ok(out)
+        Ok(Some(ttls))
     }
 
-    /// The TTL script (when TTLs are read) and the MGET in one pipeline: (TTLs, values).
-    pub(super) async fn read_once(
+    /// Asks the TYPE of the keys at `unsure` (found with no string): those holding another
+    /// type are refused.
+    async fn check_types(
         &self,
         keys: &[Key],
-    ) -> std::result::Result<(Option<Vec<Value>>, Vec<Value>), Error> {
-        let Some(script) = &self.script else {
-            return match self.client.mget::<Value, _>(keys.to_vec()).await? {
-                Value::Array(values) => Ok((None, values)),
-                _ => Err(Error::new(
-                    ErrorKind::Protocol,
-                    "read: unexpected reply to MGET",
-                )),
-            };
-        };
+        unsure: &[usize],
+        reads: &mut [Read],
+    ) -> Result<(), Error> {
+        if unsure.is_empty() {
+            return Ok(());
+        }
         let pipeline = self.client.pipeline();
-        // EVALSHA sha numkeys key...: the pipeline has no LuaInterface, so as a custom command.
-        let mut args = Vec::with_capacity(keys.len() + 2);
-        args.push(Value::String(script.sha1().clone()));
-        args.push(Value::Integer(keys.len() as i64));
-        args.extend(keys.iter().map(|k| Value::Bytes(k.clone().into_bytes())));
-        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
-        let () = pipeline.custom(evalsha, args).await?;
-        let () = pipeline.mget(keys.to_vec()).await?;
-        let mut replies = pipeline.try_all::<Value>().await.into_iter();
-        let mut array = |what: &str| match replies.next() {
-            Some(Ok(Value::Array(a))) => Ok(a),
-            Some(Err(e)) => Err(e),
-            _ => Err(Error::new(
-                ErrorKind::Protocol,
-                format!("read: unexpected reply to {what}"),
-            )),
-        };
-        let ttls = array("the TTL script")?;
-        let values = array("MGET")?;
-        Ok((Some(ttls), values))
+        for &i in unsure {
+            let () = pipeline.r#type(keys[i].clone()).await?;
+        }
+        let types: Vec<String> = pipeline.all().await?;
+        for (&i, kind) in unsure.iter().zip(types) {
+            if !matches!(kind.as_str(), "none" | "string") {
+                reads[i] = Read::Refused(format!("the key holds a {kind}, not a string"));
+            }
+        }
+        Ok(())
     }
+}
+
+/// The TTL script's reply: one integer per key.
+async fn ttls(conn: &mut Conn, n: usize) -> Result<Vec<i64>, Error> {
+    let len = conn.array_len().await?;
+    let mut out = Vec::with_capacity(len);
+    for _ in 0..len {
+        out.push(conn.integer().await?);
+    }
+    if len != n {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            "read: wrong TTL reply length",
+        ));
+    }
+    Ok(out)
 }

@@ -48,7 +48,7 @@ pub(crate) struct Stream {
     reader: Client,
     ctl: Client,
     logs: Client,
-    tx: mpsc::Sender<Record>,
+    tx: crate::channel::RecordTx,
     inflight: Arc<Mutex<HashSet<String>>>,
     scripts: Scripts,
     stall: Arc<Stall>,
@@ -63,7 +63,7 @@ impl Stream {
         def: StreamSource,
         endpoint: Endpoint,
         log_endpoint: Endpoint,
-        tx: mpsc::Sender<Record>,
+        tx: crate::channel::RecordTx,
     ) -> Result<Stream> {
         let reader = endpoint.client(def.db).await?;
         let ctl = endpoint.client(def.db).await?;
@@ -548,7 +548,7 @@ struct RowBuilder {
     name: String,
     def: StreamSource,
     instance: String,
-    tx: mpsc::Sender<Record>,
+    tx: crate::channel::RecordTx,
     ack_tx: mpsc::Sender<AckWork>,
     recent: RecentMoves,
     logs: Client,
