@@ -23,7 +23,9 @@ async fn run(n: u64) {
     let ch = ClickHouseServer::start();
     // The default batch settings, as in the alerts bench (with max_delay_ms = 500 instead:
     // 36-44 inserts instead of 26, more of ClickHouse's CPU, no more rows per second).
-    let toml = trades::config_toml(&rls, &rtrs, &ch, "bench", "");
+    // BENCH_BATCH: lines of the `[batch]` table to try other settings (e.g. `max_bytes = 8388608`).
+    let batch = std::env::var("BENCH_BATCH").unwrap_or_default();
+    let toml = trades::config_toml(&rls, &rtrs, &ch, "bench", &batch.replace(';', "\n"));
     let sp = Spillway::start(&toml);
     sp.wait_ready(Duration::from_secs(60)).await;
     let pid = sp.pid().expect("spillway pid");
