@@ -167,6 +167,12 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
         }),
     ));
 
+    let info_refused = crate::metrics::redis_info::Refused::default();
+    checks.push((
+        "redis INFO".into(),
+        crate::metrics::redis_info::readiness(info_refused.clone()),
+    ));
+
     let listener = m::bind(settings.metrics_addr).await?;
     tracing::info!(addr = %settings.metrics_addr, "serving /metrics, /healthz, /readyz");
     let http_stop = CancellationToken::new();
@@ -184,7 +190,7 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
     }
     readers.close();
     let writer = tokio::spawn(run_writer(rx, sink, settings.batch));
-    crate::metrics::redis_info::spawn(&settings, cancel.clone());
+    crate::metrics::redis_info::spawn(&settings, cancel.clone(), info_refused);
     tracing::info!(pipelines = settings.pipelines.len(), "spillway running");
 
     readers.wait().await;

@@ -5,7 +5,8 @@
 //! An unreachable instance is `spillway_redis_up{instance} 0`, never an error: the poller keeps one
 //! client per instance and connects it again, with a short timeout, after every failed poll.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -23,15 +24,38 @@ use crate::config::{redact_url, Settings};
 /// How long one connect or one `INFO` may take before the instance counts as down.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Instances whose user may not run `INFO`, each with the message naming the ACL rule to add:
+/// shown by `/readyz` (observing is not essential, but a refusal is a configuration to fix).
+pub(crate) type Refused = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// The readiness check of [`Refused`]: fails while any instance refuses `INFO`.
+pub(crate) fn readiness(refused: Refused) -> super::Check {
+    Arc::new(move || {
+        let verdict = {
+            let r = refused.lock().unwrap_or_else(|e| e.into_inner());
+            match r.is_empty() {
+                true => Ok(()),
+                false => Err(r.values().cloned().collect::<Vec<_>>().join("; ")),
+            }
+        };
+        Box::pin(async move { verdict })
+    })
+}
+
 /// Starts one poller per configured Redis instance, each reading `INFO` every
-/// `settings.observe.interval` until `cancel`.
-pub(crate) fn spawn(settings: &Settings, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
+/// `settings.observe.interval` until `cancel`; refusals of `INFO` go to `refused`.
+pub(crate) fn spawn(
+    settings: &Settings,
+    cancel: CancellationToken,
+    refused: Refused,
+) -> Vec<JoinHandle<()>> {
     let interval = settings.observe.interval;
     settings
         .redis
         .iter()
         .map(|(instance, url)| {
-            let poller = Poller::new(instance, url);
+            let mut poller = Poller::new(instance, url);
+            poller.refused = refused.clone();
             tokio::spawn(poller.run(interval, cancel.clone()))
         })
         .collect()
@@ -85,6 +109,7 @@ struct Poller {
     client: Option<Client>,
     policy: Option<String>,
     up: Option<bool>,
+    refused: Refused,
 }
 
 impl Poller {
@@ -95,6 +120,7 @@ impl Poller {
             client: None,
             policy: None,
             up: None,
+            refused: Refused::default(),
         }
     }
 
@@ -119,6 +145,7 @@ impl Poller {
     async fn poll_once(&mut self) {
         match self.info().await {
             Ok(text) => {
+                self.set_refused(None);
                 self.export(&parse_info(&text));
                 self.set_up(true, None);
             }
@@ -137,7 +164,10 @@ impl Poller {
         let client = self.client.as_ref().ok_or("no client")?;
         match tokio::time::timeout(TIMEOUT, client.info::<String>(Some(InfoKind::Default))).await {
             Ok(Ok(text)) => Ok(text),
-            Ok(Err(e)) => Err(format!("INFO failed: {e}")),
+            Ok(Err(e)) => {
+                self.note_refusal(&e);
+                Err(format!("INFO failed: {e}"))
+            }
             Err(_) => Err(format!("INFO took longer than {TIMEOUT:?}")),
         }
     }
@@ -160,6 +190,33 @@ impl Poller {
             Ok(Ok(_)) => Ok(client),
             Ok(Err(e)) => Err(format!("cannot connect: {e}")),
             Err(_) => Err("connect timed out".into()),
+        }
+    }
+
+    /// Records a refused `INFO` (ACL) with the rule to add, logged once.
+    fn note_refusal(&mut self, e: &fred::error::Error) {
+        let mut refused = Vec::new();
+        if crate::source::acl::note(&mut refused, e, "INFO", "+info", "") {
+            let endpoint = crate::source::Endpoint {
+                instance: self.instance.clone(),
+                url: self.url.clone(),
+            };
+            let message = crate::source::acl::error(&endpoint, refused).to_string();
+            self.set_refused(Some(message));
+        }
+    }
+
+    fn set_refused(&self, message: Option<String>) {
+        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        match message {
+            Some(m) => {
+                if r.insert(self.instance.clone(), m.clone()).is_none() {
+                    tracing::warn!(instance = %self.instance, "{m}");
+                }
+            }
+            None => {
+                r.remove(&self.instance);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Sources: the readers that turn Redis data into [`Record`](crate::rows::Record)s and push them
 //! into the bounded channel.
 
+pub(crate) mod acl;
 pub(crate) mod keyspace;
 pub(crate) mod stream;
 
@@ -35,6 +36,9 @@ pub(crate) enum SourceError {
         /// fred's error.
         source: fred::error::Error,
     },
+    /// Redis refused permissions Spillway needs (ACL).
+    #[error("{0}")]
+    Acl(acl::AclErrors),
     /// Keyspace notifications are not enabled as needed.
     #[error(transparent)]
     Notify(#[from] Box<keyspace::notify::NotifyError>),
@@ -134,7 +138,27 @@ impl Endpoint {
 
     async fn connect(&self, builder: Builder) -> Result<Client> {
         let client = builder.build().map_err(self.err("building a client"))?;
-        client.init().await.map_err(self.err("connecting"))?;
+        self.init(&client).await?;
         Ok(client)
+    }
+
+    /// Connects `client`; a refused `SELECT` (or any command fred sends on connect) is named
+    /// with the ACL rule to add.
+    pub(crate) async fn init<C: ClientLike>(&self, client: &C) -> Result<()> {
+        match client.init().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let mut refused = Vec::new();
+                if acl::note(&mut refused, &e, "SELECT", "+select", "") {
+                    return Err(self.acl(refused));
+                }
+                Err(self.err("connecting")(e))
+            }
+        }
+    }
+
+    /// The error of permissions refused on this endpoint.
+    pub(crate) fn acl(&self, refused: Vec<acl::Refusal>) -> SourceError {
+        SourceError::Acl(vec![acl::error(self, refused)].into())
     }
 }

@@ -5,6 +5,7 @@
 
 extern crate spillway_testkit as common;
 
+mod acl;
 mod alerts;
 mod archive;
 mod faults;

@@ -19,7 +19,7 @@ mod request;
 mod resp;
 mod seen;
 pub(crate) mod subscriber;
-mod values;
+pub(crate) mod values;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KeyspaceSettings;
 use crate::metrics as m;
 use crate::rows::alert::CapturedBy;
-use crate::source::{Endpoint, Result, READ_TIMEOUT};
+use crate::source::{acl, Endpoint, Result, READ_TIMEOUT};
 use account::{Account, Outcome};
 use capture::{Capturer, Job};
 use config::KeyspaceSource;
@@ -79,6 +79,10 @@ impl Keyspace {
     ) -> Result<Keyspace> {
         let reader = endpoint.client_with_timeout(def.db, READ_TIMEOUT).await?;
         notify::check(&reader, &endpoint, &def, settings.configure_notifications).await?;
+        // Every permission is tried before failing, so one start lists them all.
+        let ttl = settings.read_ttl.then(read::ttl_script);
+        let ttl_probe = ttl.as_ref().map(|(lua, sha)| (*lua, sha.as_str()));
+        let mut refused = acl::run(&reader, &acl::roles::alerts(&def, ttl_probe)).await;
         let read_duration = metrics::histogram!(m::READ_DURATION, "pipeline" => name.to_string());
         // Values are read on connections of their own (`values`); the command client, shared,
         // asks the rest.
@@ -87,10 +91,11 @@ impl Keyspace {
         let first = Reader::new(name, reader, Arc::new(dial), settings, read_duration);
         // Each reader's clone (one per reading task, see `run`) opens its connection at its
         // first read; this one, the rescans', now: a URL that cannot be read fails at start.
-        first
-            .connect()
-            .await
-            .map_err(endpoint.err("connecting a reader"))?;
+        if let Err(e) = first.connect().await {
+            if !acl::note(&mut refused, &e, "SELECT", "+select", "") {
+                return Err(endpoint.err("connecting a reader")(e));
+            }
+        }
         let mut readers = vec![first];
         for _ in 1..settings.readers.get() {
             readers.push(readers[0].clone());
@@ -107,10 +112,17 @@ impl Keyspace {
         };
         let target = Target::new(&endpoint.url, def.db, &events, liveness)
             .map_err(endpoint.err("parsing the URL"))?;
-        let subscription = target
-            .subscribe()
-            .await
-            .map_err(endpoint.err("subscribing to keyevent channels"))?;
+        let channels = acl::roles::keyevent_channels(&def);
+        let subscription = match target.subscribe().await {
+            Ok(s) if refused.is_empty() => s,
+            Ok(_) => return Err(endpoint.acl(refused)),
+            Err(e) => {
+                if acl::note(&mut refused, &e, "SUBSCRIBE", "+subscribe", &channels) {
+                    return Err(endpoint.acl(refused));
+                }
+                return Err(endpoint.err("subscribing to keyevent channels")(e));
+            }
+        };
         tracing::info!(pipeline = name, endpoint = ?endpoint, pattern = %def.pattern, "keyspace source subscribed");
         let account = Account::new(name);
         Ok(Keyspace {

@@ -79,10 +79,26 @@ pub(crate) async fn check(
     def: &KeyspaceSource,
     configure: bool,
 ) -> crate::source::Result<()> {
-    let (_, current): (String, String) = client
-        .config_get("notify-keyspace-events")
-        .await
-        .map_err(endpoint.err("reading notify-keyspace-events (CONFIG GET)"))?;
+    let got: Result<(String, String), Error> = client.config_get("notify-keyspace-events").await;
+    let current = match got {
+        Ok((_, current)) => current,
+        // Optional in the ACL (CONFIG GET reads every setting): without it the flags are the
+        // operator's to check.
+        Err(e) if crate::source::acl::is_noperm(e.details()) && !configure => {
+            tracing::warn!(
+                instance = %endpoint.instance,
+                user = %crate::source::acl::user(endpoint),
+                needed = %required(def).iter().collect::<String>(),
+                "cannot check notify-keyspace-events: CONFIG GET refused (ACL without `+config|get`); make sure the server has the flags needed, or nothing is archived"
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(endpoint.err("reading notify-keyspace-events (CONFIG GET)")(
+                e,
+            ))
+        }
+    };
     let needed = required(def);
     let missing = missing(&current, &needed);
     if missing.is_empty() {

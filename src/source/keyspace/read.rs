@@ -39,6 +39,11 @@ end
 return ttls
 "#;
 
+/// The TTL script and its SHA1, for the start-up permission probe.
+pub(super) fn ttl_script() -> (&'static str, String) {
+    (TTL_SCRIPT, Script::from_lua(TTL_SCRIPT).sha1().to_string())
+}
+
 /// Counts `n` notifications dropped at shutdown.
 pub(super) fn lost_at_shutdown(pipeline: &str, n: u64) {
     if n > 0 {

@@ -121,6 +121,18 @@ impl Dial {
     }
 }
 
+/// Subscribes to `channel` on a connection of its own and closes it: what Redis answered (a
+/// permission probe; fred's subscriber does not report a refused channel). A URL that is not
+/// one server's is not probed.
+pub(crate) async fn try_subscribe(url: &str, db: u8, channel: &str) -> Result<(), Error> {
+    let Ok(dial) = Dial::new(url, db) else {
+        return Ok(());
+    };
+    let mut conn = dial.open().await?;
+    conn.send(&[vec![b"SUBSCRIBE", channel.as_bytes()]]).await?;
+    conn.array_len().await.map(|_| ())
+}
+
 /// One element of an array reply of bulk strings, as kept: `$-1`, a whole value, or the
 /// first `limit` bytes of a value over the limit and its real size.
 #[derive(Debug, PartialEq)]

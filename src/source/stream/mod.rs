@@ -28,12 +28,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics as m;
 use crate::rows::{now_ms, Record};
-use crate::source::{Endpoint, Result};
+use crate::source::{acl, Endpoint, Result};
 use ack::{acknowledge, watch_group, AckWork};
 use config::StreamSource;
 use entries::{parse_entries, Entry, RecentMoves};
 use moves::{Ctx, Taken};
 use stall::Stall;
+pub(crate) use take::{side_key, OVERFLOW, STAGING};
 use take::{LogRead, Scripts};
 
 /// Acknowledgements waiting for the acknowledger, at most: past that the row builder waits, and
@@ -69,20 +70,46 @@ impl Stream {
         let ctl = endpoint.client(def.db).await?;
         let logs = log_endpoint.client(def.log_db).await?;
         let scripts = Scripts::new();
-        scripts
-            .load(&logs)
-            .await
-            .map_err(log_endpoint.err("loading the log scripts (SCRIPT LOAD)"))?;
+        // Every permission of both roles is tried before failing, so one start lists them all.
+        let (mut on_logs, mut on_stream) = (Vec::new(), Vec::new());
+        let (log_key, side_key) = acl::roles::log_keys(&def);
+        if let Err(e) = scripts.load(&logs).await {
+            let rule = format!("{log_key} {side_key}");
+            if !acl::note(&mut on_logs, &e, "SCRIPT LOAD", "+script|load", &rule) {
+                return Err(log_endpoint.err("loading the log scripts (SCRIPT LOAD)")(e));
+            }
+        }
+        on_logs.extend(acl::run(&logs, &acl::roles::logs(&def, scripts.take.sha1())).await);
+        let stream_key = format!("~{}", def.stream);
         match group::create(&ctl, &def).await {
             Ok(true) => {
                 tracing::info!(pipeline = name, stream = %def.stream, group = %def.group, "consumer group created")
             }
             Ok(false) => {}
+            Err(e)
+                if acl::note(
+                    &mut on_stream,
+                    &e,
+                    "XGROUP CREATE",
+                    "+xgroup|create",
+                    &stream_key,
+                ) => {}
             Err(e) => {
                 return Err(endpoint.err("creating the consumer group (XGROUP CREATE)")(
                     e,
                 ))
             }
+        }
+        on_stream.extend(acl::run(&ctl, &acl::roles::stream(&def)).await);
+        if !def.pubsub_channel.is_empty() {
+            on_stream.extend(acl::probe_subscribe(&endpoint, def.db, &def.pubsub_channel).await?);
+        }
+        let refused: Vec<acl::AclError> = [(&log_endpoint, on_logs), (&endpoint, on_stream)]
+            .into_iter()
+            .filter_map(|(e, r)| acl::verdict(e, r).err())
+            .collect();
+        if !refused.is_empty() {
+            return Err(crate::source::SourceError::Acl(refused.into()));
         }
         tracing::info!(pipeline = name, endpoint = ?endpoint, stream = %def.stream, consumer = %def.consumer, "stream source ready");
         metrics::counter!(m::STREAM_GROUP_RECREATED, "pipeline" => name.to_string()).increment(0);
