@@ -168,3 +168,101 @@ fn certificates(field: &str, path: &Path, what: &str) -> Result<Vec<CertificateD
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use spillway_testkit::tls::TestCerts;
+
+    use super::super::FileConfig;
+
+    /// The error of validating `[clickhouse]` with `lines`, paths relative to `certs`.
+    fn error(certs: &TestCerts, url: &str, lines: &str) -> String {
+        let text = format!("[clickhouse]\nurl = \"{url}\"\n{lines}");
+        let e = FileConfig::from_toml(&text).unwrap().validate(certs.dir());
+        e.expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_naming_the_field_and_the_fix() {
+        let certs = TestCerts::make();
+        let https = "https://localhost:8443";
+        for (url, lines, field, said) in [
+            (
+                https,
+                "ca_file = \"nope.pem\"",
+                "clickhouse.ca_file",
+                "cannot read",
+            ),
+            (
+                https,
+                "ca_file = \"ca.key\"",
+                "clickhouse.ca_file",
+                "holds no PEM certificate",
+            ),
+            (
+                https,
+                "client_cert_file = \"client.pem\"",
+                "clickhouse.client_cert_file",
+                "set without clickhouse.client_key_file",
+            ),
+            (
+                https,
+                "client_key_file = \"client.key\"",
+                "clickhouse.client_key_file",
+                "set without clickhouse.client_cert_file",
+            ),
+            (
+                https,
+                "client_cert_file = \"client.pem\"\nclient_key_file = \"client.pem\"",
+                "clickhouse.client_key_file",
+                "holds no PEM private key",
+            ),
+            (
+                https,
+                "client_cert_file = \"client.pem\"\nclient_key_file = \"server.key\"",
+                "clickhouse.client_key_file",
+                "does not go with clickhouse.client_cert_file",
+            ),
+            (
+                "http://localhost:8123",
+                "ca_file = \"ca.pem\"",
+                "clickhouse.ca_file",
+                "is set but clickhouse.url is an http:// URL",
+            ),
+        ] {
+            let e = error(&certs, url, lines);
+            assert!(
+                e.contains(field) && e.contains(said) && e.contains("fix:"),
+                "{lines}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn check_config_shows_the_tls_files_and_reads_them_back() {
+        let certs = TestCerts::make();
+        let text = "[clickhouse]\nurl = \"https://localhost:8443\"\nca_file = \"ca.pem\"\n\
+                    client_cert_file = \"client.pem\"\nclient_key_file = \"client.key\"\n";
+        let s = FileConfig::from_toml(text)
+            .unwrap()
+            .validate(certs.dir())
+            .unwrap();
+        let printed = s.to_toml();
+        let ca = certs.path("ca.pem").display().to_string();
+        assert!(
+            printed.contains(&format!("ca_file = \"{ca}\"")),
+            "{printed}"
+        );
+        let key = certs.path("client.key").display().to_string();
+        assert!(
+            printed.contains(&format!("client_key_file = \"{key}\"")),
+            "{printed}"
+        );
+        let again = FileConfig::from_toml(&printed)
+            .unwrap()
+            .validate(certs.dir())
+            .unwrap();
+        assert_eq!(again.to_toml(), printed);
+        assert!(again.clickhouse.tls.client_cert.is_some());
+    }
+}
