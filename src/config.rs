@@ -12,7 +12,9 @@ use crate::pipeline::{self, Pipeline};
 
 mod effective;
 mod sections;
+mod tls;
 pub(crate) use sections::*;
+pub(crate) use tls::ClickHouseTls;
 
 /// Errors of loading or validating the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,8 @@ pub struct ClickHouseSettings {
     pub compression: bool,
     /// Days rows are kept (a TTL), if limited.
     pub retention_days: Option<u32>,
+    /// CA and client certificate for `https://` URLs.
+    pub tls: ClickHouseTls,
 }
 
 /// As derived, with the Redis URLs' passwords redacted (`check-config` prints this).
@@ -158,6 +162,7 @@ impl std::fmt::Debug for ClickHouseSettings {
             .field("password", &"<redacted>")
             .field("database", &self.database)
             .field("compression", &self.compression)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -276,7 +281,7 @@ impl FileConfig {
     /// else the built-in ones.
     pub(crate) fn validate(self, base: &Path) -> Result<Settings> {
         let redis = self.redis.urls()?;
-        let clickhouse = self.clickhouse.validate()?;
+        let clickhouse = self.clickhouse.validate(base)?;
         let metrics_addr = self.metrics.validate()?;
         let batch = self.batch.validate()?;
         let keyspace = self.keyspace.validate()?;

@@ -49,6 +49,14 @@ impl Settings {
         if let Some(days) = ch.retention_days {
             clickhouse.insert("retention_days".into(), secs(u64::from(days)));
         }
+        if let Some(ca) = &ch.tls.ca_file {
+            clickhouse.insert("ca_file".into(), ca.display().to_string().into());
+        }
+        if let Some((cert, key)) = &ch.tls.client_cert {
+            let (cert, key) = (cert.display().to_string(), key.display().to_string());
+            clickhouse.insert("client_cert_file".into(), cert.into());
+            clickhouse.insert("client_key_file".into(), key.into());
+        }
         root.insert("clickhouse".into(), Value::Table(clickhouse));
         let mut metrics = Table::new();
         metrics.insert("addr".into(), self.metrics_addr.to_string().into());

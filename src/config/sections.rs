@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{
-    invalid, redact_url, BatchSettings, ClickHouseSettings, KeyspaceSettings, Result, INSTANCES,
+    invalid, redact_url, BatchSettings, ClickHouseSettings, ClickHouseTls, KeyspaceSettings,
+    Result, INSTANCES,
 };
 
 /// One Redis instance.
@@ -41,8 +43,15 @@ pub(crate) struct RedisSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct ClickHouseSection {
-    /// HTTP URL of ClickHouse, default `http://127.0.0.1:8123`.
+    /// HTTP URL of ClickHouse, default `http://127.0.0.1:8123`; `https://` for TLS.
     pub url: Option<String>,
+    /// PEM file of the CA that signs ClickHouse's certificate (https:// only); default: the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a ClickHouse that requires one (with `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
     /// User, default `default`.
     pub user: Option<String>,
     /// Password, default empty.
@@ -173,7 +182,8 @@ fn check_redis_url(field: &str, url: &str) -> Result<()> {
 }
 
 impl ClickHouseSection {
-    pub(super) fn validate(self) -> Result<ClickHouseSettings> {
+    /// Typed settings; TLS file paths are relative to `base` (the config file's directory).
+    pub(super) fn validate(self, base: &Path) -> Result<ClickHouseSettings> {
         let url = self.url.unwrap_or_else(|| "http://127.0.0.1:8123".into());
         let parsed = match url::Url::parse(&url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
@@ -209,8 +219,16 @@ impl ClickHouseSection {
                 ))
             }
         };
+        let tls = ClickHouseTls::from_fields(
+            parsed.scheme() == "https",
+            base,
+            self.ca_file,
+            self.client_cert_file,
+            self.client_key_file,
+        )?;
         Ok(ClickHouseSettings {
             compression,
+            tls,
             url,
             user: self.user.unwrap_or_else(|| "default".into()),
             password: self.password.unwrap_or_default(),

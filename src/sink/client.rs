@@ -39,6 +39,15 @@ pub(crate) enum SinkError {
         /// The statement that fixes it.
         fix: String,
     },
+    /// The TLS connection to ClickHouse could not be set up (certificate not trusted, client
+    /// certificate refused, unreadable files).
+    #[error("ClickHouse at {url}: {reason}")]
+    Tls {
+        /// The server (password redacted).
+        url: String,
+        /// What failed and the setting to check.
+        reason: String,
+    },
 }
 
 /// Result alias of this module.
@@ -58,7 +67,16 @@ impl Sink {
     /// Connects, creates the database and the tables when missing, and checks existing tables.
     pub(crate) async fn connect(s: &ClickHouseSettings) -> Result<Sink> {
         let url = redact_url(&s.url);
-        let base = Client::default()
+        let tls = |reason| SinkError::Tls {
+            url: url.clone(),
+            reason,
+        };
+        let http = if url::Url::parse(&s.url).is_ok_and(|u| u.scheme() == "https") {
+            super::tls::client(&s.tls).map_err(tls)?
+        } else {
+            Client::default()
+        };
+        let base = http
             .with_url(&s.url)
             .with_user(&s.user)
             .with_password(&s.password)
@@ -76,11 +94,16 @@ impl Sink {
                 source,
             }
         };
+        // The first request: a failed TLS handshake shows here, explained by what to check.
+        let first = |e| match super::tls::explain(&e, &s.tls) {
+            Some(reason) => tls(reason),
+            None => err("asking its version")(e),
+        };
         let version: String = base
             .query("SELECT version()")
             .fetch_one()
             .await
-            .map_err(err("asking its version"))?;
+            .map_err(first)?;
         let generation = Generation::from_version(&version);
         if s.retention_days.is_some() && generation == Generation::Legacy {
             return Err(SinkError::Unsupported(format!(
@@ -232,6 +255,7 @@ mod tests {
                 compression: false,
                 // The TTL DDL is accepted by the current server (18.16 refuses it at start).
                 retention_days: modern.then_some(400),
+                tls: Default::default(),
             };
             let sink = Sink::connect(&settings).await.expect("connect");
             assert_eq!(sink.tokens, modern);

@@ -6,6 +6,7 @@
 pub(crate) mod batch;
 pub(crate) mod batcher;
 pub(crate) mod client;
+mod tls;
 pub(crate) mod writer;
 
 pub(crate) use client::Sink;

@@ -24,6 +24,7 @@ pub mod netns;
 pub mod observe;
 pub mod procstat;
 pub mod rewrite;
+pub mod tls;
 pub mod trades;
 
 /// A port free on 127.0.0.1 for a server to listen on, below the kernel's ephemeral range: a
@@ -374,6 +375,8 @@ pub struct ClickHouseServer {
     pub http_port: u16,
     /// The native port (0 for the modern server, which serves HTTP only).
     pub tcp_port: u16,
+    /// The HTTPS port (0 unless started with [`ClickHouseServer::start_tls`]).
+    pub https_port: u16,
     proc: Proc,
     dir: TempDir,
     modern: bool,
@@ -434,6 +437,7 @@ impl ClickHouseServer {
         let mut server = ClickHouseServer {
             http_port,
             tcp_port: 0,
+            https_port: 0,
             proc: Proc(Mutex::new(None)),
             dir,
             modern: true,
@@ -444,6 +448,12 @@ impl ClickHouseServer {
 
     /// Writes a minimal `<yandex>` config + users.xml and starts clickhouse-server (waits for /ping).
     pub fn start_legacy() -> Self {
+        Self::start_legacy_with("", 0)
+    }
+
+    /// [`ClickHouseServer::start_legacy`] with `extra` lines in the config (an `https_port`
+    /// listened on, else 0).
+    fn start_legacy_with(extra: &str, https_port: u16) -> Self {
         let dir = tempdir("clickhouse-");
         let (http_port, tcp_port, interserver) = (free_port(), free_port(), free_port());
         let d = dir.path().display();
@@ -464,7 +474,7 @@ impl ClickHouseServer {
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
-</yandex>
+{extra}</yandex>
 "#
         );
         fs::write(dir.path().join("users.xml"), CLICKHOUSE_USERS).expect("write users.xml");
@@ -473,6 +483,7 @@ impl ClickHouseServer {
         let mut server = ClickHouseServer {
             http_port,
             tcp_port,
+            https_port,
             proc,
             dir,
             modern: false,

@@ -313,73 +313,16 @@ async fn an_acl_user_with_a_password_subscribes_and_a_wrong_password_fails_witho
 async fn a_tls_redis_is_read_and_subscribed_over_tls() {
     // A CA and a certificate for localhost, made with openssl; Spillway trusts the CA through
     // SSL_CERT_FILE (read by rustls-native-certs), as a deployment with its own CA would.
-    let certs = tempfile::tempdir().expect("tempdir");
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(certs.path())
-            .output()
-            .expect("run openssl (apt-get install openssl)");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Spillway test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "redis.key",
-        "-out",
-        "redis.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(
-        certs.path().join("ext.cnf"),
-        "subjectAltName=DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "redis.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "redis.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    let path = |f: &str| certs.path().join(f).display().to_string();
+    let certs = common::tls::TestCerts::make();
+    let path = |f: &str| certs.path(f).display().to_string();
     let tls_port = free_port().to_string();
     let redis = RedisServer::start_with(&[
         "--tls-port",
         &tls_port,
         "--tls-cert-file",
-        &path("redis.pem"),
+        &path("server.pem"),
         "--tls-key-file",
-        &path("redis.key"),
+        &path("server.key"),
         "--tls-ca-cert-file",
         &path("ca.pem"),
         "--tls-auth-clients",
@@ -412,6 +355,12 @@ async fn a_tls_redis_is_read_and_subscribed_over_tls() {
         clients.contains("flags=P"),
         "a subscriber among them:\n{clients}"
     );
+    // The INFO poller reaches it over TLS too, and reports it up.
+    let up = r#"spillway_redis_up{instance="rls"} 1"#;
+    eventually(WAIT, up, || async {
+        sp.metrics().await.lines().any(|l| l == up)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

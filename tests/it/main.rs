@@ -20,4 +20,5 @@ mod queries;
 mod schema_check;
 mod secrets;
 mod simulate;
+mod tls_clickhouse;
 mod trades;
