@@ -323,3 +323,29 @@ pub async fn settled(sp: &super::Spillway, wait: Duration) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Asserts the account against ClickHouse for one process's life: every distinct value in
+/// `alerts` FINAL was archived by a notification (`outcome="archived"`) or found by a rescan
+/// (`via="scan"`), each once (the process remembers what it archived).
+pub async fn assert_rows_match(case: &str, ch: &ClickHouseServer, db: &str, text: &str) {
+    let p = ("pipeline", "alerts");
+    let archived = metric(text, "spillway_writes_total", &[p, ("outcome", "archived")]);
+    let scanned = metric(
+        text,
+        "spillway_values_captured_total",
+        &[p, ("via", "scan")],
+    );
+    // An outcome is counted when its row enters the channel: the commit follows within a batch.
+    let sql = format!("SELECT count() FROM {db}.alerts FINAL");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut rows = ch.count(&sql).await;
+    while rows < archived + scanned && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rows = ch.count(&sql).await;
+    }
+    assert_eq!(
+        rows,
+        archived + scanned,
+        "{case}: rows in alerts FINAL != archived {archived} + captured by rescans {scanned}"
+    );
+}

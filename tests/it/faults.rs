@@ -92,6 +92,7 @@ async fn rls_killed_and_restarted_under_load() {
         rewrites_line = rewrites.line()
     );
     rewrite::assert_equation(case, &metrics);
+    rewrite::assert_rows_match(case, &ch, "fkill", &metrics).await;
     println!(
         "{} producer_failed_pipelines={}",
         f.line(case),
@@ -169,6 +170,7 @@ async fn subscriber_cut_off_by_output_buffer_limit() {
     let rw = rewrite::check(case, &redis, &ch, "fcut", &rewrites).await;
     println!("REWRITES {case}: {} {rw:?}", rewrites.line());
     rewrite::assert_equation(case, &metrics);
+    rewrite::assert_rows_match(case, &ch, "fcut", &metrics).await;
     let cut = faults::output_buffer_cutoffs(&redis);
     println!("{} redis_output_buffer_cutoffs={cut}", f.line(case));
     faults::assert_account(case, &f);
@@ -248,6 +250,7 @@ async fn clickhouse_down_20s_under_load() {
     let rw = rewrite::check(case, &redis, &ch, "fch", &rewrites).await;
     println!("REWRITES {case}: {} {rw:?}", rewrites.line());
     rewrite::assert_equation(case, &metrics);
+    rewrite::assert_rows_match(case, &ch, "fch", &metrics).await;
     let hwm = faults::proc_status_kb(pid, "VmHWM");
     println!(
         "{} outage_s={:.1} retries_during_outage={} channel_depth_in_outage={channel_depth} rss_before_kb={rss_before} vm_hwm_kb={hwm}",
