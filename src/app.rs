@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::metrics::{self as m, Check};
 use crate::pipeline::Source;
-use crate::sink::{run_writer, Sink};
+use crate::sink::{run_writer, Guard, Sink};
 use crate::source::keyspace::Keyspace;
 use crate::source::stream::Stream;
 use crate::source::Endpoint;
@@ -93,6 +93,7 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
     let sink = Sink::connect(&settings.clickhouse)
         .await
         .context("starting the ClickHouse sink")?;
+    let guard = Guard::new(&settings.clickhouse);
     let capacity = settings.batch.channel_capacity.get();
     let bytes = settings.batch.channel_bytes.get();
     metrics::gauge!(m::CHANNEL_CAPACITY).set(capacity as f64);
@@ -107,7 +108,7 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
         match &p.source {
             Source::Keyspace(def) => {
                 let endpoint = endpoint(&settings, &def.instance)?;
-                let source = Keyspace::connect(
+                let mut source = Keyspace::connect(
                     &p.name,
                     def.clone(),
                     endpoint,
@@ -120,6 +121,7 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
                     format!("redis {} ({})", def.instance, p.name),
                     source.reader(),
                 ));
+                source.rescan_on(guard.recreations());
                 keyspaces.push(source);
             }
             Source::Stream(def) => {
@@ -153,12 +155,16 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
     }
     drop(tx);
     let ping_sink = sink.clone();
+    let health = guard.health();
     checks.push((
         "clickhouse".into(),
         Arc::new(move || {
-            let s = ping_sink.clone();
+            let (s, blocked) = (ping_sink.clone(), health.blocked());
             Box::pin(async move {
-                if s.ping().await {
+                // An insert error retrying cannot fix says more than a ping.
+                if let Some(reason) = blocked {
+                    Err(reason)
+                } else if s.ping().await {
                     Ok(())
                 } else {
                     Err("unreachable".to_string())
@@ -189,7 +195,7 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
         readers.spawn(async move { s.run(cancel, &ackers).await });
     }
     readers.close();
-    let writer = tokio::spawn(run_writer(rx, sink, settings.batch));
+    let writer = tokio::spawn(run_writer(rx, sink, settings.batch, guard));
     crate::metrics::redis_info::spawn(&settings, cancel.clone(), info_refused);
     tracing::info!(pipelines = settings.pipelines.len(), "spillway running");
 

@@ -123,6 +123,8 @@ pub struct ClickHouseSettings {
     pub password: String,
     /// Database.
     pub database: String,
+    /// Whether a dropped table or database is created again while running.
+    pub recreate_tables: bool,
     /// Per-insert timeout.
     pub insert_timeout: Duration,
     /// Whether inserts are sent LZ4-compressed.

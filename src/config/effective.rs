@@ -40,6 +40,7 @@ impl Settings {
         clickhouse.insert("url".into(), redact(&ch.url).into());
         clickhouse.insert("user".into(), ch.user.as_str().into());
         clickhouse.insert("database".into(), ch.database.as_str().into());
+        clickhouse.insert("recreate_tables".into(), ch.recreate_tables.into());
         clickhouse.insert(
             "insert_timeout_secs".into(),
             secs(ch.insert_timeout.as_secs()),

@@ -60,6 +60,9 @@ pub(crate) struct ClickHouseSection {
     pub database: Option<String>,
     /// Seconds to wait for one INSERT before it counts as failed, default 60.
     pub insert_timeout_secs: Option<u64>,
+    /// Whether a table or the database dropped while Spillway runs is created again (with the
+    /// statements of the start), default true.
+    pub recreate_tables: Option<bool>,
     /// `lz4`, `none`, or `auto` (the default): none when ClickHouse is on this host, lz4 else.
     pub compression: Option<String>,
     /// Days rows are kept (a TTL on the tables Spillway creates, by the time each row was
@@ -233,6 +236,7 @@ impl ClickHouseSection {
             user: self.user.unwrap_or_else(|| "default".into()),
             password: self.password.unwrap_or_default(),
             database,
+            recreate_tables: self.recreate_tables.unwrap_or(true),
             retention_days: match self.retention_days {
                 Some(0) => {
                     return Err(invalid(

@@ -40,6 +40,12 @@ pub(crate) const INSERT_BATCHES: &str = "spillway_insert_batches_total";
 pub(crate) const FLUSHES: &str = "spillway_flushes_total";
 /// Failed batch commits that were retried.
 pub(crate) const INSERT_RETRIES: &str = "spillway_insert_retries_total";
+/// 1 while inserts are blocked by an error retrying cannot fix, by reason (the error's kind).
+pub(crate) const CLICKHOUSE_BLOCKED: &str = "spillway_clickhouse_blocked";
+/// Failed batch commits, by kind (`transient`, or the permanent kind).
+pub(crate) const CLICKHOUSE_ERRORS: &str = "spillway_clickhouse_errors_total";
+/// Tables or databases Spillway created again after they were dropped, by object.
+pub(crate) const CLICKHOUSE_RECREATED: &str = "spillway_clickhouse_recreated_total";
 /// INSERT latency, by table and outcome.
 pub(crate) const INSERT_DURATION: &str = "spillway_insert_duration_seconds";
 /// Rows waiting in the channel.
@@ -198,6 +204,18 @@ fn describe() {
     describe_counter!(
         INSERT_RETRIES,
         "Batch commits that failed and were retried."
+    );
+    describe_gauge!(
+        CLICKHOUSE_BLOCKED,
+        "1 while inserts fail with an error retrying cannot fix, by reason: auth, unknown_table, unknown_database, readonly, access_denied, schema; /readyz then fails with the reason and the fix. Rows wait and are retried every 5 s. Else 0."
+    );
+    describe_counter!(
+        CLICKHOUSE_ERRORS,
+        "Batch commits that failed, by kind: transient (retried with backoff) or the permanent kind (auth, unknown_table, unknown_database, readonly, access_denied, schema)."
+    );
+    describe_counter!(
+        CLICKHOUSE_RECREATED,
+        "Tables and databases Spillway created again after they were dropped (clickhouse.recreate_tables), by object (table, database)."
     );
     describe_histogram!(
         INSERT_DURATION,

@@ -24,6 +24,18 @@ pub(crate) enum SinkError {
         /// The client's error.
         source: clickhouse::error::Error,
     },
+    /// An INSERT failed.
+    #[error("ClickHouse at {url}: inserting {rows} rows into {table}: {source}")]
+    Insert {
+        /// The server (password redacted).
+        url: String,
+        /// The table.
+        table: &'static str,
+        /// How many rows.
+        rows: usize,
+        /// The client's error.
+        source: clickhouse::error::Error,
+    },
     /// The configuration asks for something the server cannot do.
     #[error("ClickHouse at {0}")]
     Unsupported(String),
@@ -168,6 +180,17 @@ impl Sink {
             .is_ok()
     }
 
+    /// A client on the `system` database, which always exists: it can create Spillway's
+    /// database again when it is gone (a client on a missing database fails every query).
+    pub(super) fn admin(&self) -> Client {
+        self.client.clone().with_database("system")
+    }
+
+    /// The URL, password redacted.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
     pub(super) async fn insert(
         &self,
         table: &'static str,
@@ -186,9 +209,10 @@ impl Sink {
         if result.is_ok() {
             metrics::counter!(m::ROWS_WRITTEN, "table" => table).increment(range.len() as u64);
         }
-        result.map_err(|source| SinkError::Client {
+        result.map_err(|source| SinkError::Insert {
             url: self.url.clone(),
-            action: format!("inserting {} rows into {table}", range.len()),
+            table,
+            rows: range.len(),
             source,
         })
     }
@@ -251,6 +275,7 @@ mod tests {
                 user: "default".into(),
                 password: String::new(),
                 database: "tdedup".into(),
+                recreate_tables: true,
                 insert_timeout: Duration::from_secs(30),
                 compression: false,
                 // The TTL DDL is accepted by the current server (18.16 refuses it at start).

@@ -1,13 +1,17 @@
 //! The writing side: the [`batcher`] cuts the records of the bounded channel into [`batch`]es;
 //! the [`writer`] commits each to ClickHouse through the [`client`], in order, retrying until it
 //! is committed, then runs its acknowledgements. At most two batches are held (one committing,
-//! the next collected or waiting for it); then the channel fills and the sources wait.
+//! the next collected or waiting for it); then the channel fills and the sources wait. Errors
+//! that retrying cannot fix are told apart ([`permanent`]) and handled by the [`guard`].
 
 pub(crate) mod batch;
 pub(crate) mod batcher;
 pub(crate) mod client;
+pub(crate) mod guard;
+pub(crate) mod permanent;
 mod tls;
 pub(crate) mod writer;
 
 pub(crate) use client::Sink;
+pub(crate) use guard::Guard;
 pub(crate) use writer::run_writer;

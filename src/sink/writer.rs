@@ -2,6 +2,8 @@
 //! retrying with capped, jittered backoff until it is committed (rows are idempotent, so a retry
 //! never duplicates), then runs its acknowledgements. Rows ClickHouse refuses as bad data are
 //! isolated by halving the insert and go to `dead_letters`, so one bad row never blocks the rest.
+//! Errors that retrying cannot fix (a dropped table, a refused user) are the [`Guard`]'s: the
+//! rows wait, `/readyz` says why, and what can be recreated is.
 
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use tokio::sync::mpsc;
 use super::batch::{Batch, Rows};
 use super::batcher::{cut_batches, Batcher};
 use super::client::{Result, Sink, SinkError};
+use super::guard::{Guard, BLOCKED_RETRY};
 use crate::channel::RecordRx;
 use crate::config::BatchSettings;
 use crate::metrics as m;
@@ -17,13 +20,13 @@ use crate::rows::schema;
 use crate::rows::{rowbinary, DeadLetterRow, Row, Table};
 
 /// Runs until the channel is closed and drained: every record received is committed.
-pub(crate) async fn run_writer(rx: RecordRx, sink: Sink, cfg: BatchSettings) {
+pub(crate) async fn run_writer(rx: RecordRx, sink: Sink, cfg: BatchSettings, guard: Guard) {
     let batcher = Batcher::new(rx, cfg);
     let progress = batcher.progress();
     let (tx, mut batches) = mpsc::channel(1);
     let cutter = tokio::spawn(cut_batches(batcher, tx));
     while let Some((mut batch, cut_at)) = batches.recv().await {
-        commit(&sink, &batch).await;
+        commit(&sink, &batch, &guard).await;
         progress.committed_in(cut_at.elapsed(), cfg.max_delay);
         progress.committed();
         batch.observe_commit(crate::rows::now_ms());
@@ -33,14 +36,17 @@ pub(crate) async fn run_writer(rx: RecordRx, sink: Sink, cfg: BatchSettings) {
     tracing::info!("writer drained the channel and stopped");
 }
 
-/// Commits a batch, retrying until ClickHouse accepts it.
-async fn commit(sink: &Sink, batch: &Batch) {
+/// Commits a batch, retrying until ClickHouse accepts it: transient errors with capped
+/// exponential backoff, permanent ones (see [`Guard`]) every [`BLOCKED_RETRY`], after repairing
+/// what can be repaired.
+async fn commit(sink: &Sink, batch: &Batch, guard: &Guard) {
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u32;
     loop {
         match sink.write(batch).await {
             Ok(()) => {
                 metrics::gauge!(m::LAST_FLUSH).set(crate::rows::now_ms() as f64 / 1000.0);
+                guard.committed();
                 if failures > 0 {
                     tracing::info!(
                         failures,
@@ -53,6 +59,16 @@ async fn commit(sink: &Sink, batch: &Batch) {
             Err(e) => {
                 failures += 1;
                 metrics::counter!(m::INSERT_RETRIES).increment(1);
+                if let Some(blocked) = guard.failed(&e) {
+                    // Logged once by the guard; here only at debug, every retry.
+                    tracing::debug!(error = %e, rows = batch.rows(), "insert blocked; retrying");
+                    tokio::time::sleep(jitter(BLOCKED_RETRY)).await;
+                    if let Err(e) = guard.repair(sink, &blocked).await {
+                        tracing::warn!(error = %e, "repair failed; retrying");
+                    }
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
                 let wait = jitter(backoff);
                 tracing::warn!(error = %e, rows = batch.rows(), retry_in = ?wait, "insert failed; retrying");
                 tokio::time::sleep(wait).await;
@@ -115,7 +131,7 @@ impl Sink {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
         Box::pin(async move {
             match self.insert(table, rows, range.clone()).await {
-                Err(SinkError::Client { source, .. }) if is_bad_data(&source) => {
+                Err(SinkError::Insert { source, .. }) if is_bad_data(&source) => {
                     if range.len() == 1 {
                         let dead = refused(table, &rows.bytes(&range).concat(), &source);
                         let row = Row::new(Table::DeadLetters, &dead, dead.received_at_ms);
@@ -147,7 +163,7 @@ pub(crate) fn is_bad_data(e: &clickhouse::error::Error) -> bool {
 }
 
 /// The `Code: N` of a ClickHouse error message.
-fn error_code(msg: &str) -> Option<u32> {
+pub(super) fn error_code(msg: &str) -> Option<u32> {
     let rest = &msg[msg.find("Code: ")? + 6..];
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()

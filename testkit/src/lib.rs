@@ -548,6 +548,24 @@ impl ClickHouseServer {
         parsed.unwrap_or_else(|e| panic!("`{sql}` returned {body:?}, not a number: {e}"))
     }
 
+    /// Replaces the users.xml of an 18.16 server (which reloads it within about 2 s): users,
+    /// passwords and profiles changed while it runs. The server notices a change by the file's
+    /// modification time, in whole seconds: each write moves it at least 2 s past the last one.
+    pub fn write_users(&self, users_xml: &str) {
+        assert!(!self.modern, "the modern test server has no users.xml");
+        let path = self.dir.path().join("users.xml");
+        let before = fs::metadata(&path).and_then(|m| m.modified()).ok();
+        fs::write(&path, users_xml).expect("write users.xml");
+        let now = std::time::SystemTime::now();
+        let later = before.map_or(now, |b| (b + Duration::from_secs(2)).max(now));
+        let file = fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open users.xml");
+        file.set_modified(later)
+            .expect("set the mtime of users.xml");
+    }
+
     /// Stops the server (SIGTERM, SIGKILL after 10 s); data stays in the tempdir.
     pub fn stop(&mut self) {
         self.proc.stop(Duration::from_secs(10));

@@ -8,6 +8,7 @@ extern crate spillway_testkit as common;
 mod acl;
 mod alerts;
 mod archive;
+mod clickhouse_errors;
 mod faults;
 mod harness;
 mod large_values;

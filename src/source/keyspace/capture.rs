@@ -268,6 +268,11 @@ impl Capturer {
         (captured, hash, ttl_ms)
     }
 
+    /// Forgets what was archived: ClickHouse lost it (a table dropped and created again).
+    pub(super) fn forget(&self) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Pairs remembered now.
     pub(super) fn remembered(&self) -> usize {
         self.seen.lock().map(|s| s.len()).unwrap_or(0)

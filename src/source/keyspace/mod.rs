@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::scan::ScanType;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KeyspaceSettings;
@@ -65,6 +65,8 @@ pub(crate) struct Keyspace {
     capturer: Arc<Capturer>,
     account: Account,
     jobs: Option<mpsc::Sender<Job>>,
+    /// Changes when ClickHouse tables were created again: forget what was archived, rescan.
+    recreated: Option<watch::Receiver<u64>>,
 }
 
 impl Keyspace {
@@ -137,6 +139,7 @@ impl Keyspace {
             )),
             account,
             jobs: None,
+            recreated: None,
             def,
             endpoint,
             readers,
@@ -150,6 +153,12 @@ impl Keyspace {
     /// A clone of the command client, for readiness checks.
     pub(crate) fn reader(&self) -> Client {
         self.readers[0].client.clone()
+    }
+
+    /// Rescans, having forgotten what it archived, whenever `recreated` changes (the sink created
+    /// a dropped table again: the rows archived before went with it).
+    pub(crate) fn rescan_on(&mut self, recreated: watch::Receiver<u64>) {
+        self.recreated = Some(recreated);
     }
 
     /// Runs until `cancel`: the start-up rescan (when configured), then the event loop. On
@@ -237,6 +246,7 @@ impl Keyspace {
         let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let periodic = self.def.rescan_interval_secs > 0;
+        let mut recreated = self.recreated.take();
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -269,6 +279,11 @@ impl Keyspace {
                 _ = every.tick(), if periodic => gap = true,
                 _ = wake.notified() => {}
                 _ = check.tick() => {}
+                _ = changed(&mut recreated) => {
+                    tracing::warn!(pipeline = %self.name, "ClickHouse tables created again: what was archived before may be gone; rescanning the live keys");
+                    self.capturer.forget();
+                    gap = true;
+                }
             }
         }
         stop_forwarding.cancel();
@@ -382,5 +397,16 @@ impl Keyspace {
         }
         tracing::info!(pipeline = %self.name, keys = seen, took = ?started.elapsed(), remembered = self.capturer.remembered(), "rescan done");
         Ok(seen)
+    }
+}
+
+/// Resolves when `rx` changes; never without one (or once its sender is gone).
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+    let gone = match rx {
+        Some(r) => r.changed().await.is_err(),
+        None => true,
+    };
+    if gone {
+        std::future::pending::<()>().await;
     }
 }

@@ -92,6 +92,13 @@ impl Seen {
         self.current.insert(fingerprint);
     }
 
+    /// Forgets every pair (the table they were archived in was dropped); the sets keep their
+    /// memory.
+    pub(super) fn clear(&mut self) {
+        self.current.clear();
+        self.older.clear();
+    }
+
     /// Pairs remembered now.
     pub(super) fn len(&self) -> usize {
         self.current.len() + self.older.len()
