@@ -85,6 +85,9 @@ pub(crate) struct Table {
     pub order_by: &'static str,
     /// A time column to partition by month, when partitioning cannot split an identity.
     pub partition_time: Option<&'static str>,
+    /// A monthly partition expression for servers from 20.1, when the identity carries a time
+    /// of its own that is not a column (one `PARTITION BY` or the other, never both).
+    pub partition_by: Option<&'static str>,
     /// When a row was archived: what `retention_days` counts from.
     pub archived_at: &'static str,
     /// The version column of `ReplacingMergeTree(version)`: the row `FINAL` keeps is the one
@@ -92,12 +95,20 @@ pub(crate) struct Table {
     pub version: Option<&'static str>,
 }
 
+/// The month of the close that took a log: its `take_id` is that close's stream entry id
+/// (`<ms>-<seq>`) or, for a pub/sub close, `ps-<ms>-<pid>-<n>`; the first run of ten digits or
+/// more is the close's time in ms. Fixed for every row of a take, so a take written again
+/// (a redelivered close) meets its first copy in the same partition.
+const TAKE_MONTH: &str =
+    "toYYYYMM(toDateTime(intDiv(toUInt64OrZero(extract(take_id, '[0-9]{10,}')), 1000)))";
+
 /// The tables of the alerts and trades pipelines and the dead letters.
 ///
-/// `alerts`, `dead_letters`, `trades` and `trade_executions` are not partitioned: their identity (key and content) carries no
-/// time, and a value captured again months later must still fall in the same partition to be
-/// deduplicated (a trade's rows are written again when a close is redelivered). `alert_events`
-/// is identified by its event time, so it is partitioned by month.
+/// `alerts`, `dead_letters` and `trades` are not partitioned: their identity (key and content,
+/// or the trade id) carries no time, and a value captured again months later must still fall in
+/// the same partition to be deduplicated. `alert_events` is identified by its event time, so it
+/// is partitioned by month; `trade_executions` by the month of the close that took the log
+/// (its `take_id`), on servers from 20.1.
 pub(crate) const TABLES: &[Table] = &[
     Table {
         name: "alerts",
@@ -123,6 +134,7 @@ pub(crate) const TABLES: &[Table] = &[
         order_by: "key, content_hash",
         archived_at: "captured_at_ms",
         partition_time: None,
+        partition_by: None,
         version: Some("version"),
     },
     Table {
@@ -138,6 +150,7 @@ pub(crate) const TABLES: &[Table] = &[
         order_by: "key, event, event_ms, content_hash",
         archived_at: "event_ms",
         partition_time: Some("event_ms"),
+        partition_by: None,
         version: None,
     },
     Table {
@@ -156,6 +169,7 @@ pub(crate) const TABLES: &[Table] = &[
         order_by: "pipeline, key, stream_id, content_hash",
         archived_at: "received_at_ms",
         partition_time: None,
+        partition_by: None,
         version: None,
     },
     Table {
@@ -185,6 +199,7 @@ pub(crate) const TABLES: &[Table] = &[
         order_by: "trade_id",
         archived_at: "received_at_ms",
         partition_time: None,
+        partition_by: None,
         version: Some("version"),
     },
     Table {
@@ -218,6 +233,7 @@ pub(crate) const TABLES: &[Table] = &[
         order_by: "trade_id, take_id, position",
         archived_at: "archived_at_ms",
         partition_time: None,
+        partition_by: Some(TAKE_MONTH),
         version: None,
     },
 ];
@@ -311,6 +327,10 @@ impl Table {
             .map(|(name, col)| format!("    {name} {}", generation.render(*col)))
             .collect();
         let partition = match (self.partition_time, generation) {
+            (None, Generation::Current | Generation::Modern) => match self.partition_by {
+                Some(expr) => format!("PARTITION BY {expr}\n"),
+                None => String::new(),
+            },
             (None, _) => String::new(),
             (Some(c), Generation::Legacy) => {
                 format!("PARTITION BY toYYYYMM(toDateTime(intDiv({c}, 1000)))\n")
@@ -413,6 +433,24 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trade_executions_are_partitioned_by_the_month_of_their_take() {
+        let t = table("trade_executions");
+        let modern = t.create_sql("db", Generation::Modern, None);
+        assert!(
+            modern.contains(
+                "PARTITION BY toYYYYMM(toDateTime(intDiv(toUInt64OrZero(extract(take_id, '[0-9]{10,}')), 1000)))\nORDER BY"
+            ),
+            "{modern}"
+        );
+        assert!(!t
+            .create_sql("db", Generation::Legacy, None)
+            .contains("PARTITION"));
+        assert!(!table("trades")
+            .create_sql("db", Generation::Modern, None)
+            .contains("PARTITION"));
+    }
 
     #[test]
     fn generation_by_version() {

@@ -121,6 +121,16 @@ async fn every_documented_query_answers_on_a_current_clickhouse() {
         },
     )
     .await;
+    // The execution rows are in the partition of the month their close was added (the close's
+    // entry id is its time): this month.
+    let parts = ch
+        .query(&format!(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = '{db}' \
+             AND table = 'trade_executions' AND active FORMAT TSV"
+        ))
+        .await;
+    let month = ch.query("SELECT toYYYYMM(now()) FORMAT TSV").await;
+    assert_eq!(parts.trim(), month.trim(), "partitions of trade_executions");
     let _: u64 = r.del("alert:trade_failed").await.unwrap();
     eventually(Duration::from_secs(60), "the delete recorded", || async {
         ch.count(&format!(
