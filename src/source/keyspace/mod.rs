@@ -90,7 +90,13 @@ impl Keyspace {
         // asks the rest.
         let dial =
             values::Dial::new(&endpoint.url, def.db).map_err(endpoint.err("parsing the URL"))?;
-        let first = Reader::new(name, reader, Arc::new(dial), settings, read_duration);
+        let first = Reader::new(
+            name,
+            reader,
+            Arc::new(dial.clone()),
+            settings,
+            read_duration,
+        );
         // Each reader's clone (one per reading task, see `run`) opens its connection at its
         // first read; this one, the rescans', now: a URL that cannot be read fails at start.
         if let Err(e) = first.connect().await {
@@ -112,8 +118,8 @@ impl Keyspace {
             ping_after: settings.subscriber_ping,
             timeout: settings.subscriber_timeout,
         };
-        let target = Target::new(&endpoint.url, def.db, &events, liveness)
-            .map_err(endpoint.err("parsing the URL"))?;
+        // The subscriber connects as the readers do (the URL parsed once).
+        let target = Target::new(dial, &events, liveness);
         let channels = acl::roles::keyevent_channels(&def);
         let subscription = match target.subscribe().await {
             Ok(s) if refused.is_empty() => s,

@@ -18,15 +18,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fred::error::{Error, ErrorKind};
-use fred::types::config::{Config, ServerConfig, TlsConnector};
 use fred::types::Key;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::liveness::{Due, Liveness, Watch};
 use super::resp::{parse, protocol, Frame};
-use crate::source::tcp_keepalive;
+use super::values::{Dial, Stream};
 
 /// How long connecting, authenticating and subscribing may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,9 +37,6 @@ pub(crate) struct Notification {
     /// The key.
     pub key: Key,
 }
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 /// A subscribed connection.
 pub(crate) struct Subscription {
@@ -67,58 +62,27 @@ pub(crate) fn reason(error: &Error) -> &'static str {
 /// Each keyevent channel (`__keyevent@{db}__:{event}`) and its event.
 type Channels = Arc<[(String, Arc<str>)]>;
 
-/// Where and how to connect: parsed once from the URL.
+/// Where and how to subscribe: the connection's, and the channels.
 #[derive(Clone)]
 pub(crate) struct Target {
-    host: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    tls: Option<(TlsConnector, String)>,
+    dial: Dial,
     channels: Channels,
     liveness: Liveness,
 }
 
 impl Target {
-    /// From a `redis://` or `rediss://` URL and the keyevent channels of `events` on `db`; its
-    /// subscriptions are watched by `liveness`.
-    pub(crate) fn new(
-        url: &str,
-        db: u8,
-        events: &[String],
-        liveness: Liveness,
-    ) -> Result<Target, Error> {
-        let config = Config::from_url(url)?;
-        let ServerConfig::Centralized { server } = &config.server else {
-            return Err(Error::new(
-                ErrorKind::Config,
-                "keyspace notifications need the redis:// or rediss:// URL of one server \
-                 (not a cluster, sentinel or unix socket)",
-            ));
-        };
-        let tls = match &config.tls {
-            Some(tls) => {
-                let name = server
-                    .tls_server_name
-                    .as_ref()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| server.host.to_string());
-                Some((tls.connector.clone(), name))
-            }
-            None => None,
-        };
-        Ok(Target {
-            host: server.host.to_string(),
-            port: server.port,
-            username: config.username.clone(),
-            password: config.password.clone(),
-            tls,
+    /// The keyevent channels of `events` on the database of `dial`; its subscriptions are
+    /// watched by `liveness`.
+    pub(super) fn new(dial: Dial, events: &[String], liveness: Liveness) -> Target {
+        let db = dial.db();
+        Target {
+            dial,
             channels: events
                 .iter()
                 .map(|e| (format!("__keyevent@{db}__:{e}"), Arc::from(e.as_str())))
                 .collect(),
             liveness,
-        })
+        }
     }
 
     /// Connects, authenticates and subscribes, within [`CONNECT_TIMEOUT`].
@@ -134,30 +98,16 @@ impl Target {
     }
 
     async fn subscribe_now(&self) -> Result<Subscription, Error> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
-        tcp.set_nodelay(true)?;
-        socket2::SockRef::from(&tcp).set_tcp_keepalive(&tcp_keepalive())?;
-        let stream: Box<dyn Stream> = match &self.tls {
-            None => Box::new(tcp),
-            Some((connector, name)) => match connector {
-                TlsConnector::Rustls(c) => {
-                    let name = fred::rustls::pki_types::ServerName::try_from(name.clone())
-                        .map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?;
-                    Box::new(c.connect(name, tcp).await?)
-                }
-                #[allow(unreachable_patterns)]
-                _ => return Err(Error::new(ErrorKind::Tls, "only rustls is built in")),
-            },
-        };
+        let stream = self.dial.stream().await?;
         let mut sub = Subscription {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             channels: self.channels.clone(),
             watch: Watch::new(self.liveness, Instant::now()),
         };
-        if let Some(password) = &self.password {
+        if let Some((username, password)) = self.dial.auth() {
             let mut auth = vec!["AUTH"];
-            auth.extend(self.username.as_deref());
+            auth.extend(username);
             auth.push(password);
             sub.send(&auth).await?;
             let reply = sub.frame().await?;

@@ -29,10 +29,12 @@ const MAX_LINE: usize = 64 * 1024;
 /// Redis's own limit on a bulk string (`proto-max-bulk-len` at most 512 MB).
 const MAX_BULK: i64 = 512 << 20;
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+/// A connected socket, plain or TLS.
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
-/// Where and how to connect: parsed once from the URL.
+/// Where and how to connect: parsed once from the URL, for the readers and the subscriber.
+#[derive(Clone)]
 pub(super) struct Dial {
     host: String,
     port: u16,
@@ -83,7 +85,19 @@ impl Dial {
             })?
     }
 
-    async fn open_now(&self) -> Result<Conn, Error> {
+    /// The database's number.
+    pub(super) fn db(&self) -> u8 {
+        self.db
+    }
+
+    /// `AUTH`'s arguments (user, password), when the URL has a password.
+    pub(super) fn auth(&self) -> Option<(Option<&str>, &str)> {
+        let password = self.password.as_deref()?;
+        Some((self.username.as_deref(), password))
+    }
+
+    /// A TCP connection with keepalive, under TLS for `rediss://`; not yet authenticated.
+    pub(super) async fn stream(&self) -> Result<Box<dyn Stream>, Error> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         tcp.set_nodelay(true)?;
         socket2::SockRef::from(&tcp).set_tcp_keepalive(&tcp_keepalive())?;
@@ -99,13 +113,17 @@ impl Dial {
                 _ => return Err(Error::new(ErrorKind::Tls, "only rustls is built in")),
             },
         };
+        Ok(stream)
+    }
+
+    async fn open_now(&self) -> Result<Conn, Error> {
         let mut conn = Conn {
-            stream,
+            stream: self.stream().await?,
             buf: BytesMut::with_capacity(READ_CHUNK),
         };
-        if let Some(password) = &self.password {
+        if let Some((username, password)) = self.auth() {
             let mut auth: Vec<&[u8]> = vec![b"AUTH"];
-            auth.extend(self.username.as_deref().map(str::as_bytes));
+            auth.extend(username.map(str::as_bytes));
             auth.push(password.as_bytes());
             conn.send(&[auth]).await?;
             conn.ok().await.map_err(|e| {
