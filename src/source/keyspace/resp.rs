@@ -35,7 +35,7 @@ impl std::fmt::Display for Frame<'_> {
 
 /// Redis's own limit on a bulk string (`proto-max-bulk-len`, 512 MB): anything longer is not
 /// Redis talking.
-const MAX_BULK: i64 = 512 << 20;
+pub(super) const MAX_BULK: i64 = 512 << 20;
 
 /// The first whole frame of `buf` and its length; None when more bytes are needed.
 pub(super) fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Error> {
@@ -87,7 +87,8 @@ fn line(buf: &[u8], from: usize) -> Option<(&[u8], usize)> {
     Some((&rest[..end], from + end + 2))
 }
 
-fn number(digits: &[u8]) -> Result<i64, Error> {
+/// A RESP integer (a length, a count).
+pub(super) fn number(digits: &[u8]) -> Result<i64, Error> {
     std::str::from_utf8(digits)
         .ok()
         .and_then(|s| s.parse().ok())

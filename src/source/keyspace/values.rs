@@ -15,6 +15,7 @@ use fred::types::config::{Config, ServerConfig, TlsConnector};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::resp::{number, protocol, MAX_BULK};
 use crate::source::{tcp_keepalive, READ_TIMEOUT};
 
 /// How long connecting, authenticating and selecting the database may take.
@@ -25,9 +26,6 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// Longest header or error line accepted: anything longer is not Redis talking.
 const MAX_LINE: usize = 64 * 1024;
-
-/// Redis's own limit on a bulk string (`proto-max-bulk-len` at most 512 MB).
-const MAX_BULK: i64 = 512 << 20;
 
 /// A connected socket, plain or TLS.
 pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -308,10 +306,6 @@ impl Conn {
     }
 }
 
-fn protocol(detail: String) -> Error {
-    Error::new(ErrorKind::Protocol, detail)
-}
-
 /// An error reply (`-NOSCRIPT ...`) as an error whose details are its text; anything else
 /// unexpected as a protocol error.
 fn reply_error(line: &[u8]) -> Error {
@@ -325,13 +319,6 @@ fn reply_error(line: &[u8]) -> Error {
             String::from_utf8_lossy(&line[..line.len().min(64)])
         )),
     }
-}
-
-fn number(digits: &[u8]) -> Result<i64, Error> {
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| protocol(format!("not a number: {digits:?}")))
 }
 
 #[cfg(test)]
