@@ -263,6 +263,18 @@ pub async fn check(
     f
 }
 
+/// Every outcome of a write notification (`spillway_writes_total{outcome}`), in the order
+/// Spillway declares them.
+pub const OUTCOMES: [&str; 7] = [
+    "archived",
+    "already_archived",
+    "rewritten_before_read",
+    "gone_before_read",
+    "dead_letter",
+    "lost_buffer_overrun",
+    "lost_shutdown",
+];
+
 /// The write-notification account of pipeline `alerts` in one `/metrics` text: (received write
 /// notifications, their outcomes summed, pending, outcomes by name).
 pub fn account(text: &str) -> (u64, u64, u64, Vec<(&'static str, u64)>) {
@@ -272,23 +284,15 @@ pub fn account(text: &str) -> (u64, u64, u64, Vec<(&'static str, u64)>) {
         "spillway_events_received_total",
         &[p, ("event", "set")],
     );
-    let outcomes: Vec<(&'static str, u64)> = [
-        "archived",
-        "already_archived",
-        "rewritten_before_read",
-        "gone_before_read",
-        "dead_letter",
-        "lost_buffer_overrun",
-        "lost_shutdown",
-    ]
-    .into_iter()
-    .map(|o| {
-        (
-            o,
-            metric(text, "spillway_writes_total", &[p, ("outcome", o)]),
-        )
-    })
-    .collect();
+    let outcomes: Vec<(&'static str, u64)> = OUTCOMES
+        .into_iter()
+        .map(|o| {
+            (
+                o,
+                metric(text, "spillway_writes_total", &[p, ("outcome", o)]),
+            )
+        })
+        .collect();
     let pending = metric(text, "spillway_writes_pending", &[p]);
     let sum = outcomes.iter().map(|(_, n)| n).sum();
     (received, sum, pending, outcomes)

@@ -266,18 +266,10 @@ fn field(account: &[(String, u64)], name: &str) -> u64 {
 /// Checks a logged account closes: received = the outcomes, nothing pending.
 fn assert_logged_equation(case: &str, account: &[(String, u64)]) {
     println!("ACCOUNT {case}: {account:?}");
-    let outcomes: u64 = [
-        "archived",
-        "already_archived",
-        "rewritten_before_read",
-        "gone_before_read",
-        "dead_letter",
-        "lost_buffer_overrun",
-        "lost_shutdown",
-    ]
-    .iter()
-    .map(|o| field(account, o))
-    .sum();
+    let outcomes: u64 = common::rewrite::OUTCOMES
+        .iter()
+        .map(|o| field(account, o))
+        .sum();
     assert_eq!(field(account, "pending"), 0, "{case}: {account:?}");
     assert_eq!(field(account, "received"), outcomes, "{case}: {account:?}");
 }
