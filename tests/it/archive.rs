@@ -291,9 +291,15 @@ async fn queue_then_signal(
     sp.wait_ready(WAIT).await;
     tokio::task::block_in_place(|| ch.stop());
     load::set_all(&redis.url(), load::alerts("q", n), 3600, 500, 1).await;
-    eventually(WAIT, "notifications queued", || async {
+    // Every notification received (the subscriber keeps reading while the readers wait), most
+    // of them still queued: the signal then finds them all in Spillway.
+    eventually(WAIT, "notifications received and queued", || async {
         let m = sp.metrics().await;
         metric(&m, "spillway_writes_pending{pipeline=\"alerts\"}") > n / 2
+            && metric(
+                &m,
+                "spillway_events_received_total{pipeline=\"alerts\",event=\"set\"}",
+            ) == n
     })
     .await;
     common::faults::signal(sp.pid().unwrap(), "TERM");
