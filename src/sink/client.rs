@@ -83,7 +83,8 @@ impl Sink {
             url: url.clone(),
             reason,
         };
-        let http = if url::Url::parse(&s.url).is_ok_and(|u| u.scheme() == "https") {
+        let is_https = url::Url::parse(&s.url).is_ok_and(|u| u.scheme() == "https");
+        let http = if is_https {
             super::tls::client(&s.tls).map_err(tls)?
         } else {
             Client::default()
@@ -111,11 +112,20 @@ impl Sink {
             Some(reason) => tls(reason),
             None => err("asking its version")(e),
         };
-        let version: String = base
-            .query("SELECT version()")
-            .fetch_one()
-            .await
-            .map_err(first)?;
+        // Under TLS 1.3 a server refusing the client's certificate says so after the handshake:
+        // the first request can fail before its alert is read ("connection was not ready").
+        // Asked again (at most three times), the alert shows and is explained.
+        let mut attempts = 0;
+        let version: String = loop {
+            attempts += 1;
+            match base.query("SELECT version()").fetch_one().await {
+                Ok(v) => break v,
+                Err(e) if attempts < 3 && is_https && super::tls::explain(&e, &s.tls).is_none() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(first(e)),
+            }
+        };
         let generation = Generation::from_version(&version);
         if s.retention_days.is_some() && generation == Generation::Legacy {
             return Err(SinkError::Unsupported(format!(
