@@ -99,7 +99,7 @@ async fn every_documented_query_answers_on_a_current_clickhouse() {
         ("event", Value::from("closed")),
         ("payload", Value::Bytes(payload)),
     ];
-    let _: String = t
+    let close_id: String = t
         .xadd(STREAM, false, None::<()>, "*", fields)
         .await
         .unwrap();
@@ -118,18 +118,27 @@ async fn every_documented_query_answers_on_a_current_clickhouse() {
                     .count(&format!("SELECT count() FROM {db}.dead_letters FINAL"))
                     .await
                     == 1
+                && ch
+                    .count(&format!("SELECT count() FROM {db}.trade_executions FINAL"))
+                    .await
+                    == 3
         },
     )
     .await;
     // The execution rows are in the partition of the month their close was added (the close's
-    // entry id is its time): this month.
+    // entry id is its time), whatever the month of the test's clock.
     let parts = ch
         .query(&format!(
             "SELECT DISTINCT partition FROM system.parts WHERE database = '{db}' \
              AND table = 'trade_executions' AND active FORMAT TSV"
         ))
         .await;
-    let month = ch.query("SELECT toYYYYMM(now()) FORMAT TSV").await;
+    let close_ms = close_id.split('-').next().unwrap();
+    let month = ch
+        .query(&format!(
+            "SELECT toYYYYMM(toDateTime(intDiv({close_ms}, 1000))) FORMAT TSV"
+        ))
+        .await;
     assert_eq!(parts.trim(), month.trim(), "partitions of trade_executions");
     let _: u64 = r.del("alert:trade_failed").await.unwrap();
     eventually(Duration::from_secs(60), "the delete recorded", || async {
