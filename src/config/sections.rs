@@ -165,22 +165,30 @@ impl RedisSection {
     }
 }
 
+/// How to write a Redis URL.
+const CLUSTER_FIX: &str = "write it as redis://[user:password@]host:port[/db] for one server \
+     (rediss:// for TLS), or redis-cluster://[user:password@]host:port[?node=host2:port2] for \
+     a Redis Cluster (any of its nodes; rediss-cluster:// for TLS)";
+
 fn check_redis_url(field: &str, url: &str) -> Result<()> {
     match url::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() => Ok(()),
+        Ok(u)
+            if matches!(
+                u.scheme(),
+                "redis" | "rediss" | "redis-cluster" | "rediss-cluster"
+            ) && u.host().is_some() =>
+        {
+            Ok(())
+        }
         Ok(u) => Err(invalid(
             field,
             format!(
-                "`{}` is not a redis:// or rediss:// URL with a host",
+                "`{}` is not a redis://, rediss:// or redis-cluster:// URL with a host",
                 redact_url(u.as_str())
             ),
-            "write it as redis://[user:password@]host:port[/db]",
+            CLUSTER_FIX,
         )),
-        Err(e) => Err(invalid(
-            field,
-            format!("not a URL ({e})"),
-            "write it as redis://[user:password@]host:port[/db]",
-        )),
+        Err(e) => Err(invalid(field, format!("not a URL ({e})"), CLUSTER_FIX)),
     }
 }
 

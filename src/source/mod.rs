@@ -87,6 +87,28 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// Whether this is a Redis Cluster (`redis-cluster://` or `rediss-cluster://`): commands are
+    /// routed to the node that owns each key, and the keyspace source subscribes to every
+    /// primary.
+    pub(crate) fn cluster(&self) -> bool {
+        self.url.starts_with("redis-cluster://") || self.url.starts_with("rediss-cluster://")
+    }
+
+    /// This endpoint's URL for one server at `addr` (`host:port`): same credentials, TLS or
+    /// not, without the cluster scheme and the `node=` seeds; `self`'s URL when it is not a
+    /// cluster.
+    pub(crate) fn node_url(&self, addr: &str) -> String {
+        node_url(&self.url, addr)
+    }
+
+    /// The endpoint of one node of this cluster (same instance name, `node_url`).
+    pub(crate) fn node(&self, addr: &str) -> Endpoint {
+        Endpoint {
+            instance: self.instance.clone(),
+            url: self.node_url(addr),
+        }
+    }
+
     /// Turns a fred error into a [`SourceError`] for `action`.
     pub(crate) fn err(&self, action: &str) -> impl FnOnce(fred::error::Error) -> SourceError {
         let (instance, url, action) = (
@@ -107,7 +129,8 @@ impl Endpoint {
     /// go unanswered for [`UNRESPONSIVE_AFTER`] closed and reconnected.
     pub(crate) fn builder(&self, db: u8, buffer: usize) -> Result<Builder> {
         let mut config = Config::from_url(&self.url).map_err(self.err("parsing the URL"))?;
-        config.database = Some(db);
+        // A cluster has database 0 only (`SELECT` is refused there).
+        config.database = (!self.cluster()).then_some(db);
         let mut b = Builder::from_config(config);
         b.with_performance_config(|p| p.broadcast_channel_capacity = buffer)
             .with_connection_config(|c| {
@@ -160,5 +183,53 @@ impl Endpoint {
     /// The error of permissions refused on this endpoint.
     pub(crate) fn acl(&self, refused: Vec<acl::Refusal>) -> SourceError {
         SourceError::Acl(vec![acl::error(self, refused)].into())
+    }
+}
+
+/// `url` (of a server or a cluster) made the URL of the one server at `addr` (`host:port`): the
+/// scheme loses `-cluster`, the `node=` seeds go, credentials stay.
+pub(crate) fn node_url(url: &str, addr: &str) -> String {
+    let Ok(u) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    let tls = u.scheme().starts_with("rediss");
+    let cluster = u.scheme().ends_with("-cluster");
+    if !cluster {
+        return url.to_string();
+    }
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()),
+        None => (addr, None),
+    };
+    // `set_scheme` cannot turn a special scheme into another; rebuild the text instead.
+    let auth = match (u.username(), u.password()) {
+        ("", None) => String::new(),
+        (user, Some(pw)) => format!("{user}:{pw}@"),
+        (user, None) => format!("{user}@"),
+    };
+    let port = port.or(u.port()).unwrap_or(6379);
+    let scheme = if tls { "rediss" } else { "redis" };
+    format!("{scheme}://{auth}{host}:{port}")
+}
+
+#[cfg(test)]
+mod node_url_tests {
+    use super::node_url;
+
+    #[test]
+    fn a_cluster_url_becomes_one_node_with_the_same_credentials_and_tls() {
+        assert_eq!(
+            node_url(
+                "redis-cluster://spill:pw@10.0.0.1:7000?node=10.0.0.2:7000",
+                "10.0.0.3:7001"
+            ),
+            "redis://spill:pw@10.0.0.3:7001"
+        );
+        assert_eq!(
+            node_url("rediss-cluster://:pw@a:7000", "b:7002"),
+            "rediss://:pw@b:7002"
+        );
+        assert_eq!(node_url("redis-cluster://a:7000", "b:1"), "redis://b:1");
+        assert_eq!(node_url("redis://a:6384/2", "b:1"), "redis://a:6384/2");
     }
 }

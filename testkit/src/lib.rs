@@ -23,6 +23,7 @@ pub mod load;
 pub mod netns;
 pub mod observe;
 pub mod procstat;
+pub mod rcluster;
 pub mod rewrite;
 pub mod tls;
 pub mod trades;
@@ -326,6 +327,29 @@ impl RedisServer {
     /// `redis://HOST:PORT` (HOST 127.0.0.1 unless started elsewhere)
     pub fn url(&self) -> String {
         format!("redis://{}:{}", self.host, self.port)
+    }
+
+    /// `HOST:PORT`, as a cluster announces it.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Like [`RedisServer::cli`], `None` when redis-cli fails or Redis answers an error.
+    pub fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", &self.host, "-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !stdout.starts_with("ERR") && !stdout.starts_with("CLUSTERDOWN"))
+            .then_some(stdout)
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill(&mut self) {
+        self.proc.stop(Duration::ZERO);
     }
 
     /// Runs `redis-cli -h HOST -p PORT args..` and returns its trimmed stdout; panics if it fails.
