@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::metrics::{self as m, Check};
 use crate::pipeline::Source;
 use crate::sink::{run_writer, Guard, Sink};
-use crate::source::keyspace::Keyspace;
+use crate::source::keyspace::AnyKeyspace;
 use crate::source::stream::Stream;
 use crate::source::Endpoint;
 
@@ -108,7 +108,7 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
         match &p.source {
             Source::Keyspace(def) => {
                 let endpoint = endpoint(&settings, &def.instance)?;
-                let mut source = Keyspace::connect(
+                let mut source = AnyKeyspace::connect(
                     &p.name,
                     def.clone(),
                     endpoint,

@@ -26,6 +26,14 @@ pub(crate) const WRITES: &str = "spillway_writes_total";
 pub(crate) const WRITES_PENDING: &str = "spillway_writes_pending";
 /// Keys a rescan read, by pipeline.
 pub(crate) const RESCAN_KEYS: &str = "spillway_rescan_keys_total";
+/// `del` notifications of keys found alive on another node of a Redis Cluster (a slot
+/// migration moved them), not recorded as deletions, by pipeline.
+pub(crate) const KEYS_MIGRATED: &str = "spillway_keys_migrated_total";
+/// Primaries of a Redis Cluster a keyspace pipeline is subscribed to, by pipeline.
+pub(crate) const CLUSTER_NODES: &str = "spillway_cluster_nodes";
+/// Changes of a Redis Cluster's primaries or slots a keyspace pipeline followed, by pipeline
+/// and what changed (`added`, `removed`, `slots`).
+pub(crate) const CLUSTER_CHANGES: &str = "spillway_cluster_changes_total";
 /// Keys a rescan found with a value already archived (not inserted again), by pipeline.
 pub(crate) const RESCAN_KNOWN: &str = "spillway_rescan_known_total";
 /// Values gone when read (expired, evicted or deleted first), by pipeline and reason.
@@ -183,6 +191,18 @@ fn describe() {
         "Write notifications received and not yet resolved (queued or being read), by pipeline."
     );
     describe_counter!(RESCAN_KEYS, "Keys a rescan read, by pipeline.");
+    describe_counter!(
+        KEYS_MIGRATED,
+        "Deletions of keys found alive on another Redis Cluster node (moved by a slot migration, not deleted), by pipeline."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Redis Cluster primaries a keyspace pipeline is subscribed to, by pipeline."
+    );
+    describe_counter!(
+        CLUSTER_CHANGES,
+        "Redis Cluster topology changes a keyspace pipeline followed, by pipeline and kind (added, removed, slots)."
+    );
     describe_counter!(
         RESCAN_KNOWN,
         "Keys a rescan found holding a value already archived by this process (not inserted again), by pipeline."

@@ -53,6 +53,10 @@ fn node_args(announce: Option<&str>) -> Vec<String> {
         &bus,
         "--cluster-require-full-coverage",
         "no",
+        // A replica's first sync starts at once (the default waits 5 s for more replicas): a
+        // replica that never synced cannot take over.
+        "--repl-diskless-sync-delay",
+        "0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -142,9 +146,14 @@ impl RedisCluster {
             let ok = running.iter().all(|n| {
                 let info = n.try_cli(&["CLUSTER", "INFO"]).unwrap_or_default();
                 let nodes = n.try_cli(&["CLUSTER", "NODES"]).unwrap_or_default();
+                // A replica counts once it has synced with its primary.
+                let replication = n.try_cli(&["INFO", "replication"]).unwrap_or_default();
+                let synced = replication.contains("role:master")
+                    || replication.contains("master_link_status:up");
                 info.contains("cluster_state:ok")
                     && nodes.lines().count() == self.nodes.len()
                     && !nodes.contains("handshake")
+                    && synced
             });
             if ok {
                 return;

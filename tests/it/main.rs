@@ -9,6 +9,7 @@ mod acl;
 mod alerts;
 mod archive;
 mod clickhouse_errors;
+mod cluster_alerts;
 mod faults;
 mod harness;
 mod large_values;

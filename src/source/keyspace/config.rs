@@ -33,6 +33,42 @@ pub struct KeyspaceSource {
     /// rescan also waits while notifications are queued: the notification path goes first.
     #[serde(default = "rescan_pace")]
     pub rescan_keys_per_sec: u64,
+    /// On a Redis Cluster, the primaries captured from: `"all"` (the default), `"local"` (the
+    /// node of the instance's URL, while it is a primary: one Spillway beside each node), or a
+    /// list of `"host:port"` as the cluster announces them.
+    #[serde(default)]
+    pub nodes: Nodes,
+}
+
+/// Which primaries of a Redis Cluster a keyspace pipeline captures from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Nodes {
+    /// Every primary.
+    #[default]
+    All,
+    /// The node of the URL, while it is a primary.
+    Local,
+    /// These `host:port`.
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Nodes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(s) if s == "all" => Ok(Nodes::All),
+            Raw::One(s) if s == "local" => Ok(Nodes::Local),
+            Raw::One(s) => Err(serde::de::Error::custom(format!(
+                "`nodes` = {s:?}; fix: \"all\", \"local\" or a list of \"host:port\""
+            ))),
+            Raw::List(list) => Ok(Nodes::List(list)),
+        }
+    }
 }
 
 fn rescan_pace() -> u64 {

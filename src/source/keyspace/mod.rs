@@ -10,6 +10,7 @@
 
 pub(crate) mod account;
 mod capture;
+pub(crate) mod cluster;
 pub(crate) mod config;
 mod listener;
 mod liveness;
@@ -67,6 +68,8 @@ pub(crate) struct Keyspace {
     jobs: Option<mpsc::Sender<Job>>,
     /// Changes when ClickHouse tables were created again: forget what was archived, rescan.
     recreated: Option<watch::Receiver<u64>>,
+    /// Rescan when notified (a cluster node whose slots changed).
+    rescan_now: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Keyspace {
@@ -78,6 +81,28 @@ impl Keyspace {
         endpoint: Endpoint,
         settings: &KeyspaceSettings,
         tx: crate::channel::RecordTx,
+    ) -> Result<Keyspace> {
+        let account = Account::new(name);
+        let capturer = Arc::new(Capturer::new(
+            name,
+            &endpoint.instance,
+            def.clone(),
+            tx,
+            account.clone(),
+            settings.remember_values,
+        ));
+        Self::connect_node(name, def, endpoint, settings, capturer, account).await
+    }
+
+    /// [`Keyspace::connect`] to one server, with the capture stage and account given (shared by
+    /// the nodes of a cluster).
+    async fn connect_node(
+        name: &str,
+        def: KeyspaceSource,
+        endpoint: Endpoint,
+        settings: &KeyspaceSettings,
+        capturer: Arc<Capturer>,
+        account: Account,
     ) -> Result<Keyspace> {
         let reader = endpoint.client_with_timeout(def.db, READ_TIMEOUT).await?;
         notify::check(&reader, &endpoint, &def, settings.configure_notifications).await?;
@@ -132,20 +157,13 @@ impl Keyspace {
             }
         };
         tracing::info!(pipeline = name, endpoint = ?endpoint, pattern = %def.pattern, "keyspace source subscribed");
-        let account = Account::new(name);
         Ok(Keyspace {
             name: name.to_string(),
-            capturer: Arc::new(Capturer::new(
-                name,
-                &endpoint.instance,
-                def.clone(),
-                tx,
-                account.clone(),
-                settings.remember_values,
-            )),
+            capturer,
             account,
             jobs: None,
             recreated: None,
+            rescan_now: None,
             def,
             endpoint,
             readers,
@@ -159,6 +177,19 @@ impl Keyspace {
     /// A clone of the command client, for readiness checks.
     pub(crate) fn reader(&self) -> Client {
         self.readers[0].client.clone()
+    }
+
+    /// Reads what its node no longer serves (and everything once the node stopped answering)
+    /// through `cluster`, a client of the whole Redis Cluster; see [`read::Reader::cluster`].
+    fn through_cluster(&mut self, cluster: Client) {
+        for r in &mut self.readers {
+            r.cluster = Some(cluster.clone());
+        }
+    }
+
+    /// Rescans whenever `now` is notified.
+    fn rescan_when(&mut self, now: Arc<tokio::sync::Notify>) {
+        self.rescan_now = Some(now);
     }
 
     /// Rescans, having forgotten what it archived, whenever `recreated` changes (the sink created
@@ -253,6 +284,7 @@ impl Keyspace {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let periodic = self.def.rescan_interval_secs > 0;
         let mut recreated = self.recreated.take();
+        let rescan_now = self.rescan_now.take();
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -284,6 +316,7 @@ impl Keyspace {
                 _ = cancel.cancelled() => break,
                 _ = every.tick(), if periodic => gap = true,
                 _ = wake.notified() => {}
+                _ = notified(&rescan_now) => gap = true,
                 _ = check.tick() => {}
                 _ = changed(&mut recreated) => {
                     tracing::warn!(pipeline = %self.name, "ClickHouse tables created again: what was archived before may be gone; rescanning the live keys");
@@ -403,6 +436,67 @@ impl Keyspace {
         }
         tracing::info!(pipeline = %self.name, keys = seen, took = ?started.elapsed(), remembered = self.capturer.remembered(), "rescan done");
         Ok(seen)
+    }
+}
+
+/// A keyspace pipeline on one server, or over the primaries of a Redis Cluster.
+pub(crate) enum AnyKeyspace {
+    /// One server.
+    One(Box<Keyspace>),
+    /// A Redis Cluster (`redis-cluster://`).
+    Cluster(cluster::ClusterKeyspace),
+}
+
+impl AnyKeyspace {
+    /// Connects as the endpoint's URL says: one server, or a cluster.
+    pub(crate) async fn connect(
+        name: &str,
+        def: KeyspaceSource,
+        endpoint: Endpoint,
+        settings: &KeyspaceSettings,
+        tx: crate::channel::RecordTx,
+    ) -> Result<AnyKeyspace> {
+        Ok(if endpoint.cluster() {
+            AnyKeyspace::Cluster(
+                cluster::ClusterKeyspace::connect(name, def, endpoint, settings, tx).await?,
+            )
+        } else {
+            AnyKeyspace::One(Box::new(
+                Keyspace::connect(name, def, endpoint, settings, tx).await?,
+            ))
+        })
+    }
+
+    /// A command client, for readiness checks.
+    pub(crate) fn reader(&self) -> Client {
+        match self {
+            AnyKeyspace::One(k) => k.reader(),
+            AnyKeyspace::Cluster(c) => c.reader(),
+        }
+    }
+
+    /// See [`Keyspace::rescan_on`].
+    pub(crate) fn rescan_on(&mut self, recreated: watch::Receiver<u64>) {
+        match self {
+            AnyKeyspace::One(k) => k.rescan_on(recreated),
+            AnyKeyspace::Cluster(c) => c.rescan_on(recreated),
+        }
+    }
+
+    /// See [`Keyspace::run`].
+    pub(crate) async fn run(self, cancel: CancellationToken, drain_for: Duration) {
+        match self {
+            AnyKeyspace::One(k) => k.run(cancel, drain_for).await,
+            AnyKeyspace::Cluster(c) => c.run(cancel, drain_for).await,
+        }
+    }
+}
+
+/// Resolves when `now` is notified; never without one.
+async fn notified(now: &Option<Arc<tokio::sync::Notify>>) {
+    match now {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -151,6 +151,7 @@ mod tests {
             rescan_on_start: true,
             rescan_interval_secs: 300,
             rescan_keys_per_sec: 20_000,
+            nodes: Default::default(),
         }
     }
 

@@ -58,6 +58,11 @@ pub(super) fn lost_at_shutdown(pipeline: &str, n: u64) {
 pub(super) struct Reader {
     pub(super) name: String,
     pub(super) client: Client,
+    /// In a Redis Cluster, a client of the whole cluster: keys another node serves now (a
+    /// redirect), `TYPE`, and every read once this reader's node stopped answering go through
+    /// it, to whichever node owns each key. Reads on the node are then one `GET` per key
+    /// (pipelined): `MGET` refuses keys of different slots.
+    pub(super) cluster: Option<Client>,
     /// The TTL script, when `keyspace.read_ttl`.
     pub(super) script: Option<Script>,
     pub(super) read_duration: metrics::Histogram,
@@ -75,6 +80,7 @@ impl Clone for Reader {
         Reader {
             name: self.name.clone(),
             client: self.client.clone(),
+            cluster: self.cluster.clone(),
             script: self.script.clone(),
             read_duration: self.read_duration.clone(),
             dial: self.dial.clone(),
@@ -96,6 +102,7 @@ impl Reader {
         Reader {
             name: name.to_string(),
             client,
+            cluster: None,
             script: settings.read_ttl.then(|| Script::from_lua(TTL_SCRIPT)),
             read_duration,
             dial,
@@ -145,7 +152,10 @@ impl Reader {
                     }
                 }
             }
-            let req = request(&capturer, &def, &mut batch);
+            let mut req = request(&capturer, &def, &mut batch, self.cluster.is_some());
+            if !req.deleted.is_empty() {
+                self.deletions(&capturer, &mut req, &abandon).await;
+            }
             if let Err(stopped) = self
                 .read_with_retry(req, CapturedBy::Event, &jobs, &abandon)
                 .await
@@ -185,11 +195,17 @@ impl Reader {
             lost: 0,
         };
         let mut backoff = Duration::from_millis(50);
+        // In a cluster, once the node failed a read, the rest goes through the cluster client.
+        let mut failed = false;
         loop {
-            let read = match p.req.keys.is_empty() {
-                true => Ok(p.hand_over(0, Vec::new(), jobs, abandon).await),
-                false => self.read(&mut p, jobs, abandon).await,
+            let read = match (p.req.keys.is_empty(), &self.cluster) {
+                (true, _) => Ok(p.hand_over(0, Vec::new(), jobs, abandon).await),
+                (false, Some(cluster)) if failed => {
+                    self.read_cluster(cluster, &mut p, jobs, abandon).await
+                }
+                (false, _) => self.read(&mut p, jobs, abandon).await,
             };
+            failed |= read.is_err();
             match read {
                 Ok(true) => return Ok(()),
                 Ok(false) => return Err(p.stopped()),
@@ -243,19 +259,24 @@ impl Reader {
         let started = Instant::now();
         let ttls = self.send(conn, &p.req.keys[p.done..]).await?;
         let total = p.req.keys.len();
-        if conn.array_len().await? != total - p.done {
+        if self.cluster.is_none() && conn.array_len().await? != total - p.done {
             return Err(Error::new(ErrorKind::Protocol, "read: wrong reply length"));
         }
         let (first, mut busy) = (p.done, started.elapsed());
         while p.done < total {
             let piece = Instant::now();
             let (mut reads, mut unsure, mut held) = (Vec::new(), Vec::new(), 0);
+            let mut redirected = Vec::new();
             let mut end = p.done;
             while end < total && (held < self.piece_bytes || reads.is_empty()) {
                 let ttl = ttls.as_ref().map_or(TTL_NOT_READ, |t| t[end - first]);
                 // Written between the PTTL and the MGET: its TTL is unknown here.
                 let ttl_if_there = if ttl == -2 { -1 } else { ttl };
                 reads.push(match conn.value(self.limit).await? {
+                    Value::Redirect => {
+                        redirected.push(end);
+                        Read::Gone
+                    }
                     Value::Nil if ttl == -2 => Read::Gone,
                     Value::Nil => {
                         unsure.push(reads.len());
@@ -274,6 +295,13 @@ impl Reader {
             }
             self.check_types(&p.req.keys[p.done..end], &unsure, &mut reads)
                 .await?;
+            if let (Some(cluster), false) = (&self.cluster, redirected.is_empty()) {
+                let keys: Vec<Key> = redirected.iter().map(|&i| p.req.keys[i].clone()).collect();
+                let found = self.via_cluster(cluster, &keys).await?;
+                for (i, read) in redirected.iter().zip(found) {
+                    reads[i - p.done] = read;
+                }
+            }
             busy += piece.elapsed();
             if !p.hand_over(end, reads, jobs, abandon).await {
                 return Ok(false);
@@ -285,6 +313,9 @@ impl Reader {
 
     /// Sends the read of `keys` and reads the TTLs (when asked); the MGET's reply is next.
     async fn send(&self, conn: &mut Conn, keys: &[Key]) -> Result<Option<Vec<i64>>, Error> {
+        if self.cluster.is_some() {
+            return self.send_each(conn, keys).await;
+        }
         let mut mget: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
         mget.push(b"MGET");
         mget.extend(keys.iter().map(|k| k.as_bytes()));
@@ -313,6 +344,134 @@ impl Reader {
         Ok(Some(ttls))
     }
 
+    /// Records the `del` notifications of `req` whose keys are gone from the cluster; the
+    /// others were keys a slot migration moved to another node (counted, not recorded). Asked
+    /// until the cluster answers, or `abandon` (then recorded as deletions).
+    async fn deletions(&self, capturer: &Capturer, req: &mut Request, abandon: &CancellationToken) {
+        let Some(cluster) = &self.cluster else { return };
+        let deleted = std::mem::take(&mut req.deleted);
+        let mut backoff = Duration::from_millis(50);
+        let exists = loop {
+            let pipeline = cluster.pipeline();
+            for k in &deleted {
+                let _: Result<(), Error> = pipeline.exists(k.clone()).await;
+            }
+            match pipeline.all::<Vec<i64>>().await {
+                Ok(found) if found.len() == deleted.len() => break found,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.name, error = %e, "asking whether deleted keys moved failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = abandon.cancelled() => break vec![0; deleted.len()],
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        };
+        let mut moved = 0u64;
+        for (key, found) in deleted.iter().zip(exists) {
+            if found > 0 {
+                moved += 1;
+            } else {
+                let row = capturer.event_row(key, "deleted", req.now, 0, -2);
+                req.records.push(crate::rows::Record::alert_event(row));
+            }
+        }
+        if moved > 0 {
+            metrics::counter!(crate::metrics::KEYS_MIGRATED, "pipeline" => self.name.clone())
+                .increment(moved);
+        }
+    }
+
+    /// [`Reader::send`] on a cluster node: a `PTTL` per key (when asked), then a `GET` per key,
+    /// pipelined; a redirected `PTTL` reads as not read (its `GET` is redirected too, and read
+    /// through the cluster).
+    async fn send_each(&self, conn: &mut Conn, keys: &[Key]) -> Result<Option<Vec<i64>>, Error> {
+        let ttl = self.script.is_some();
+        let mut commands: Vec<Vec<&[u8]>> = Vec::with_capacity(keys.len() * (1 + ttl as usize));
+        if ttl {
+            commands.extend(keys.iter().map(|k| vec![&b"PTTL"[..], k.as_bytes()]));
+        }
+        commands.extend(keys.iter().map(|k| vec![&b"GET"[..], k.as_bytes()]));
+        conn.send(&commands).await?;
+        if !ttl {
+            return Ok(None);
+        }
+        let mut ttls = Vec::with_capacity(keys.len());
+        for _ in keys {
+            ttls.push(conn.integer_or_redirect().await?.unwrap_or(TTL_NOT_READ));
+        }
+        Ok(Some(ttls))
+    }
+
+    /// Reads the keys not yet handed over through the cluster client (their node failed a
+    /// read) and hands them over, a piece of up to 256 keys at a time.
+    async fn read_cluster(
+        &self,
+        cluster: &Client,
+        p: &mut Pending,
+        jobs: &mpsc::Sender<Job>,
+        abandon: &CancellationToken,
+    ) -> Result<bool, Error> {
+        while p.done < p.req.keys.len() {
+            let end = (p.done + 256).min(p.req.keys.len());
+            let reads = self.via_cluster(cluster, &p.req.keys[p.done..end]).await?;
+            if !p.hand_over(end, reads, jobs, abandon).await {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The reads of `keys` through the cluster client (each to the node that serves it now):
+    /// `PTTL` (when asked) and `GET` per key, pipelined; a value over the limit keeps its head.
+    async fn via_cluster(&self, cluster: &Client, keys: &[Key]) -> Result<Vec<Read>, Error> {
+        use fred::types::Value as V;
+        let ttl = self.script.is_some();
+        let pipeline = cluster.pipeline();
+        for k in keys {
+            if ttl {
+                let () = pipeline.pttl(k.clone()).await?;
+            }
+            let () = pipeline.get(k.clone()).await?;
+        }
+        let replies: Vec<Result<V, Error>> = pipeline.try_all().await;
+        let step = 1 + ttl as usize;
+        let mut reads = Vec::with_capacity(keys.len());
+        let mut unsure = Vec::new();
+        for (i, reply) in replies.chunks(step).enumerate() {
+            let left = match &reply[0] {
+                Ok(V::Integer(t)) if ttl => *t,
+                _ => TTL_NOT_READ,
+            };
+            let left = if left == -2 { -1 } else { left };
+            reads.push(match &reply[step - 1] {
+                Ok(V::Null) => {
+                    unsure.push(i);
+                    Read::Gone
+                }
+                Ok(V::Bytes(b)) => self.capped(b.clone(), left),
+                Ok(V::String(s)) => self.capped(s.inner().clone(), left),
+                Ok(other) => Read::Refused(format!("unexpected reply {:?}", other.kind())),
+                Err(e) if e.details().starts_with("WRONGTYPE") => {
+                    Read::Refused("the key holds another type, not a string".into())
+                }
+                Err(e) => return Err(e.clone()),
+            });
+        }
+        self.check_types(keys, &unsure, &mut reads).await?;
+        Ok(reads)
+    }
+
+    /// A value read whole, its head only when over `keyspace.max_value_bytes`.
+    fn capped(&self, b: bytes::Bytes, ttl: i64) -> Read {
+        if b.len() <= self.limit {
+            return Read::Value(b, ttl);
+        }
+        Read::TooLarge(b.slice(..self.limit), b.len() as u64, ttl)
+    }
+
     /// Asks the TYPE of the keys at `unsure` (found with no string): those holding another
     /// type are refused.
     async fn check_types(
@@ -324,7 +483,7 @@ impl Reader {
         if unsure.is_empty() {
             return Ok(());
         }
-        let pipeline = self.client.pipeline();
+        let pipeline = self.cluster.as_ref().unwrap_or(&self.client).pipeline();
         for &i in unsure {
             let () = pipeline.r#type(keys[i].clone()).await?;
         }

@@ -14,18 +14,26 @@ use crate::rows::{now_ms, Record};
 
 /// The read of one batch of notifications: the keys written (each once) and the rows of
 /// the lifecycle events.
+///
+/// In a Redis Cluster (`cluster`), `del` notifications are set aside in `deleted`: a slot
+/// migration removes every key it moved from the old node with a `del` of its own, so a `del`
+/// is recorded only once the key is found gone from the cluster.
 pub(super) fn request(
     capturer: &Capturer,
     def: &KeyspaceSource,
     batch: &mut Vec<Notification>,
+    cluster: bool,
 ) -> Request {
     let now = now_ms();
     let mut records = Vec::new();
     let mut written: Vec<Key> = Vec::new();
+    let mut deleted: Vec<Key> = Vec::new();
     // Only the pipeline's keys are here: the forwarder filtered them (and counted them).
     for ev in batch.drain(..) {
         if def.write_events.iter().any(|e| **e == *ev.operation) {
             written.push(ev.key);
+        } else if cluster && &*ev.operation == "del" {
+            deleted.push(ev.key);
         } else if let Some((_, event)) = LIFECYCLE.iter().find(|(n, _)| *n == &*ev.operation) {
             records.push(Record::alert_event(
                 capturer.event_row(&ev.key, event, now, 0, -2),
@@ -40,6 +48,7 @@ pub(super) fn request(
         keys,
         written,
         records,
+        deleted,
     }
 }
 
@@ -49,6 +58,8 @@ pub(super) struct Request {
     pub(super) keys: Vec<Key>,
     pub(super) written: Vec<Key>,
     pub(super) records: Vec<Record>,
+    /// Keys of `del` notifications not yet known gone (in a cluster only, see [`request`]).
+    pub(super) deleted: Vec<Key>,
 }
 
 impl Request {
@@ -59,6 +70,7 @@ impl Request {
             keys,
             written: Vec::new(),
             records: Vec::new(),
+            deleted: Vec::new(),
         }
     }
 }

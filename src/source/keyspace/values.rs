@@ -154,8 +154,13 @@ pub(crate) async fn try_subscribe(url: &str, db: u8, channel: &str) -> Result<()
 #[derive(Debug, PartialEq)]
 pub(super) enum Value {
     Nil,
+    /// A Redis Cluster node's `-MOVED` or `-ASK`: the key is served by another node now.
+    Redirect,
     Bytes(Bytes),
-    TooLarge { head: Bytes, size: u64 },
+    TooLarge {
+        head: Bytes,
+        size: u64,
+    },
 }
 
 /// An open connection and what has been read off it and not yet parsed.
@@ -206,6 +211,17 @@ impl Conn {
         }
     }
 
+    /// An integer element (`:n`); a cluster redirect as `None`.
+    pub(super) async fn integer_or_redirect(&mut self) -> Result<Option<i64>, Error> {
+        let end = self.line().await?;
+        let line = self.buf.split_to(end + 2);
+        match line.first() {
+            Some(b':') => number(&line[1..end]).map(Some),
+            Some(b'-') if is_redirect(&line[..end]) => Ok(None),
+            _ => Err(reply_error(&line[..end])),
+        }
+    }
+
     /// An integer element (`:n`).
     pub(super) async fn integer(&mut self) -> Result<i64, Error> {
         let end = self.line().await?;
@@ -221,6 +237,10 @@ impl Conn {
         let end = self.line().await?;
         let len = match self.buf.first() {
             Some(b'$') => number(&self.buf[1..end])?,
+            Some(b'-') if is_redirect(&self.buf[..end]) => {
+                self.buf.advance(end + 2);
+                return Ok(Value::Redirect);
+            }
             _ => return Err(reply_error(&self.buf[..end])),
         };
         self.buf.advance(end + 2);
@@ -304,6 +324,11 @@ impl Conn {
             Ok(read) => read.map(|_| ()).map_err(Error::from),
         }
     }
+}
+
+/// Whether an error line is a cluster redirect (`-MOVED slot addr`, `-ASK slot addr`).
+fn is_redirect(line: &[u8]) -> bool {
+    line.starts_with(b"-MOVED ") || line.starts_with(b"-ASK ")
 }
 
 /// An error reply (`-NOSCRIPT ...`) as an error whose details are its text; anything else
@@ -412,5 +437,19 @@ mod tests {
         }
         let mut c = conn(format!("${}\r\n", MAX_BULK + 1).into_bytes(), 100);
         assert!(c.value(100).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn cluster_redirects_are_values_not_errors() {
+        let reply = b"-MOVED 6943 10.0.0.2:7000\r\n$2\r\nok\r\n-ASK 1 a:1\r\n\
+            -MOVED 2 b:2\r\n:5\r\n-CLUSTERDOWN The cluster is down\r\n";
+        let mut c = conn(reply.to_vec(), 4);
+        assert!(matches!(c.value(100).await.unwrap(), Value::Redirect));
+        assert!(matches!(c.value(100).await.unwrap(), Value::Bytes(b) if &b[..] == b"ok"));
+        assert!(matches!(c.value(100).await.unwrap(), Value::Redirect));
+        assert_eq!(c.integer_or_redirect().await.unwrap(), None);
+        assert_eq!(c.integer_or_redirect().await.unwrap(), Some(5));
+        let e = c.value(100).await.unwrap_err();
+        assert!(e.details().starts_with("CLUSTERDOWN"), "{e}");
     }
 }
