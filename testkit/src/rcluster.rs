@@ -115,7 +115,23 @@ impl RedisCluster {
             netns: Some(ns),
         };
         cluster.create(1);
+        // `--cluster create` spreads primaries over addresses as it likes: make the
+        // namespaced node a primary.
+        let inside = cluster.netns_node();
+        if !cluster.primaries().contains(&inside) {
+            cluster.failover(inside);
+        }
         Some(cluster)
+    }
+
+    /// Index of the node in the namespace (with [`RedisCluster::start_with_netns`]).
+    pub fn netns_node(&self) -> usize {
+        let ns = self.netns.as_ref().expect("started with a namespace");
+        let host = format!("{}:", ns.addr);
+        self.nodes
+            .iter()
+            .position(|n| n.addr().starts_with(&host))
+            .expect("a node in the namespace")
     }
 
     fn create(&self, replicas: usize) {

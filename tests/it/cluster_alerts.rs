@@ -201,3 +201,61 @@ async fn a_primary_killed_under_load_is_replaced_and_nothing_readable_is_missed(
         "far more lost than one primary's replication lag: {f:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_off_by_the_network_is_replaced_and_followed() {
+    let Some(cluster) = RedisCluster::start_with_netns(3) else {
+        return;
+    };
+    let ch = ClickHouseServer::start();
+    let db = "tclustercut";
+    let sp = spillway(&cluster, &ch, db).await;
+    wait_nodes(&sp, 3).await;
+    let url = cluster_url(&cluster);
+    let w = rewrite(&url, 3000, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The namespaced primary's link goes down: no FIN, no RST; its connections (Spillway's
+    // subscriber and readers among them) are left half-open.
+    let inside = cluster.netns_node();
+    let replica = cluster.replica_of(inside);
+    let ns = cluster.netns.as_ref().expect("namespace");
+    let t = std::time::Instant::now();
+    ns.link_down();
+    eventually(
+        WAIT,
+        "the cut-off primary replaced and followed",
+        || async {
+            let m = sp.metrics().await;
+            metric(
+                &m,
+                "spillway_cluster_changes_total{pipeline=\"alerts\",kind=\"added\"}",
+            ) >= 1
+                && metric(&m, "spillway_cluster_nodes{pipeline=\"alerts\"}") == 3
+        },
+    )
+    .await;
+    println!(
+        "Spillway followed the new primary {:?} after the cut",
+        t.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Back on the network, the old primary learns it was replaced and follows its replica.
+    ns.link_up();
+    cluster.wait_primary(replica, WAIT);
+    let w = w.finish().await;
+    println!("rewriter: {}", w.line());
+    cluster.wait_ok(WAIT);
+
+    let text = settled(&sp, WAIT).await;
+    let outcomes = assert_equation("cut-off primary", &text);
+    assert_rows_match("cut-off primary", &ch, db, &text).await;
+    let alive = alive(&cluster, &w.run);
+    let f = check_against("cut-off primary", &alive, &ch, db, &w, true).await;
+    println!("figures: {f:?}; outcomes {outcomes:?}");
+    assert!(f.sets > 10_000, "the load ran: {f:?}");
+    assert!(
+        f.lost_by_redis < f.sets / 100,
+        "far more lost than one primary's replication lag: {f:?}"
+    );
+}

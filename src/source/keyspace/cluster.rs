@@ -175,6 +175,8 @@ struct Shared {
 struct Running {
     slots: Vec<String>,
     stop: CancellationToken,
+    /// Cancelled when the node is taken for failed: its reads fail at once.
+    gone: CancellationToken,
     rescan: Arc<Notify>,
     task: JoinHandle<()>,
 }
@@ -305,6 +307,11 @@ impl ClusterKeyspace {
                 let r = running.remove(&addr).expect("listed");
                 tracing::warn!(pipeline = %name, node = %addr, "no longer a primary serving slots: draining its pipeline (what it queued is read through the cluster)");
                 changes("removed").increment(1);
+                // A node failed (or gone from the topology) will not answer: what it queued
+                // is read through the cluster at once. A demoted one still answers (MOVED).
+                if topo.iter().all(|n| n.addr != addr || n.failing) {
+                    r.gone.cancel();
+                }
                 r.stop.cancel();
                 leaving.push(r.task);
             }
@@ -372,10 +379,11 @@ fn spawn(
     addr: String,
     connected: Option<Keyspace>,
 ) -> Running {
-    let stop = cancel.child_token();
+    let (stop, gone) = (cancel.child_token(), CancellationToken::new());
     let rescan = Arc::new(Notify::new());
     let task = {
         let (shared, stop, rescan) = (shared.clone(), stop.clone(), rescan.clone());
+        let gone = gone.clone();
         tokio::spawn(async move {
             let mut ks = match connected {
                 Some(ks) => ks,
@@ -402,12 +410,19 @@ fn spawn(
             if let Some(r) = &shared.recreated {
                 ks.rescan_on(r.clone());
             }
+            let node_gone = ks.gone();
+            let link = tokio::spawn(async move {
+                gone.cancelled().await;
+                node_gone.cancel();
+            });
             ks.run(stop, drain_for).await;
+            link.abort();
         })
     };
     Running {
         slots: Vec::new(),
         stop,
+        gone,
         rescan,
         task,
     }

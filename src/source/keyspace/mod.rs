@@ -70,6 +70,8 @@ pub(crate) struct Keyspace {
     recreated: Option<watch::Receiver<u64>>,
     /// Rescan when notified (a cluster node whose slots changed).
     rescan_now: Option<Arc<tokio::sync::Notify>>,
+    /// Ends every read on the server's connections (a cluster node taken for failed).
+    gone: CancellationToken,
 }
 
 impl Keyspace {
@@ -144,6 +146,7 @@ impl Keyspace {
             timeout: settings.subscriber_timeout,
         };
         // The subscriber connects as the readers do (the URL parsed once).
+        let gone = dial.gone();
         let target = Target::new(dial, &events, liveness);
         let channels = acl::roles::keyevent_channels(&def);
         let subscription = match target.subscribe().await {
@@ -164,6 +167,7 @@ impl Keyspace {
             jobs: None,
             recreated: None,
             rescan_now: None,
+            gone,
             def,
             endpoint,
             readers,
@@ -185,6 +189,12 @@ impl Keyspace {
         for r in &mut self.readers {
             r.cluster = Some(cluster.clone());
         }
+    }
+
+    /// The token that, cancelled, fails every read on this server's connections at once: its
+    /// reads then go through the cluster (see [`Keyspace::through_cluster`]).
+    fn gone(&self) -> CancellationToken {
+        self.gone.clone()
     }
 
     /// Rescans whenever `now` is notified.
@@ -344,8 +354,9 @@ impl Keyspace {
         deadline.abort();
         self.account.publish();
         self.account.log(&self.name);
-        // One command client, shared by the readers.
-        let _ = self.readers[0].client.quit().await;
+        // One command client, shared by the readers (its server may be gone: no waiting).
+        let quit = self.readers[0].client.quit();
+        let _ = tokio::time::timeout(Duration::from_secs(1), quit).await;
         tracing::info!(pipeline = %self.name, "keyspace source stopped");
     }
 

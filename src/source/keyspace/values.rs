@@ -40,6 +40,9 @@ pub(super) struct Dial {
     password: Option<String>,
     tls: Option<(TlsConnector, String)>,
     db: u8,
+    /// Cancelled when the server is known gone (a cluster node taken for failed): every read
+    /// on its connections fails at once instead of waiting for the read timeout.
+    gone: tokio_util::sync::CancellationToken,
 }
 
 impl Dial {
@@ -68,6 +71,7 @@ impl Dial {
             password: config.password.clone(),
             tls,
             db,
+            gone: Default::default(),
         })
     }
 
@@ -81,6 +85,11 @@ impl Dial {
                     format!("no connection within {CONNECT_TIMEOUT:?}"),
                 )
             })?
+    }
+
+    /// The token that ends every read on this server's connections (see `gone`).
+    pub(super) fn gone(&self) -> tokio_util::sync::CancellationToken {
+        self.gone.clone()
     }
 
     /// The database's number.
@@ -118,6 +127,7 @@ impl Dial {
         let mut conn = Conn {
             stream: self.stream().await?,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            gone: self.gone.clone(),
         };
         if let Some((username, password)) = self.auth() {
             let mut auth: Vec<&[u8]> = vec![b"AUTH"];
@@ -167,6 +177,7 @@ pub(super) enum Value {
 pub(super) struct Conn {
     stream: Box<dyn Stream>,
     buf: BytesMut,
+    gone: tokio_util::sync::CancellationToken,
 }
 
 impl Conn {
@@ -315,7 +326,13 @@ impl Conn {
     async fn read(&mut self, room: usize) -> Result<(), Error> {
         self.buf.reserve(room);
         let read = tokio::time::timeout(READ_TIMEOUT, self.stream.read_buf(&mut self.buf));
-        match read.await {
+        let read = tokio::select! {
+            read = read => read,
+            _ = self.gone.cancelled() => {
+                return Err(Error::new(ErrorKind::IO, "the server is gone from the cluster"))
+            }
+        };
+        match read {
             Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
                 "no reply within the read timeout",
@@ -366,6 +383,7 @@ mod tests {
         Conn {
             stream: Box::new(client),
             buf: BytesMut::new(),
+            gone: Default::default(),
         }
     }
 
