@@ -21,15 +21,27 @@ fn cluster_url(c: &RedisCluster) -> String {
 
 /// Spillway running the alerts pipeline on the cluster.
 async fn spillway(c: &RedisCluster, ch: &ClickHouseServer, db: &str) -> Spillway {
+    spillway_at(&cluster_url(c), "", ch, db).await
+}
+
+/// Spillway running the alerts pipeline at `url`, its pipeline file given `extra` lines.
+async fn spillway_at(url: &str, extra: &str, ch: &ClickHouseServer, db: &str) -> Spillway {
+    let dir = common::observe::pipelines(&["alerts"]);
+    let file = dir.path().join("alerts.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}\n{extra}\n")).unwrap();
     let toml = format!(
-        "pipelines = [\"alerts\"]\n\n[redis.rls]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\n\
-         database = \"{db}\"\n\n[metrics]\naddr = \"127.0.0.1:{}\"\n\n[batch]\nmax_delay_ms = 200\n",
-        cluster_url(c),
+        "pipelines_dir = \"{}\"\npipelines = [\"alerts\"]\n\n[redis.rls]\nurl = \"{url}\"\n\n\
+         [clickhouse]\nurl = \"{}\"\ndatabase = \"{db}\"\n\n[metrics]\naddr = \"127.0.0.1:{}\"\n\n\
+         [batch]\nmax_delay_ms = 200\n",
+        dir.path().display(),
         ch.url(),
         free_port()
     );
     let sp = Spillway::start(&toml);
     sp.wait_ready(WAIT).await;
+    // The pipelines dir is read at start.
+    drop(dir);
     sp
 }
 
@@ -258,4 +270,81 @@ async fn a_primary_cut_off_by_the_network_is_replaced_and_followed() {
         f.lost_by_redis < f.sets / 100,
         "far more lost than one primary's replication lag: {f:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sidecar_per_node_archives_what_one_per_cluster_does() {
+    let cluster = RedisCluster::start(3, 1);
+    let ch = ClickHouseServer::start();
+    let db = "tsidecars";
+    // One Spillway beside every node, replicas included, each capturing its own node while
+    // that node is a primary.
+    let mut sidecars = Vec::new();
+    for node in &cluster.nodes {
+        let url = node.url().replacen("redis://", "redis-cluster://", 1);
+        sidecars.push(spillway_at(&url, "nodes = \"local\"", &ch, db).await);
+    }
+    let subscribed = || async {
+        let mut total = 0;
+        for sp in &sidecars {
+            total += metric(
+                &sp.metrics().await,
+                "spillway_cluster_nodes{pipeline=\"alerts\"}",
+            );
+        }
+        total
+    };
+    assert_eq!(subscribed().await, 3, "one sidecar per primary captures");
+    let w = rewrite(&cluster_url(&cluster), 1500, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A failover moves the capture to the promoted replica's sidecar.
+    let replica = cluster.replica_of(cluster.primaries()[0]);
+    cluster.failover(replica);
+    eventually(WAIT, "the promoted replica's sidecar captures", || async {
+        metric(
+            &sidecars[replica].metrics().await,
+            "spillway_cluster_nodes{pipeline=\"alerts\"}",
+        ) == 1
+            && subscribed().await == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let w = w.finish().await;
+    println!("rewriter: {}", w.line());
+    for (i, sp) in sidecars.iter().enumerate() {
+        let text = settled(sp, WAIT).await;
+        assert_equation(&format!("sidecar {i}"), &text);
+    }
+    // The archive is exactly what one Spillway for the whole cluster keeps (checked against the
+    // rewriter's log: every acknowledged last value once, nothing else).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alive = alive(&cluster, &w.run);
+    let f = check_against("sidecars", &alive, &ch, db, &w, false).await;
+    println!("figures: {f:?}");
+    assert!(f.sets > 5_000, "the load ran: {f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_spillways_on_one_cluster_one_killed_the_other_goes_on() {
+    let cluster = RedisCluster::start(3, 1);
+    let ch = ClickHouseServer::start();
+    let db = "ttwo";
+    let mut a = spillway(&cluster, &ch, db).await;
+    let b = spillway(&cluster, &ch, db).await;
+    wait_nodes(&b, 3).await;
+    let w = rewrite(&cluster_url(&cluster), 2000, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let w = w.finish().await;
+    println!("rewriter: {}", w.line());
+    let text = settled(&b, WAIT).await;
+    // Its own account closes; the rows are checked against the rewriter's log (the two read
+    // at different moments, so each archived values the other saw overwritten).
+    assert_equation("the survivor", &text);
+    let alive = alive(&cluster, &w.run);
+    // Both captured every value while both ran: one row each under FINAL.
+    let f = check_against("two instances", &alive, &ch, db, &w, false).await;
+    println!("figures: {f:?}");
+    assert!(f.sets > 5_000, "the load ran: {f:?}");
 }
