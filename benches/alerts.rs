@@ -6,7 +6,9 @@
 //! against a fresh Redis and ClickHouse: with the default settings, then with
 //! `keyspace.read_ttl = true`.
 //!
-//! Run: `cargo bench --bench alerts` (env BENCH_ALERTS=N, default 1000000).
+//! Run: `cargo bench --bench alerts` (env BENCH_ALERTS=N, default 1000000). With
+//! `BENCH_REDIS_CLUSTER=P`, Spillway's runs write into a Redis Cluster of P primaries (no
+//! replicas) instead of one redis-server; the ceiling stays one redis-server.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,40 @@ use spillway_testkit::procstat::{
     context_switches, cpu_seconds, load_average, machine, metric_sum, peak_rss_kb, pid_listening,
     CpuMeter,
 };
+use spillway_testkit::rcluster::RedisCluster;
 use spillway_testkit::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillway};
+
+/// Where Spillway's runs write: one redis-server, or a Redis Cluster (`BENCH_REDIS_CLUSTER`).
+enum Rls {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Rls {
+    fn start() -> Rls {
+        match std::env::var("BENCH_REDIS_CLUSTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            Some(p) if p > 0 => Rls::Cluster(RedisCluster::start(p, 0)),
+            _ => Rls::One(RedisServer::start()),
+        }
+    }
+
+    fn nodes(&self) -> Vec<&RedisServer> {
+        match self {
+            Rls::One(r) => vec![r],
+            Rls::Cluster(c) => c.nodes.iter().collect(),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Rls::One(r) => r.url(),
+            Rls::Cluster(c) => c.url().replacen("redis://", "redis-cluster://", 1),
+        }
+    }
+}
 
 fn main() {
     spillway_testkit::procstat::bench_main("alerts", "BENCH_ALERTS", 1_000_000, run);
@@ -82,26 +117,27 @@ struct Archive {
 /// and ClickHouse: N alerts at full speed until all are committed, then half that rate for 10 s
 /// for the latency.
 async fn archive(n: u64, chunk: usize, parallel: usize, read_ttl: bool) -> Archive {
-    let redis = RedisServer::start();
+    let rls = Rls::start();
+    let redis = rls.nodes()[0];
     let ch = ClickHouseServer::start();
     // The default batch settings (max delay 1 s).
-    let mut toml = config_toml(&redis, &ch, "bench", free_port());
+    let mut toml = config_toml(redis, &ch, "bench", free_port()).replace(&redis.url(), &rls.url());
     toml.push_str(&format!("\n[keyspace]\nread_ttl = {read_ttl}\n"));
     let sp = Spillway::start(&toml);
     sp.wait_ready(Duration::from_secs(60)).await;
     let pid = sp.pid().expect("spillway pid");
     let items = load::alerts("b", n);
     // Who spends the two cores: spillway, Redis, ClickHouse, this producer, all.
-    let meter = CpuMeter::start_for(
-        pid,
-        &[
-            ("redis-server", redis.port),
-            ("clickhouse-server", ch.http_port),
-        ],
-    );
+    let mut servers: Vec<(&'static str, u16)> = rls
+        .nodes()
+        .iter()
+        .map(|r| ("redis-server", r.port))
+        .collect();
+    servers.push(("clickhouse-server", ch.http_port));
+    let meter = CpuMeter::start_for(pid, &servers);
     let switches0 = context_switches(pid);
     let t = Instant::now();
-    load::set_all(&redis.url(), items, 3600, chunk, parallel).await;
+    load::set_all(&rls.url(), items, 3600, chunk, parallel).await;
     let written_in = t.elapsed();
     let deadline = Instant::now() + Duration::from_secs(300);
     committed(&ch, n, deadline).await;
@@ -153,21 +189,27 @@ async fn archive(n: u64, chunk: usize, parallel: usize, read_ttl: bool) -> Archi
         format!("{:.0}", switches as f64 * 1000.0 / n as f64),
     );
     // Where Redis spends its one core: the writes (with their notifications) and the reads.
-    let stats = redis.cli(&["INFO", "commandstats"]);
+    let stats: Vec<String> = rls
+        .nodes()
+        .iter()
+        .map(|r| r.cli(&["INFO", "commandstats"]))
+        .collect();
     let usec = |cmd: &str| -> f64 {
         stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:")))
-            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+            .iter()
+            .flat_map(|s| s.lines())
+            .filter_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:")))
+            .filter_map(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum()
     };
     row(
         "Redis time per alert, us: SET with notifications / read-back (MGET, and the PTTL script if read_ttl)",
         format!(
             "{:.1} / {:.1}",
             usec("set") / n as f64,
-            (usec("evalsha") + usec("eval") + usec("mget")) / n as f64
+            (usec("evalsha") + usec("eval") + usec("mget") + usec("get") + usec("pttl"))
+                / n as f64
         ),
     );
     row(
@@ -201,7 +243,7 @@ async fn archive(n: u64, chunk: usize, parallel: usize, read_ttl: bool) -> Archi
     let half = (rate / 2.0) as u64;
     let paced = load::alerts("h", half * 10);
     let before = buckets(&sp.metrics().await);
-    load::set_paced(&redis.url(), &paced, 3600, half).await;
+    load::set_paced(&rls.url(), &paced, 3600, half).await;
     let want = n + paced.len() as u64;
     committed(&ch, want, deadline + Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
