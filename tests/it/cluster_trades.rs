@@ -271,6 +271,16 @@ async fn two_instances_one_sigkilled_under_load_lose_and_duplicate_nothing() {
         claimed.unwrap_or(0.0) > 0.0,
         "the survivor claimed the entries the killed instance left pending"
     );
+    // The memory poller reads INFO from every node of the cluster, each a series of its own.
+    let nodes: Vec<String> = s.cluster.nodes.iter().map(|n| n.addr()).collect();
+    eventually(WAIT, "INFO of every node", || async {
+        let text = b.metrics().await;
+        nodes.iter().all(|addr| {
+            let series = format!("spillway_redis_up{{instance=\"rls\",node=\"{addr}\"}}");
+            common::observe::metric_value(&text, &series) == Some(1.0)
+        })
+    })
+    .await;
     println!(
         "two instances: {written} trades, {} entries; {:.1} s",
         trades::total_entries(&plan[..written]),
