@@ -97,13 +97,11 @@ impl Endpoint {
     /// This endpoint's URL for one server at `addr` (`host:port`): same credentials, TLS or
     /// not, without the cluster scheme and the `node=` seeds; `self`'s URL when it is not a
     /// cluster.
-    #[allow(dead_code)] // for the keyspace source in cluster mode
     pub(crate) fn node_url(&self, addr: &str) -> String {
         node_url(&self.url, addr)
     }
 
     /// The endpoint of one node of this cluster (same instance name, `node_url`).
-    #[allow(dead_code)] // for the keyspace source in cluster mode
     pub(crate) fn node(&self, addr: &str) -> Endpoint {
         Endpoint {
             instance: self.instance.clone(),
