@@ -129,6 +129,12 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
                     endpoint(&settings, &def.instance)?,
                     endpoint(&settings, &def.log_instance)?,
                 );
+                let mut def = def.clone();
+                if def.consumer.is_empty() {
+                    def.consumer = crate::source::stream::config::default_consumer(
+                        settings.metrics_addr.port(),
+                    );
+                }
                 let source = Stream::connect(&p.name, def.clone(), on, logs, tx.clone())
                     .await
                     .with_context(starting)?;

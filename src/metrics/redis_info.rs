@@ -4,6 +4,11 @@
 //!
 //! An unreachable instance is `spillway_redis_up{instance} 0`, never an error: the poller keeps one
 //! client per instance and connects it again, with a short timeout, after every failed poll.
+//!
+//! A Redis Cluster (`redis-cluster://`) is polled node by node: every poll asks a node for
+//! `CLUSTER NODES` and reads `INFO` from each node listed (primaries and replicas), its series
+//! labelled `node` (`host:port`) beside `instance`; `spillway_redis_up{instance}` says whether
+//! the cluster answered at all.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,8 @@ use super::{
     REDIS_MEMORY_USED, REDIS_POLICY, REDIS_UP,
 };
 use crate::config::{redact_url, Settings};
+
+mod cluster;
 
 /// How long one connect or one `INFO` may take before the instance counts as down.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,6 +61,10 @@ pub(crate) fn spawn(
         .redis
         .iter()
         .map(|(instance, url)| {
+            if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
+                let cluster = cluster::ClusterPoller::new(instance, url, refused.clone());
+                return tokio::spawn(cluster.run(interval, cancel.clone()));
+            }
             let mut poller = Poller::new(instance, url);
             poller.refused = refused.clone();
             tokio::spawn(poller.run(interval, cancel.clone()))
@@ -102,9 +113,12 @@ pub(crate) fn parse_info(text: &str) -> RedisInfo {
     }
 }
 
-/// Polls one instance, keeping one client and connecting it again after a failure.
-struct Poller {
+/// Polls one instance (or one node of a cluster), keeping one client and connecting it again
+/// after a failure.
+pub(super) struct Poller {
     instance: String,
+    /// The node's `host:port`, for a node of a cluster.
+    node: Option<String>,
     url: String,
     client: Option<Client>,
     policy: Option<String>,
@@ -116,12 +130,28 @@ impl Poller {
     fn new(instance: &str, url: &str) -> Self {
         Poller {
             instance: instance.to_string(),
+            node: None,
             url: url.to_string(),
             client: None,
             policy: None,
             up: None,
             refused: Refused::default(),
         }
+    }
+
+    /// The poller of the cluster node at `addr` (`host:port`, reached at `url`).
+    pub(super) fn node(instance: &str, addr: &str, url: &str, refused: Refused) -> Self {
+        let mut p = Poller::new(instance, url);
+        p.node = Some(addr.to_string());
+        p.refused = refused;
+        p
+    }
+
+    /// The labels of this poller's series.
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut l = vec![("instance", self.instance.clone())];
+        l.extend(self.node.iter().map(|n| ("node", n.clone())));
+        l
     }
 
     async fn run(mut self, interval: Duration, cancel: CancellationToken) {
@@ -142,7 +172,7 @@ impl Poller {
         self.disconnect().await;
     }
 
-    async fn poll_once(&mut self) {
+    pub(super) async fn poll_once(&mut self) {
         match self.info().await {
             Ok(text) => {
                 self.set_refused(None);
@@ -228,7 +258,7 @@ impl Poller {
 
     /// Sets `spillway_redis_up` and logs only the transitions (not every failed poll).
     fn set_up(&mut self, up: bool, error: Option<String>) {
-        gauge!(REDIS_UP, "instance" => self.instance.clone()).set(if up { 1.0 } else { 0.0 });
+        gauge!(REDIS_UP, &self.labels()).set(if up { 1.0 } else { 0.0 });
         if self.up == Some(up) {
             return;
         }
@@ -243,10 +273,15 @@ impl Poller {
     }
 
     fn export(&mut self, info: &RedisInfo) {
-        let i = self.instance.clone();
+        let labels = self.labels();
+        let with = |extra: Option<(&'static str, String)>| {
+            let mut l = labels.clone();
+            l.extend(extra);
+            l
+        };
         let set = |name: &'static str, v: Option<f64>| {
             if let Some(v) = v {
-                gauge!(name, "instance" => i.clone()).set(v);
+                gauge!(name, &labels).set(v);
             }
         };
         set(REDIS_MEMORY_USED, info.used_memory.map(|v| v as f64));
@@ -258,16 +293,16 @@ impl Poller {
             (REDIS_EXPIRED, info.expired_keys),
         ] {
             if let Some(v) = v {
-                counter!(name, "instance" => i.clone()).absolute(v);
+                counter!(name, &labels).absolute(v);
             }
         }
         if let Some(policy) = &info.maxmemory_policy {
             if let Some(old) = self.policy.replace(policy.clone()) {
                 if &old != policy {
-                    gauge!(REDIS_POLICY, "instance" => i.clone(), "policy" => old).set(0.0);
+                    gauge!(REDIS_POLICY, &with(Some(("policy", old)))).set(0.0);
                 }
             }
-            gauge!(REDIS_POLICY, "instance" => i.clone(), "policy" => policy.clone()).set(1.0);
+            gauge!(REDIS_POLICY, &with(Some(("policy", policy.clone())))).set(1.0);
         }
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod cluster_load;
 pub mod faults;
 pub mod load;
 pub mod netns;

@@ -10,6 +10,7 @@ mod alerts;
 mod archive;
 mod clickhouse_errors;
 mod cluster_alerts;
+mod cluster_trades;
 mod faults;
 mod harness;
 mod large_values;

@@ -172,12 +172,30 @@ async fn ack_once(
     Ok(())
 }
 
-/// Whether an error is the connection's (worth retrying), not Redis refusing the command.
-fn is_connection(e: &Error) -> bool {
+/// Whether an error is the connection's or the cluster's (worth retrying), not Redis refusing
+/// the command: in a Redis Cluster a failover, a primary down or a slot being migrated answer
+/// for a while with CLUSTERDOWN, TRYAGAIN, MOVED or ASK (fred follows redirects, but gives up
+/// after a few), LOADING, READONLY or MASTERDOWN.
+pub(super) fn is_connection(e: &Error) -> bool {
+    const TRANSIENT: [&str; 7] = [
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "MOVED",
+        "ASK",
+        "LOADING",
+        "READONLY",
+        "MASTERDOWN",
+    ];
     matches!(
         e.kind(),
-        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::NotFound
-    )
+        ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::NotFound
+            | ErrorKind::Cluster
+    ) || TRANSIENT
+        .iter()
+        .any(|p| e.details().trim_start().starts_with(p))
 }
 
 /// A command Redis refused while acknowledging: counted and logged, never retried (it would

@@ -18,7 +18,10 @@ pub struct StreamSource {
     pub stream: String,
     /// Consumer group, created when missing.
     pub group: String,
-    /// This consumer's name; keep it stable across restarts so its pending entries are resumed.
+    /// This consumer's name in the group. Empty (the default): `{hostname}-{metrics port}`,
+    /// unique per instance and stable across its restarts (see [`default_consumer`]). Set it
+    /// to pin a name; two running instances must never share one.
+    #[serde(default)]
     pub consumer: String,
     /// Where a new group starts: `0` (the whole stream) or `$` (new entries only).
     #[serde(default = "zero")]
@@ -113,12 +116,24 @@ fn default_grace() -> u64 {
     300
 }
 
+/// The consumer name of an instance whose `/metrics` listens on `port`: the host's name (the
+/// pod's name in Kubernetes) and the port, so that instances on one host differ and a restarted
+/// instance resumes its own pending entries at once.
+pub(crate) fn default_consumer(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "spillway".into());
+    format!("{host}-{port}")
+}
+
 impl StreamSource {
     pub(crate) fn check(&self) -> std::result::Result<(), String> {
         for (field, v) in [
             ("stream", &self.stream),
             ("group", &self.group),
-            ("consumer", &self.consumer),
             ("log_key_prefix", &self.log_key_prefix),
         ] {
             if v.is_empty() {

@@ -28,20 +28,28 @@ pub(crate) const DEAD_LETTER_PREFIX: u64 = 64 << 10;
 
 /// Takes KEYS[1] to KEYS[2] unless KEYS[2] exists already (the same close taken before a crash
 /// or a redelivery), and only when it is a LIST or a STRING (any other type stays where it is,
-/// for an operator to look at). Returns {type, length, 1 if taken now}.
+/// for an operator to look at). Returns {type, length, 1 if taken now, the first ARGV[1]
+/// entries of a LIST}. The first page is read in the script, not by a command pipelined behind
+/// it: in a cluster, commands redirected after a failover or a slot migration (MOVED, ASK) or
+/// retried after a reconnect may run out of order, and a read could run before its take.
 const TAKE: &str = r#"
 local t = redis.call('TYPE', KEYS[2]).ok
 local taken = 0
 if t == 'none' then
   t = redis.call('TYPE', KEYS[1]).ok
-  if t ~= 'list' and t ~= 'string' then return {t, 0, 0} end
+  if t ~= 'list' and t ~= 'string' then return {t, 0, 0, {}} end
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('PERSIST', KEYS[2])
   taken = 1
 end
-local n = 0
-if t == 'list' then n = redis.call('LLEN', KEYS[2]) elseif t == 'string' then n = redis.call('STRLEN', KEYS[2]) end
-return {t, n, taken}
+local n, page = 0, {}
+if t == 'list' then
+  n = redis.call('LLEN', KEYS[2])
+  page = redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+elseif t == 'string' then
+  n = redis.call('STRLEN', KEYS[2])
+end
+return {t, n, taken, page}
 "#;
 
 /// Keeps what a log held over the limits: the archived head of a LIST is trimmed off and the
@@ -141,7 +149,8 @@ pub(crate) enum LogRead {
 }
 
 /// Takes each `(log key, staging key)` and reads what it holds: one round trip for the takes and
-/// the first page of every LIST, one more for the STRINGs.
+/// the first page of every LIST, one more for the STRINGs (after the takes' replies, so after
+/// the takes, wherever a cluster redirected them).
 pub(crate) async fn take_logs(
     client: &Client,
     scripts: &Scripts,
@@ -171,34 +180,32 @@ async fn take_once(
     max_bytes: u64,
 ) -> Result<Vec<LogRead>, Error> {
     let p = client.pipeline();
+    let page = [page.to_string()];
     for (key, staging) in logs {
-        evalsha(&p, &scripts.take, &[key, staging], &[]).await?;
-        let () = p.lrange(staging.as_str(), 0, page as i64 - 1).await?;
+        evalsha(&p, &scripts.take, &[key, staging], &page).await?;
     }
-    let mut replies = p.try_all::<Value>().await.into_iter();
+    let replies = p.try_all::<Value>().await;
     let mut out = Vec::with_capacity(logs.len());
     let mut strings = Vec::new();
-    for i in 0..logs.len() {
-        let (taken, page) = (replies.next(), replies.next());
-        let taken = match taken {
-            Some(Ok(v)) => v,
-            Some(Err(e)) => return Err(e),
-            None => return Err(unexpected("EVALSHA", &Value::Null)),
-        };
-        let Value::Array(t) = taken else {
-            return Err(unexpected("EVALSHA", &taken));
+    for (i, taken) in replies.into_iter().enumerate() {
+        let Value::Array(mut t) = taken? else {
+            return Err(unexpected("EVALSHA", &Value::Null));
         };
         let kind = t.first().and_then(|v| v.as_string()).unwrap_or_default();
         let len = t.get(1).and_then(|v| v.as_u64()).unwrap_or(0);
         out.push(match kind.as_str() {
-            "list" => match page {
-                Some(Ok(Value::Array(items))) => LogRead::List {
+            "list" => match (t.len() > 3).then(|| t.swap_remove(3)) {
+                Some(Value::Array(items)) => LogRead::List {
                     len,
                     first: items.into_iter().filter_map(bytes).collect(),
                 },
-                Some(Ok(other)) => return Err(unexpected("LRANGE", &other)),
-                Some(Err(e)) => return Err(e),
-                None => return Err(unexpected("LRANGE", &Value::Null)),
+                // An empty Lua table is an empty array (or nil) in the reply.
+                Some(Value::Null) | None if len == 0 => LogRead::List {
+                    len,
+                    first: Vec::new(),
+                },
+                Some(other) => return Err(unexpected("EVALSHA", &other)),
+                None => return Err(unexpected("EVALSHA", &Value::Null)),
             },
             "string" => {
                 strings.push((i, len));
@@ -263,24 +270,16 @@ pub(crate) async fn read_page(
 }
 
 /// Staging keys of logs under `prefix` that no commit has released (no TTL: a staging key
-/// given its grace expiry after a commit is done).
+/// given its grace expiry after a commit is done). In a cluster every primary is scanned (a
+/// SCAN without a hash tag in its pattern sees one node's keys only).
 pub(crate) async fn staged(client: &Client, prefix: &str) -> Result<Vec<String>, Error> {
-    // One pass over the keyspace (both forms of staging key contain STAGING), filtered here.
     let mut keys = Vec::new();
-    let mut cursor = "0".to_string();
-    loop {
-        let (next, page): (String, Vec<Key>) = client
-            .scan_page(cursor, format!("*{STAGING}*"), Some(1000), None::<ScanType>)
-            .await?;
-        keys.extend(
-            page.iter()
-                .map(|k| k.as_str_lossy().into_owned())
-                .filter(|k| parse_staging(k, prefix).is_some()),
-        );
-        if next == "0" {
-            break;
+    if client.is_clustered() {
+        for server in client.active_connections() {
+            scan_staged(&client.with_cluster_node(server), prefix, &mut keys).await?;
         }
-        cursor = next;
+    } else {
+        scan_staged(client, prefix, &mut keys).await?;
     }
     keys.sort();
     keys.dedup();
@@ -298,6 +297,30 @@ pub(crate) async fn staged(client: &Client, prefix: &str) -> Result<Vec<String>,
         .filter(|(_, ttl)| *ttl == -1)
         .map(|(k, _)| k)
         .collect())
+}
+
+/// One pass of SCAN over the keyspace `client` reaches (both forms of staging key contain
+/// STAGING), filtered here, into `keys`.
+async fn scan_staged<C: KeysInterface + Sync>(
+    client: &C,
+    prefix: &str,
+    keys: &mut Vec<String>,
+) -> Result<(), Error> {
+    let mut cursor = "0".to_string();
+    loop {
+        let (next, page): (String, Vec<Key>) = client
+            .scan_page(cursor, format!("*{STAGING}*"), Some(1000), None::<ScanType>)
+            .await?;
+        keys.extend(
+            page.iter()
+                .map(|k| k.as_str_lossy().into_owned())
+                .filter(|k| parse_staging(k, prefix).is_some()),
+        );
+        if next == "0" {
+            return Ok(());
+        }
+        cursor = next;
+    }
 }
 
 fn unexpected(command: &str, reply: &Value) -> Error {

@@ -162,12 +162,16 @@ async fn redelivery_after_the_log_was_removed_keeps_the_trade_row() {
     .await;
     assert!(s.sp.terminate().success());
 
+    // Spillway's default consumer name, the same after the restart (same host, same port).
+    let consumers = s.rtrs.cli(&["XINFO", "CONSUMERS", STREAM, GROUP]);
+    let lines: Vec<&str> = consumers.lines().collect();
+    let consumer = lines[lines.iter().position(|l| *l == "name").expect("a consumer") + 1];
     s.rtrs.cli(&["XGROUP", "SETID", STREAM, GROUP, "0"]);
     let reread = [
         "XREADGROUP",
         "GROUP",
         GROUP,
-        "spillway-1",
+        consumer,
         "COUNT",
         "10",
         "STREAMS",
