@@ -221,18 +221,19 @@ pub(super) async fn watch_group(
             _ = every.tick() => {}
         }
         let info = ctl.xinfo_groups::<Value, _>(def.stream.as_str()).await;
-        if let Ok(v) = &info {
-            if let Some((lag, pending)) = super::entries::group_figures(v, &def.group) {
-                metrics::gauge!(m::STREAM_LAG, "pipeline" => name.clone()).set(lag as f64);
-                metrics::gauge!(m::STREAM_PENDING, "pipeline" => name.clone()).set(pending as f64);
-            }
+        let stream: std::result::Result<Value, Error> =
+            ctl.xinfo_stream(def.stream.as_str(), false, None).await;
+        let last = stream.ok().and_then(|v| last_generated_id(&v));
+        let figures = info
+            .ok()
+            .and_then(|v| super::stall::Figures::of(&v, &def.group, last.as_deref()));
+        if let Some(f) = &figures {
+            metrics::gauge!(m::STREAM_LAG, "pipeline" => name.clone()).set(f.lag as f64);
+            metrics::gauge!(m::STREAM_PENDING, "pipeline" => name.clone()).set(f.pending as f64);
         }
         // The stall state; figures of a stream or group that is gone are unknown (the reader
         // creates the group again).
-        stall.observe(
-            info.ok()
-                .and_then(|v| super::stall::Figures::of(&v, &def.group)),
-        );
+        stall.observe(figures);
         let oldest: std::result::Result<Value, Error> = ctl
             .xpending(def.stream.as_str(), def.group.as_str(), ("-", "+", 1))
             .await;
@@ -242,5 +243,19 @@ pub(super) async fn watch_group(
             .unwrap_or(0);
         metrics::gauge!(m::STREAM_OLDEST_PENDING, "pipeline" => name.clone())
             .set(idle_ms as f64 / 1000.0);
+    }
+}
+
+/// `last-generated-id` of an XINFO STREAM reply.
+fn last_generated_id(v: &Value) -> Option<String> {
+    match v {
+        Value::Array(kv) => kv
+            .chunks(2)
+            .find(|c| c.len() == 2 && c[0].as_str().as_deref() == Some("last-generated-id"))
+            .and_then(|c| c[1].as_string()),
+        Value::Map(m) => m
+            .iter()
+            .find_map(|(k, v)| (k.as_str() == Some("last-generated-id")).then(|| v.as_string())?),
+        _ => None,
     }
 }

@@ -359,27 +359,6 @@ fn event_label(event: &str, def: &StreamSource) -> String {
     }
 }
 
-/// (lag, pending) of `group` in an XINFO GROUPS reply.
-pub(crate) fn group_figures(v: &Value, group: &str) -> Option<(u64, u64)> {
-    let Value::Array(groups) = v else { return None };
-    for g in groups {
-        let pairs: Vec<(String, &Value)> = match g {
-            Value::Array(kv) => kv
-                .chunks(2)
-                .filter(|c| c.len() == 2)
-                .map(|c| (text(&c[0]), &c[1]))
-                .collect(),
-            _ => continue,
-        };
-        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
-        if get("name").map(text).as_deref() == Some(group) {
-            let num = |k| get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-            return Some((num("lag"), num("pending")));
-        }
-    }
-    None
-}
-
 /// The idle time of the first entry of an extended XPENDING reply.
 pub(crate) fn oldest_idle_ms(v: &Value) -> Option<u64> {
     let Value::Array(rows) = v else { return None };
@@ -619,17 +598,7 @@ mod tests {
     }
 
     #[test]
-    fn group_and_pending_figures() {
-        let groups = Value::Array(vec![Value::Array(vec![
-            s("name"),
-            s("spillway"),
-            s("pending"),
-            Value::Integer(3),
-            s("lag"),
-            Value::Integer(7),
-        ])]);
-        assert_eq!(group_figures(&groups, "spillway"), Some((7, 3)));
-        assert_eq!(group_figures(&groups, "other"), None);
+    fn pending_figures() {
         let pending = Value::Array(vec![Value::Array(vec![
             s("1-0"),
             s("c"),

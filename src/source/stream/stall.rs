@@ -35,8 +35,11 @@ pub(super) struct Figures {
 }
 
 impl Figures {
-    /// The figures of `group` in an XINFO GROUPS reply; None when the group is not there.
-    pub(super) fn of(reply: &Value, group: &str) -> Option<Figures> {
+    /// The figures of `group` in an XINFO GROUPS reply; None when the group is not there. With
+    /// the stream's `last-generated-id`, a group whose `last-delivered-id` is that id has no
+    /// lag whatever `lag` says (Redis 7.0 keeps reporting a lag after a failover or a slot
+    /// migration of the stream, with nothing left to deliver).
+    pub(super) fn of(reply: &Value, group: &str, last_generated: Option<&str>) -> Option<Figures> {
         let Value::Array(groups) = reply else {
             return None;
         };
@@ -51,8 +54,14 @@ impl Figures {
                 return None;
             }
             let num = |key| get(key).and_then(Value::as_u64);
+            let delivered = get("last-delivered-id").and_then(Value::as_string);
+            let caught_up = last_generated.is_some() && delivered.as_deref() == last_generated;
             Some(Figures {
-                lag: num("lag").unwrap_or(0),
+                lag: if caught_up {
+                    0
+                } else {
+                    num("lag").unwrap_or(0)
+                },
                 pending: num("pending").unwrap_or(0),
                 entries_read: num("entries-read"),
             })
@@ -260,6 +269,8 @@ mod tests {
                 read,
                 "lag".into(),
                 Value::Integer(7),
+                "last-delivered-id".into(),
+                "5-0".into(),
             ])
         };
         let reply = Value::Array(vec![
@@ -267,17 +278,20 @@ mod tests {
             group("spillway", Value::Null),
         ]);
         assert_eq!(
-            Figures::of(&reply, "spillway"),
+            Figures::of(&reply, "spillway", Some("6-0")),
             Some(Figures {
                 lag: 7,
                 pending: 2,
                 entries_read: None
             })
         );
+        // Delivered up to the stream's last id: no lag, whatever Redis says.
+        let caught_up = Figures::of(&reply, "spillway", Some("5-0"));
+        assert_eq!(caught_up.map(|f| f.lag), Some(0));
         assert_eq!(
-            Figures::of(&reply, "other").and_then(|f| f.entries_read),
+            Figures::of(&reply, "other", None).and_then(|f| f.entries_read),
             Some(1)
         );
-        assert_eq!(Figures::of(&reply, "gone"), None);
+        assert_eq!(Figures::of(&reply, "gone", None), None);
     }
 }
