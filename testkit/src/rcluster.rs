@@ -11,6 +11,13 @@ use std::time::{Duration, Instant};
 use crate::netns::NetNs;
 use crate::{free_port, RedisServer};
 
+/// Held by a test that runs a cluster under load: such tests run one at a time (each takes a
+/// good part of the machine's two cores; two side by side starved each other's failovers).
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// One node as `CLUSTER NODES` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {

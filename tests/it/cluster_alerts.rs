@@ -97,13 +97,14 @@ async fn deletions_nobody_made(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_and_a_slot_migration_under_load_lose_nothing() {
+    let _one_at_a_time = common::rcluster::exclusive().await;
     let cluster = RedisCluster::start(3, 1);
     let ch = ClickHouseServer::start();
     let db = "tcluster";
     let sp = spillway(&cluster, &ch, db).await;
     wait_nodes(&sp, 3).await;
     let url = cluster_url(&cluster);
-    let w = rewrite(&url, 3000, Duration::from_secs(60));
+    let w = rewrite(&url, 2000, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // (a) A replica promoted by CLUSTER FAILOVER: the old primary is drained, the new one
@@ -155,7 +156,7 @@ async fn a_failover_and_a_slot_migration_under_load_lose_nothing() {
         "deletions recorded for keys nobody deleted (a migration's): {:?}",
         &strangers[..strangers.len().min(5)]
     );
-    assert!(f.sets > 10_000, "the load ran: {f:?}");
+    assert!(f.sets > 2_000, "the load ran: {f:?}");
     let dead = ch
         .query(&format!("SELECT key, reason, error FROM {db}.dead_letters"))
         .await;
@@ -164,13 +165,14 @@ async fn a_failover_and_a_slot_migration_under_load_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_is_replaced_and_nothing_readable_is_missed() {
+    let _one_at_a_time = common::rcluster::exclusive().await;
     let mut cluster = RedisCluster::start(3, 1);
     let ch = ClickHouseServer::start();
     let db = "tclusterkill";
     let sp = spillway(&cluster, &ch, db).await;
     wait_nodes(&sp, 3).await;
     let url = cluster_url(&cluster);
-    let w = rewrite(&url, 3000, Duration::from_secs(60));
+    let w = rewrite(&url, 2000, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // (b) A primary SIGKILLed: its replica takes over after the node timeout (2 s here).
@@ -205,7 +207,7 @@ async fn a_primary_killed_under_load_is_replaced_and_nothing_readable_is_missed(
     // before anyone could read it: counted here, never silently.
     let f = check_against("killed primary", &alive, &ch, db, &w, true).await;
     println!("figures: {f:?}; outcomes {outcomes:?}");
-    assert!(f.sets > 10_000, "the load ran: {f:?}");
+    assert!(f.sets > 2_000, "the load ran: {f:?}");
     // Every key alive now was captured with its last value (check_against), and the few the
     // kill took were acknowledged within the replication lag of one primary.
     assert!(
@@ -216,6 +218,7 @@ async fn a_primary_killed_under_load_is_replaced_and_nothing_readable_is_missed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_off_by_the_network_is_replaced_and_followed() {
+    let _one_at_a_time = common::rcluster::exclusive().await;
     let Some(cluster) = RedisCluster::start_with_netns(3) else {
         return;
     };
@@ -224,7 +227,7 @@ async fn a_primary_cut_off_by_the_network_is_replaced_and_followed() {
     let sp = spillway(&cluster, &ch, db).await;
     wait_nodes(&sp, 3).await;
     let url = cluster_url(&cluster);
-    let w = rewrite(&url, 3000, Duration::from_secs(60));
+    let w = rewrite(&url, 2000, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The namespaced primary's link goes down: no FIN, no RST; its connections (Spillway's
@@ -265,7 +268,7 @@ async fn a_primary_cut_off_by_the_network_is_replaced_and_followed() {
     let alive = alive(&cluster, &w.run);
     let f = check_against("cut-off primary", &alive, &ch, db, &w, true).await;
     println!("figures: {f:?}; outcomes {outcomes:?}");
-    assert!(f.sets > 10_000, "the load ran: {f:?}");
+    assert!(f.sets > 2_000, "the load ran: {f:?}");
     assert!(
         f.lost_by_redis < f.sets / 100,
         "far more lost than one primary's replication lag: {f:?}"
@@ -274,6 +277,7 @@ async fn a_primary_cut_off_by_the_network_is_replaced_and_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sidecar_per_node_archives_what_one_per_cluster_does() {
+    let _one_at_a_time = common::rcluster::exclusive().await;
     let cluster = RedisCluster::start(3, 1);
     let ch = ClickHouseServer::start();
     let db = "tsidecars";
@@ -321,11 +325,12 @@ async fn one_sidecar_per_node_archives_what_one_per_cluster_does() {
     let alive = alive(&cluster, &w.run);
     let f = check_against("sidecars", &alive, &ch, db, &w, false).await;
     println!("figures: {f:?}");
-    assert!(f.sets > 5_000, "the load ran: {f:?}");
+    assert!(f.sets > 2_000, "the load ran: {f:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_spillways_on_one_cluster_one_killed_the_other_goes_on() {
+    let _one_at_a_time = common::rcluster::exclusive().await;
     let cluster = RedisCluster::start(3, 1);
     let ch = ClickHouseServer::start();
     let db = "ttwo";
@@ -346,5 +351,5 @@ async fn two_spillways_on_one_cluster_one_killed_the_other_goes_on() {
     // Both captured every value while both ran: one row each under FINAL.
     let f = check_against("two instances", &alive, &ch, db, &w, false).await;
     println!("figures: {f:?}");
-    assert!(f.sets > 5_000, "the load ran: {f:?}");
+    assert!(f.sets > 2_000, "the load ran: {f:?}");
 }

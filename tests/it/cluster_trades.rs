@@ -188,6 +188,7 @@ async fn committed(s: &Stack, at_least: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_sigkill_and_reshard_under_load_lose_and_duplicate_nothing() {
+    let _one_at_a_time = common::rcluster::exclusive().await;
     let t0 = Instant::now();
     let mut s = Stack::start("tcluster", 60);
     let sp = s.spillway().await;
@@ -242,6 +243,7 @@ async fn failover_sigkill_and_reshard_under_load_lose_and_duplicate_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_one_sigkilled_under_load_lose_and_duplicate_nothing() {
+    let _one_at_a_time = common::rcluster::exclusive().await;
     let t0 = Instant::now();
     let s = Stack::start("tcluster2", 2);
     let (mut a, b) = (s.spillway().await, s.spillway().await);
