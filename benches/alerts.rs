@@ -16,40 +16,8 @@ use spillway_testkit::procstat::{
     context_switches, cpu_seconds, load_average, machine, metric_sum, peak_rss_kb, pid_listening,
     CpuMeter,
 };
-use spillway_testkit::rcluster::RedisCluster;
+use spillway_testkit::rcluster::Rls;
 use spillway_testkit::{config_toml, free_port, load, ClickHouseServer, RedisServer, Spillway};
-
-/// Where Spillway's runs write: one redis-server, or a Redis Cluster (`BENCH_REDIS_CLUSTER`).
-enum Rls {
-    One(RedisServer),
-    Cluster(RedisCluster),
-}
-
-impl Rls {
-    fn start() -> Rls {
-        match std::env::var("BENCH_REDIS_CLUSTER")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            Some(p) if p > 0 => Rls::Cluster(RedisCluster::start(p, 0)),
-            _ => Rls::One(RedisServer::start()),
-        }
-    }
-
-    fn nodes(&self) -> Vec<&RedisServer> {
-        match self {
-            Rls::One(r) => vec![r],
-            Rls::Cluster(c) => c.nodes.iter().collect(),
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Rls::One(r) => r.url(),
-            Rls::Cluster(c) => c.url().replacen("redis://", "redis-cluster://", 1),
-        }
-    }
-}
 
 fn main() {
     spillway_testkit::procstat::bench_main("alerts", "BENCH_ALERTS", 1_000_000, run);

@@ -5,11 +5,13 @@
 //! (`count() FINAL`, none missing, every log `moved`); acknowledgement (log keys removed, XACK)
 //! is timed too.
 //!
-//! Run: `cargo bench --bench trades` (env BENCH_TRADES=N, default 50000).
+//! Run: `cargo bench --bench trades` (env BENCH_TRADES=N, default 50000). With
+//! `BENCH_REDIS_CLUSTER=P`, RLS is a Redis Cluster of P primaries (no replicas).
 
 use std::time::{Duration, Instant};
 
 use spillway_testkit::procstat::{load_average, machine, metric_sum, peak_rss_kb, CpuMeter};
+use spillway_testkit::rcluster::Rls;
 use spillway_testkit::trades::{self, GROUP, STREAM};
 use spillway_testkit::{ClickHouseServer, RedisServer, Spillway};
 
@@ -18,14 +20,16 @@ fn main() {
 }
 
 async fn run(n: u64) {
-    let rls = RedisServer::start();
+    let rls = Rls::start();
     let rtrs = RedisServer::start_with(&["--notify-keyspace-events", ""]);
     let ch = ClickHouseServer::start();
     // The default batch settings, as in the alerts bench (with max_delay_ms = 500 instead:
     // 36-44 inserts instead of 26, more of ClickHouse's CPU, no more rows per second).
     // BENCH_BATCH: lines of the `[batch]` table to try other settings (e.g. `max_bytes = 8388608`).
     let batch = std::env::var("BENCH_BATCH").unwrap_or_default();
-    let toml = trades::config_toml(&rls, &rtrs, &ch, "bench", &batch.replace(';', "\n"));
+    let first = rls.nodes()[0];
+    let toml = trades::config_toml(first, &rtrs, &ch, "bench", &batch.replace(';', "\n"))
+        .replace(&first.url(), &rls.url());
     let sp = Spillway::start(&toml);
     sp.wait_ready(Duration::from_secs(60)).await;
     let pid = sp.pid().expect("spillway pid");
@@ -38,14 +42,16 @@ async fn run(n: u64) {
 
     let load = load_average();
     // Who spends the two cores: spillway, the two Redis, ClickHouse, this producer, all.
-    let meter = CpuMeter::start_for(
-        pid,
-        &[
-            ("RLS redis-server", rls.port),
-            ("RTRS redis-server", rtrs.port),
-            ("clickhouse-server", ch.http_port),
-        ],
-    );
+    let mut servers: Vec<(&'static str, u16)> = rls
+        .nodes()
+        .iter()
+        .map(|r| ("RLS redis-server", r.port))
+        .collect();
+    servers.extend([
+        ("RTRS redis-server", rtrs.port),
+        ("clickhouse-server", ch.http_port),
+    ]);
+    let meter = CpuMeter::start_for(pid, &servers);
     let t = Instant::now();
     trades::close_all(&rtrs.url(), &plan, 1000, 2).await;
     let closed_in = t.elapsed();
@@ -82,7 +88,7 @@ async fn run(n: u64) {
     assert_eq!((final_rows, uniq), (total, total), "execution rows");
     assert_eq!(moved, n, "trades committed with their logs moved");
     assert_eq!(dead, 0, "dead letters");
-    assert_eq!(rls.cli(&["DBSIZE"]), "0", "log keys left in RLS");
+    assert_eq!(rls.dbsize(), 0, "log keys left in RLS");
     let pending = rtrs.cli(&["XPENDING", STREAM, GROUP]);
     assert_eq!(pending.lines().next(), Some("0"), "pending entries");
 

@@ -366,3 +366,49 @@ pub fn parse_nodes(text: &str) -> Vec<NodeInfo> {
         })
         .collect()
 }
+
+/// The RLS a benchmark writes into: one redis-server, or (with `BENCH_REDIS_CLUSTER=P`) a Redis
+/// Cluster of P primaries without replicas.
+pub enum Rls {
+    /// One redis-server.
+    One(RedisServer),
+    /// A Redis Cluster.
+    Cluster(RedisCluster),
+}
+
+impl Rls {
+    /// As `BENCH_REDIS_CLUSTER` says.
+    pub fn start() -> Rls {
+        match std::env::var("BENCH_REDIS_CLUSTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            Some(p) if p > 0 => Rls::Cluster(RedisCluster::start(p, 0)),
+            _ => Rls::One(RedisServer::start()),
+        }
+    }
+
+    /// Every node.
+    pub fn nodes(&self) -> Vec<&RedisServer> {
+        match self {
+            Rls::One(r) => vec![r],
+            Rls::Cluster(c) => c.nodes.iter().collect(),
+        }
+    }
+
+    /// The URL Spillway and the producer use (`redis-cluster://` for a cluster).
+    pub fn url(&self) -> String {
+        match self {
+            Rls::One(r) => r.url(),
+            Rls::Cluster(c) => c.url().replacen("redis://", "redis-cluster://", 1),
+        }
+    }
+
+    /// Keys on every node.
+    pub fn dbsize(&self) -> u64 {
+        self.nodes()
+            .iter()
+            .map(|r| r.cli(&["DBSIZE"]).parse::<u64>().unwrap_or(0))
+            .sum()
+    }
+}
