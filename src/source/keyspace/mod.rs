@@ -353,7 +353,10 @@ impl Keyspace {
         let _ = capture.await;
         deadline.abort();
         self.account.publish();
-        self.account.log(&self.name);
+        // A cluster node's pipeline shares the account: the cluster source logs it once.
+        if self.readers[0].cluster.is_none() {
+            self.account.log(&self.name);
+        }
         // One command client, shared by the readers (its server may be gone: no waiting).
         let quit = self.readers[0].client.quit();
         let _ = tokio::time::timeout(Duration::from_secs(1), quit).await;
