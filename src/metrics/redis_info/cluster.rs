@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fred::prelude::*;
 use metrics::gauge;
 use tokio_util::sync::CancellationToken;
 
-use super::{Poller, Refused, TIMEOUT};
+use super::{Poller, Refused};
 use crate::metrics::REDIS_UP;
-use crate::source::node_url;
+use crate::source::keyspace::cluster;
+use crate::source::{node_url, Endpoint};
 
 /// Polls every node of one cluster.
 pub(super) struct ClusterPoller {
@@ -67,68 +67,22 @@ impl ClusterPoller {
         }
     }
 
-    /// The nodes' addresses from `CLUSTER NODES` of the seed or of a node seen before; None
-    /// when none answers.
+    /// The nodes' addresses (those not failing) from `CLUSTER NODES` of the URL's seeds or of
+    /// a node seen before; None when none answers.
     async fn discover(&self) -> Option<Vec<String>> {
-        let seed = url::Url::parse(&self.url)
-            .ok()
-            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port().unwrap_or(6379))));
-        for addr in seed.iter().chain(self.nodes.keys()) {
-            if let Some(nodes) = cluster_nodes(&node_url(&self.url, addr)).await {
-                return Some(nodes);
-            }
-        }
-        None
-    }
-}
-
-/// `CLUSTER NODES` of the one server at `url`, as the addresses of the nodes not failing.
-async fn cluster_nodes(url: &str) -> Option<Vec<String>> {
-    let config = Config::from_url(url).ok()?;
-    let client = Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = TIMEOUT;
-            c.max_command_attempts = 1;
-        })
-        .with_performance_config(|p| p.default_command_timeout = TIMEOUT)
-        .build()
-        .ok()?;
-    tokio::time::timeout(TIMEOUT * 2, client.init())
-        .await
-        .ok()?
-        .ok()?;
-    let cmd =
-        fred::types::CustomCommand::new_static("CLUSTER", fred::types::ClusterHash::Random, false);
-    let text: Option<String> = client.custom(cmd, vec!["NODES"]).await.ok();
-    let _ = tokio::time::timeout(TIMEOUT, client.quit()).await;
-    Some(parse_nodes(&text?))
-}
-
-/// Addresses (`host:port`) of the nodes of a `CLUSTER NODES` reply that are not failing.
-fn parse_nodes(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let flags = f.get(2)?;
-            if flags.contains("fail") || flags.contains("handshake") || flags.contains("noaddr") {
-                return None;
-            }
-            let addr = f.get(1)?.split('@').next()?.split(',').next()?;
-            (!addr.starts_with(':')).then(|| addr.to_string())
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cluster_nodes_become_addresses_without_the_failing() {
-        let text = "a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
-                    b 127.0.0.1:7001@17001,host master,fail - 0 0 2 connected\n\
-                    c 127.0.0.1:7002@17002 slave a 0 0 1 connected\n";
-        assert_eq!(
-            super::parse_nodes(text),
-            vec!["127.0.0.1:7000".to_string(), "127.0.0.1:7002".to_string()]
-        );
+        let endpoint = Endpoint {
+            instance: self.instance.clone(),
+            url: self.url.clone(),
+        };
+        let mut ask = cluster::seeds(&self.url);
+        ask.extend(self.nodes.keys().cloned());
+        let topology = cluster::topology(&endpoint, &ask).await.ok()?;
+        Some(
+            topology
+                .into_iter()
+                .filter(|n| !n.failing)
+                .map(|n| n.addr)
+                .collect(),
+        )
     }
 }

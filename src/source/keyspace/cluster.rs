@@ -94,7 +94,10 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// `CLUSTER NODES` from the first of `addrs` that answers within [`ASK_TIMEOUT`], each on a
 /// connection of its own: a node that died (or sits behind a cut link) costs one timeout, not
 /// the command client's.
-async fn topology(endpoint: &Endpoint, addrs: &[String]) -> std::result::Result<Vec<Node>, Error> {
+pub(crate) async fn topology(
+    endpoint: &Endpoint,
+    addrs: &[String],
+) -> std::result::Result<Vec<Node>, Error> {
     let mut last = Error::new(ErrorKind::Config, "no node of the cluster is known");
     for addr in addrs {
         match tokio::time::timeout(ASK_TIMEOUT, cluster_nodes(endpoint, addr)).await {
@@ -142,7 +145,7 @@ fn ask_order(topology: &[Node], seeds: &[String]) -> Vec<String> {
 }
 
 /// `host:port` of the URL and of each `node=` seed in it.
-fn seeds(url: &str) -> Vec<String> {
+pub(crate) fn seeds(url: &str) -> Vec<String> {
     let Ok(u) = url::Url::parse(url) else {
         return Vec::new();
     };
@@ -454,5 +457,24 @@ a1b2 127.0.0.1:30005@31005 master - 0 0 5 connected
         assert!(select(&Nodes::Local, "127.0.0.1:30004", &topo).is_empty());
         let listed = Nodes::List(vec!["127.0.0.1:30002".into(), "127.0.0.1:30003".into()]);
         assert_eq!(select(&listed, "", &topo).len(), 1);
+    }
+
+    #[test]
+    fn the_topology_is_asked_of_serving_primaries_first_then_the_seeds() {
+        let topo = parse_nodes(NODES);
+        let seeds = seeds("redis-cluster://u:p@10.0.0.9:7000?node=127.0.0.1:30001&node=b:1");
+        assert_eq!(seeds, ["10.0.0.9:7000", "127.0.0.1:30001", "b:1"]);
+        let order = ask_order(&topo, &seeds);
+        assert_eq!(
+            order,
+            [
+                "127.0.0.1:30002",
+                "127.0.0.1:30001",
+                "127.0.0.1:30004",
+                "127.0.0.1:30005",
+                "10.0.0.9:7000",
+                "b:1"
+            ]
+        );
     }
 }
