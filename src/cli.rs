@@ -67,6 +67,16 @@ pub enum Command {
         /// Days rows are kept (`clickhouse.retention_days`); none when absent.
         #[arg(long)]
         retention_days: Option<u32>,
+        /// The statements for a cluster of this name (`clickhouse.cluster`): replicated local
+        /// tables and Distributed ones, `ON CLUSTER`; one server when absent.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// `clickhouse.zookeeper_path` (with --cluster).
+        #[arg(long)]
+        zookeeper_path: Option<String>,
+        /// `clickhouse.replica_name` (with --cluster).
+        #[arg(long)]
+        replica_name: Option<String>,
     },
     /// Play the trading platform: write alerts and trades into RLS and RTRS at a given rate.
     Simulate(crate::simulate::SimulateArgs),
@@ -109,18 +119,27 @@ pub fn main() -> ExitCode {
             clickhouse_version,
             database,
             retention_days,
-        } => {
-            use std::io::Write as _;
-            let generation = crate::rows::schema::Generation::from_version(&clickhouse_version);
-            let mut out = format!("CREATE DATABASE IF NOT EXISTS {database};\n\n");
-            for t in crate::rows::schema::TABLES {
-                let sql = t.create_sql(&database, generation, retention_days);
-                out.push_str(&format!("{sql};\n\n"));
-            }
-            // A closed pipe (`| head`) is not an error worth a panic.
-            let _ = std::io::stdout().write_all(out.as_bytes());
-            Ok(())
-        }
+            cluster,
+            zookeeper_path,
+            replica_name,
+        } => crate::config::validate_cluster(cluster, zookeeper_path, replica_name)
+            .map_err(anyhow::Error::from)
+            .map(|cluster| {
+                use std::io::Write as _;
+                let generation = crate::rows::schema::Generation::from_version(&clickhouse_version);
+                let statements = crate::rows::cluster::statements(
+                    &database,
+                    generation,
+                    retention_days,
+                    cluster.as_ref(),
+                );
+                let out: String = statements
+                    .iter()
+                    .map(|s| format!("{};\n\n", s.sql))
+                    .collect();
+                // A closed pipe (`| head`) is not an error worth a panic.
+                let _ = std::io::stdout().write_all(out.as_bytes());
+            }),
         Command::Simulate(args) => crate::simulate::main(args),
     };
     match result {

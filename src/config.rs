@@ -10,9 +10,14 @@ use serde::Deserialize;
 
 use crate::pipeline::{self, Pipeline};
 
+mod cluster;
 mod effective;
 mod sections;
 mod tls;
+pub(crate) use cluster::validate as validate_cluster;
+pub(crate) use cluster::ClusterSettings;
+#[cfg(test)]
+pub(crate) use cluster::{DEFAULT_REPLICA_NAME, DEFAULT_ZOOKEEPER_PATH};
 pub(crate) use sections::*;
 pub(crate) use tls::ClickHouseTls;
 
@@ -133,6 +138,8 @@ pub struct ClickHouseSettings {
     pub retention_days: Option<u32>,
     /// CA and client certificate for `https://` URLs.
     pub tls: ClickHouseTls,
+    /// The cluster written to, if any (replicated local tables behind `Distributed` ones).
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// As derived, with the Redis URLs' passwords redacted (`check-config` prints this).
@@ -165,6 +172,7 @@ impl std::fmt::Debug for ClickHouseSettings {
             .field("database", &self.database)
             .field("compression", &self.compression)
             .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }

@@ -58,6 +58,11 @@ impl Settings {
             clickhouse.insert("client_cert_file".into(), cert.into());
             clickhouse.insert("client_key_file".into(), key.into());
         }
+        if let Some(c) = &ch.cluster {
+            clickhouse.insert("cluster".into(), c.name.as_str().into());
+            clickhouse.insert("zookeeper_path".into(), c.zookeeper_path.as_str().into());
+            clickhouse.insert("replica_name".into(), c.replica_name.as_str().into());
+        }
         root.insert("clickhouse".into(), Value::Table(clickhouse));
         let mut metrics = Table::new();
         metrics.insert("addr".into(), self.metrics_addr.to_string().into());
@@ -154,6 +159,8 @@ url = "http://127.0.0.1:8123"
 user = "writer"
 password = "chPassw0rd"
 database = "audit"
+cluster = "prod"
+replica_name = "{host}"
 
 [batch]
 max_rows = 5000
@@ -182,6 +189,14 @@ read_batch_bytes = 3000000
             .unwrap();
         assert_eq!(again.to_toml(), printed.replace("password: set (not shown; give it again with SPILLWAY_CLICKHOUSE_PASSWORD or in the file)", "password: none"));
         assert_eq!(again.batch.max_rows.get(), 5000);
+        for line in [
+            "cluster = \"prod\"\n",
+            "zookeeper_path = \"/clickhouse/tables/{shard}/{database}/{table}\"\n",
+            "replica_name = \"{host}\"\n",
+        ] {
+            assert!(printed.contains(line), "{line} not in {printed}");
+        }
+        assert_eq!(again.clickhouse.cluster, s.clickhouse.cluster);
         assert!(printed.contains("subscriber_ping_secs = 2\n"), "{printed}");
         assert!(
             printed.contains("subscriber_timeout_secs = 7\n"),

@@ -69,6 +69,16 @@ pub(crate) struct ClickHouseSection {
     /// archived); default none: an audit archive is usually kept for years. Needs ClickHouse 20.1
     /// or later.
     pub retention_days: Option<u32>,
+    /// The ClickHouse cluster to write to (its name under `<remote_servers>`); default none, a
+    /// single server. Tables are then created `ON CLUSTER`: replicated `*_local` tables and a
+    /// `Distributed` table under each name readers query.
+    pub cluster: Option<String>,
+    /// ZooKeeper (or Keeper) path of each replicated table, default
+    /// `/clickhouse/tables/{shard}/{database}/{table}`; needs `cluster`.
+    pub zookeeper_path: Option<String>,
+    /// Replica name of each replicated table, default `{replica}` (the servers' macro); needs
+    /// `cluster`.
+    pub replica_name: Option<String>,
 }
 
 /// The `[metrics]` table.
@@ -237,7 +247,10 @@ impl ClickHouseSection {
             self.client_cert_file,
             self.client_key_file,
         )?;
+        let cluster =
+            super::cluster::validate(self.cluster, self.zookeeper_path, self.replica_name)?;
         Ok(ClickHouseSettings {
+            cluster,
             compression,
             tls,
             url,

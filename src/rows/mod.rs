@@ -6,6 +6,7 @@
 //! rescan) never shows a duplicate under `FINAL`.
 
 pub mod alert;
+pub(crate) mod cluster;
 pub(crate) mod rowbinary;
 pub(crate) mod schema;
 pub mod trade;

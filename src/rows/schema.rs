@@ -83,6 +83,9 @@ pub(crate) struct Table {
     pub columns: &'static [(&'static str, Col)],
     /// `ORDER BY`: the row identity that ReplacingMergeTree deduplicates on.
     pub order_by: &'static str,
+    /// On a cluster, the columns of the sharding key (`cityHash64(...)`): some of the identity's,
+    /// so that copies of one row always land on the same shard and meet under `FINAL`.
+    pub shard_by: &'static str,
     /// A time column to partition by month, when partitioning cannot split an identity.
     pub partition_time: Option<&'static str>,
     /// A monthly partition expression for servers from 20.1, when the identity carries a time
@@ -93,6 +96,19 @@ pub(crate) struct Table {
     /// The version column of `ReplacingMergeTree(version)`: the row `FINAL` keeps is the one
     /// with the highest version (without one, the last inserted).
     pub version: Option<&'static str>,
+}
+
+/// The local table of a cluster, as [`Table::create_sql_in`] creates it.
+#[derive(Debug)]
+pub(crate) struct Replicated<'a> {
+    /// The local table's name.
+    pub table: &'a str,
+    /// The cluster (`ON CLUSTER`).
+    pub cluster: &'a str,
+    /// The ZooKeeper path, with `{shard}` left to the servers' macros.
+    pub path: &'a str,
+    /// The replica name (a macro of the servers).
+    pub replica: &'a str,
 }
 
 /// The month of the close that took a log: its `take_id` is that close's stream entry id
@@ -132,6 +148,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("version", Col::U64),
         ],
         order_by: "key, content_hash",
+        shard_by: "key",
         archived_at: "captured_at_ms",
         partition_time: None,
         partition_by: None,
@@ -148,6 +165,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("ttl_ms", Col::I64),
         ],
         order_by: "key, event, event_ms, content_hash",
+        shard_by: "key",
         archived_at: "event_ms",
         partition_time: Some("event_ms"),
         partition_by: None,
@@ -167,6 +185,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("received_at_ms", Col::TimeMs),
         ],
         order_by: "pipeline, key, stream_id, content_hash",
+        shard_by: "key, stream_id, content_hash",
         archived_at: "received_at_ms",
         partition_time: None,
         partition_by: None,
@@ -197,6 +216,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("version", Col::U64),
         ],
         order_by: "trade_id",
+        shard_by: "trade_id",
         archived_at: "received_at_ms",
         partition_time: None,
         partition_by: None,
@@ -231,6 +251,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("archived_at_ms", Col::TimeMs),
         ],
         order_by: "trade_id, take_id, position",
+        shard_by: "trade_id",
         archived_at: "archived_at_ms",
         partition_time: None,
         partition_by: Some(TAKE_MONTH),
@@ -264,6 +285,71 @@ fn encloses(s: &str) -> bool {
     false
 }
 
+/// An engine's name and its top-level arguments, trimmed, as `engine_full` shows it, e.g.
+/// `ReplicatedReplacingMergeTree('/p/{shard}', '{replica}', version) ORDER BY k` gives the name
+/// and `['/p/{shard}'`, `'{replica}'`, `version]` (quotes kept; commas and parentheses inside
+/// quotes or nested calls do not split).
+pub(crate) fn engine_args(engine: &str) -> (&str, Vec<String>) {
+    let engine = engine.trim();
+    let Some(open) = engine.find('(').filter(|&i| !engine[..i].contains(' ')) else {
+        return (engine.split(' ').next().unwrap_or(""), Vec::new());
+    };
+    let (mut args, mut cur, mut depth, mut quote) = (Vec::new(), String::new(), 0, None);
+    for c in engine[open + 1..].chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '`' | '"') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') if depth == 0 => break,
+            (None, ')') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                args.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() || !args.is_empty() {
+        args.push(cur.trim().to_string());
+    }
+    (&engine[..open], args)
+}
+
+/// The fix of table `name` (`on_cluster`: empty, or ` ON CLUSTER ...`) given its differences:
+/// missing columns added when only columns are missing; a `Distributed` table that routes
+/// elsewhere dropped (it holds no rows: Spillway creates it again at the next start); any other
+/// table renamed aside.
+pub(crate) fn fix_statement(
+    database: &str,
+    name: &str,
+    on_cluster: &str,
+    differences: &[Difference],
+) -> String {
+    let missing: Vec<String> = differences
+        .iter()
+        .filter_map(|d| match d {
+            Difference::Missing(name, ty) => Some(format!("ADD COLUMN {name} {ty}")),
+            _ => None,
+        })
+        .collect();
+    let routes_elsewhere = differences.iter().any(
+        |d| matches!(d, Difference::Distributed(found, _) if found.starts_with("Distributed(")),
+    );
+    if missing.len() == differences.len() {
+        format!(
+            "ALTER TABLE {database}.{name}{on_cluster} {}",
+            missing.join(", ")
+        )
+    } else if routes_elsewhere {
+        format!("DROP TABLE {database}.{name}{on_cluster}")
+    } else {
+        format!("RENAME TABLE {database}.{name} TO {database}.{name}_old{on_cluster}")
+    }
+}
+
 /// One way an existing table differs from what Spillway writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Difference {
@@ -277,6 +363,11 @@ pub(crate) enum Difference {
     Missing(&'static str, &'static str),
     /// A column has another type: its name, its type, Spillway's.
     Type(&'static str, String, &'static str),
+    /// On a cluster, a local table that is not replicated: its engine.
+    NotReplicated(String),
+    /// On a cluster, the table readers query is not the `Distributed` table Spillway needs:
+    /// its engine with its parameters, and Spillway's.
+    Distributed(String, String),
 }
 
 impl std::fmt::Display for Difference {
@@ -300,6 +391,14 @@ impl std::fmt::Display for Difference {
             Difference::Type(name, found, want) => {
                 write!(f, "column {name} is {found}, Spillway writes {want}")
             }
+            Difference::NotReplicated(e) => write!(
+                f,
+                "engine is {e}, not ReplicatedReplacingMergeTree (its rows would be on one replica only)"
+            ),
+            Difference::Distributed(found, want) => write!(
+                f,
+                "engine is {found}, not {want} (rows must be sharded by their identity so that copies meet under FINAL)"
+            ),
         }
     }
 }
@@ -321,11 +420,19 @@ impl Table {
         generation: Generation,
         retention_days: Option<u32>,
     ) -> String {
-        let cols: Vec<String> = self
-            .columns
-            .iter()
-            .map(|(name, col)| format!("    {name} {}", generation.render(*col)))
-            .collect();
+        self.create_sql_in(database, generation, retention_days, None)
+    }
+
+    /// [`Table::create_sql`], or with `replicated` the local table of a cluster: created under
+    /// its own name `ON CLUSTER`, as `ReplicatedReplacingMergeTree` (whose inserts are
+    /// deduplicated by block without a table setting).
+    pub(crate) fn create_sql_in(
+        &self,
+        database: &str,
+        generation: Generation,
+        retention_days: Option<u32>,
+        replicated: Option<&Replicated<'_>>,
+    ) -> String {
         let partition = match (self.partition_time, generation) {
             (None, Generation::Current | Generation::Modern) => match self.partition_by {
                 Some(expr) => format!("PARTITION BY {expr}\n"),
@@ -344,18 +451,43 @@ impl Table {
             ),
             _ => String::new(),
         };
-        // Inserts identical to one of the last 1000 (by their token) are dropped.
-        let settings = match generation {
-            Generation::Modern => "\nSETTINGS non_replicated_deduplication_window = 1000",
-            _ => "",
+        let version = self.version.unwrap_or("");
+        let (name, engine, settings) = match replicated {
+            None => (
+                format!("{database}.{}", self.name),
+                format!("ReplacingMergeTree({version})"),
+                // Inserts identical to one of the last 1000 (by their token) are dropped.
+                match generation {
+                    Generation::Modern => "\nSETTINGS non_replicated_deduplication_window = 1000",
+                    _ => "",
+                },
+            ),
+            Some(r) => (
+                format!("{database}.{} ON CLUSTER `{}`", r.table, r.cluster),
+                format!(
+                    "ReplicatedReplacingMergeTree('{}', '{}'{}{version})",
+                    r.path,
+                    r.replica,
+                    if version.is_empty() { "" } else { ", " }
+                ),
+                "",
+            ),
         };
         format!(
-            "CREATE TABLE IF NOT EXISTS {database}.{name} (\n{cols}\n) ENGINE = ReplacingMergeTree({version})\n{partition}ORDER BY ({order}){ttl}{settings}",
-            name = self.name,
-            version = self.version.unwrap_or(""),
-            cols = cols.join(",\n"),
+            "CREATE TABLE IF NOT EXISTS {name} (\n{cols}\n) ENGINE = {engine}\n{partition}ORDER BY ({order}){ttl}{settings}",
+            cols = self.columns_sql(generation),
             order = self.order_by,
         )
+    }
+
+    /// The column list of a `CREATE TABLE`, one column a line.
+    pub(crate) fn columns_sql(&self, generation: Generation) -> String {
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(name, col)| format!("    {name} {}", generation.render(*col)))
+            .collect();
+        cols.join(",\n")
     }
 
     /// How an existing table differs from this one, as Spillway writes it on a server of
@@ -371,21 +503,32 @@ impl Table {
         sorting_key: &str,
     ) -> Vec<Difference> {
         let mut out = Vec::new();
-        // `ReplacingMergeTree(version) ORDER BY ...`, or without parameters.
-        let (name, params) = match engine.split_once('(') {
-            Some((name, rest)) if !name.contains(' ') => {
-                (name, rest.split_once(')').map_or("", |(p, _)| p))
-            }
-            _ => (engine.split(' ').next().unwrap_or(""), ""),
-        };
+        // `ReplacingMergeTree(version) ORDER BY ...`, or without parameters; a replicated one
+        // has its ZooKeeper path and replica name first.
+        let (name, mut args) = engine_args(engine);
+        if name.starts_with("Replicated") {
+            args.drain(..args.len().min(2));
+        }
+        let params = args.join(", ");
         if !name.ends_with("ReplacingMergeTree") {
             out.push(Difference::Engine(name.to_string()));
-        } else if params.trim() != self.version.unwrap_or("") {
-            out.push(Difference::Version(params.trim().to_string(), self.version));
+        } else if params != self.version.unwrap_or("") {
+            out.push(Difference::Version(params, self.version));
         }
         if sorting(sorting_key) != sorting(self.order_by) {
             out.push(Difference::OrderBy(sorting_key.to_string(), self.order_by));
         }
+        out.extend(self.column_differences(generation, columns));
+        out
+    }
+
+    /// The columns Spillway writes that `columns` (name, type) lacks or types otherwise.
+    pub(crate) fn column_differences(
+        &self,
+        generation: Generation,
+        columns: &[(String, String)],
+    ) -> Vec<Difference> {
+        let mut out = Vec::new();
         for (name, col) in self.columns {
             let want = generation.render(*col);
             match columns.iter().find(|(n, _)| n == name) {
@@ -397,31 +540,6 @@ impl Table {
             }
         }
         out
-    }
-
-    /// The statement that makes an existing table what Spillway writes, given its
-    /// `differences`: the missing columns added when only columns are missing, else the table
-    /// renamed aside (Spillway then creates it anew at the next start).
-    pub(crate) fn fix_sql(&self, database: &str, differences: &[Difference]) -> String {
-        let missing: Vec<String> = differences
-            .iter()
-            .filter_map(|d| match d {
-                Difference::Missing(name, ty) => Some(format!("ADD COLUMN {name} {ty}")),
-                _ => None,
-            })
-            .collect();
-        if missing.len() == differences.len() {
-            format!(
-                "ALTER TABLE {database}.{} {}",
-                self.name,
-                missing.join(", ")
-            )
-        } else {
-            format!(
-                "RENAME TABLE {database}.{name} TO {database}.{name}_old",
-                name = self.name
-            )
-        }
     }
 
     /// The column names in order.
@@ -552,7 +670,7 @@ mod tests {
         let d = t.differences(g, &fewer, engine, "trade_id");
         assert_eq!(d, [Difference::Missing("swap", "Nullable(Float64)")]);
         assert_eq!(
-            t.fix_sql("db", &d),
+            fix_statement("db", t.name, "", &d),
             "ALTER TABLE db.trades ADD COLUMN swap Nullable(Float64)"
         );
         // Another type, engine or key: the table is renamed aside.
@@ -574,7 +692,7 @@ mod tests {
             "column event is UInt8, Spillway writes String"
         );
         assert_eq!(
-            t.fix_sql("db", &d),
+            fix_statement("db", t.name, "", &d),
             "RENAME TABLE db.trades TO db.trades_old"
         );
     }

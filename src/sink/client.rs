@@ -8,7 +8,7 @@ use clickhouse::Client;
 use super::batch::Rows;
 use crate::config::{redact_url, ClickHouseSettings};
 use crate::metrics as m;
-use crate::rows::schema::{self, Generation, TABLES};
+use crate::rows::schema::{self, Generation};
 
 /// Errors of the ClickHouse side.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,9 @@ pub(crate) struct Sink {
     insert_timeout: Duration,
     /// Whether inserts carry a deduplication token (servers from 22.2 on).
     tokens: bool,
+    /// Whether the tables are `Distributed` ones over a cluster: inserts then wait until every
+    /// shard has its rows (`insert_distributed_sync`), so a commit means the shards have them.
+    cluster: bool,
 }
 
 impl Sink {
@@ -133,51 +136,15 @@ impl Sink {
                 version.trim()
             )));
         }
-        base.query(&format!("CREATE DATABASE IF NOT EXISTS {}", s.database))
-            .execute()
-            .await
-            .map_err(err("creating the database"))?;
-        for t in TABLES {
-            base.query(&t.create_sql(&s.database, generation, s.retention_days))
-                .execute()
-                .await
-                .map_err(err(&format!("creating table {}", t.name)))?;
-            let columns: Vec<String> = base
-                .query("SELECT concat(name, '\t', type) FROM system.columns WHERE database = ? AND table = ?")
-                .bind(&s.database)
-                .bind(t.name)
-                .fetch_all()
-                .await
-                .map_err(err(&format!("reading the columns of {}", t.name)))?;
-            let columns: Vec<(String, String)> = columns
-                .iter()
-                .filter_map(|l| l.split_once('\t'))
-                .map(|(n, ty)| (n.to_string(), ty.to_string()))
-                .collect();
-            let table: String = base
-                .query("SELECT concat(engine_full, '\t', sorting_key) FROM system.tables WHERE database = ? AND name = ?")
-                .bind(&s.database)
-                .bind(t.name)
-                .fetch_one()
-                .await
-                .map_err(err(&format!("reading the engine of {}", t.name)))?;
-            let (engine, sorting_key) = table.split_once('\t').unwrap_or((&table, ""));
-            let differences = t.differences(generation, &columns, engine, sorting_key);
-            if !differences.is_empty() {
-                return Err(SinkError::Schema {
-                    fix: t.fix_sql(&s.database, &differences),
-                    database: s.database.clone(),
-                    table: t.name.into(),
-                    differences,
-                });
-            }
-        }
-        tracing::info!(%url, %version, ?generation, database = %s.database, "ClickHouse ready");
+        super::ddl::create_and_check(&base, &url, s, generation).await?;
+        let cluster = s.cluster.as_ref().map(|c| c.name.as_str());
+        tracing::info!(%url, %version, ?generation, database = %s.database, ?cluster, "ClickHouse ready");
         Ok(Sink {
             client: base.with_database(&s.database),
             url,
             insert_timeout: s.insert_timeout,
             tokens: generation == Generation::Modern,
+            cluster: s.cluster.is_some(),
         })
     }
 
@@ -238,9 +205,16 @@ impl Sink {
             .client
             .insert_formatted_with(format!("INSERT INTO {table} ({columns}) FORMAT RowBinary"))
             .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
+        if self.cluster {
+            // 18.16 knows only this name; current servers take it as an alias of
+            // `distributed_foreground_insert`.
+            insert = insert.with_setting("insert_distributed_sync", "1");
+        }
         if self.tokens {
             // The same rows give the same token: a retried insert (after a timeout whose outcome
-            // is unknown, or a restart) is dropped by the server instead of written twice.
+            // is unknown, or a restart) is dropped by the server instead of written twice. Through
+            // a Distributed table the setting goes with each shard's part of the insert, and each
+            // shard checks it in its own replicated block log.
             insert = insert.with_setting("insert_deduplication_token", dedup_token(table, &data));
         }
         for piece in data {
@@ -291,6 +265,7 @@ mod tests {
                 // The TTL DDL is accepted by the current server (18.16 refuses it at start).
                 retention_days: modern.then_some(400),
                 tls: Default::default(),
+                cluster: None,
             };
             let sink = Sink::connect(&settings).await.expect("connect");
             assert_eq!(sink.tokens, modern);

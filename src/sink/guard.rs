@@ -19,8 +19,10 @@ use tokio::sync::watch;
 use super::client::{Result, Sink, SinkError};
 use super::permanent::{Blocked, Context, Kind};
 use crate::config::ClickHouseSettings;
+use crate::config::ClusterSettings;
 use crate::metrics as m;
-use crate::rows::schema::{Generation, TABLES};
+use crate::rows::cluster::statements;
+use crate::rows::schema::Generation;
 
 /// How often inserts blocked by a permanent error are tried again.
 pub(crate) const BLOCKED_RETRY: Duration = Duration::from_secs(5);
@@ -47,6 +49,8 @@ pub(crate) struct Guard {
     user: String,
     recreate: bool,
     retention_days: Option<u32>,
+    /// The cluster, if the tables are created on one.
+    cluster: Option<ClusterSettings>,
     /// What blocks the inserts now.
     current: Mutex<Option<Blocked>>,
     /// Bumped when inserts go through again after a table or the database was gone: the
@@ -66,6 +70,7 @@ impl Guard {
             user: s.user.clone(),
             recreate: s.recreate_tables,
             retention_days: s.retention_days,
+            cluster: s.cluster.clone(),
             current: Mutex::new(None),
             recreated: watch::channel(0).0,
         }
@@ -150,32 +155,28 @@ impl Guard {
             .map_err(err("asking its version".into()))?;
         let generation = Generation::from_version(&version);
         let db = &self.database;
-        if b.kind == Kind::UnknownDatabase {
-            admin
-                .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
-                .execute()
-                .await
-                .map_err(err(format!("creating the database {db} again")))?;
-            tracing::warn!(database = %db, "database created again");
-            metrics::counter!(m::CLICKHOUSE_RECREATED, "object" => "database").increment(1);
-        }
-        for t in TABLES {
+        let url = sink.url();
+        for st in statements(db, generation, self.retention_days, self.cluster.as_ref()) {
+            let Some(table) = &st.table else {
+                if b.kind == Kind::UnknownDatabase {
+                    super::ddl::run(&admin, url, &st).await?;
+                    tracing::warn!(database = %db, "database created again");
+                    metrics::counter!(m::CLICKHOUSE_RECREATED, "object" => "database").increment(1);
+                }
+                continue;
+            };
             let exists: u64 = admin
                 .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
                 .bind(db)
-                .bind(t.name)
+                .bind(table)
                 .fetch_one()
                 .await
-                .map_err(err(format!("looking for table {}", t.name)))?;
+                .map_err(err(format!("looking for table {table}")))?;
             if exists > 0 {
                 continue;
             }
-            admin
-                .query(&t.create_sql(db, generation, self.retention_days))
-                .execute()
-                .await
-                .map_err(err(format!("creating table {db}.{} again", t.name)))?;
-            tracing::warn!(table = %format!("{db}.{}", t.name), "table created again");
+            super::ddl::run(&admin, url, &st).await?;
+            tracing::warn!(table = %format!("{db}.{table}"), "table created again");
             metrics::counter!(m::CLICKHOUSE_RECREATED, "object" => "table").increment(1);
         }
         Ok(())

@@ -7,6 +7,7 @@
 pub(crate) mod batch;
 pub(crate) mod batcher;
 pub(crate) mod client;
+mod ddl;
 pub(crate) mod guard;
 pub(crate) mod permanent;
 mod tls;
