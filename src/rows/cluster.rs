@@ -18,7 +18,7 @@ pub(crate) const LOCAL_SUFFIX: &str = "_local";
 /// Seconds an `ON CLUSTER` statement waits for every host (`distributed_ddl_task_timeout`; the
 /// servers' default is 180). With a host down the start waits this long, then goes on: the host
 /// runs the statement from the queue when it is back.
-pub(crate) const DDL_TIMEOUT_SECS: u64 = 20;
+pub(crate) const DDL_TIMEOUT_SECS: u64 = 10;
 
 /// One statement that creates part of the schema.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use clickhouse::Client;
 
 use super::client::{Result, SinkError};
 use super::writer::error_code;
-use crate::config::ClickHouseSettings;
+use crate::config::{ClickHouseSettings, ClusterSettings};
 use crate::rows::cluster::{self, Statement, DDL_TIMEOUT_SECS};
 use crate::rows::schema::{fix_statement, Generation, TABLES};
 
@@ -16,30 +16,101 @@ use crate::rows::schema::{fix_statement, Generation, TABLES};
 /// `distributed_ddl_task_timeout`.
 const DDL_TIMEOUT_CODE: u32 = 159;
 
-/// Runs one statement of the schema. An `ON CLUSTER` one waits [`DDL_TIMEOUT_SECS`] for the
-/// hosts; when some did not answer in time (a host down), it stays in the cluster's queue, which
-/// that host runs when it is back: logged, and the start goes on (the check that follows finds
-/// what is missing on the server Spillway talks to).
-pub(super) async fn run(client: &Client, url: &str, st: &Statement) -> Result<()> {
+/// Runs one statement of the schema; whether it finished everywhere. An `ON CLUSTER` one waits
+/// up to `wait` seconds for the hosts (`distributed_ddl_task_timeout`); when some did not answer
+/// in time (a host down), it stays in the cluster's queue, which that host runs when it is back:
+/// logged, and the start goes on.
+pub(super) async fn run(client: &Client, url: &str, st: &Statement, wait: u64) -> Result<bool> {
     let mut q = client.query(&st.sql);
     if st.on_cluster {
-        q = q.with_setting("distributed_ddl_task_timeout", DDL_TIMEOUT_SECS.to_string());
+        q = q.with_setting("distributed_ddl_task_timeout", wait.to_string());
     }
     match q.execute().await {
         Err(clickhouse::error::Error::BadResponse(msg))
             if st.on_cluster && error_code(&msg) == Some(DDL_TIMEOUT_CODE) =>
         {
             let what = st.table.as_deref().unwrap_or("the database");
-            tracing::warn!(%url, table = what, error = %msg, "an ON CLUSTER statement did not finish on every host in {DDL_TIMEOUT_SECS} s; those hosts run it when they are back");
-            Ok(())
+            tracing::warn!(%url, table = what, error = %msg, "an ON CLUSTER statement did not finish on every host in {wait} s; those hosts run it when they are back");
+            Ok(false)
         }
         Err(source) => Err(SinkError::Client {
             url: url.to_string(),
             action: format!("creating {}", st.table.as_deref().unwrap_or("the database")),
             source,
         }),
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
     }
+}
+
+/// What the schema is made for.
+#[derive(Clone, Copy)]
+pub(super) struct Schema<'a> {
+    /// The database.
+    pub database: &'a str,
+    /// The server's generation.
+    pub generation: Generation,
+    /// `clickhouse.retention_days`.
+    pub retention_days: Option<u32>,
+    /// `clickhouse.cluster`.
+    pub cluster: Option<&'a ClusterSettings>,
+}
+
+/// Runs every statement of the schema (`only_missing`: those whose table or database is not
+/// on the server Spillway talks to); the tables created (the database as an empty name). Once one timed out (a host down), the others wait for
+/// the hosts 1 s only (each would wait the whole [`DDL_TIMEOUT_SECS`] for the same host), then
+/// until the server Spillway talks to has run it.
+pub(super) async fn create(
+    client: &Client,
+    url: &str,
+    schema: Schema<'_>,
+    only_missing: bool,
+) -> Result<Vec<String>> {
+    let (db, generation) = (schema.database, schema.generation);
+    let mut wait = DDL_TIMEOUT_SECS;
+    let mut created = Vec::new();
+    for st in cluster::statements(db, generation, schema.retention_days, schema.cluster) {
+        let name = st.table.clone().unwrap_or_default();
+        if only_missing && exists(client, url, db, &name).await? {
+            continue;
+        }
+        if !run(client, url, &st, wait).await? {
+            wait = 1;
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_secs(DDL_TIMEOUT_SECS);
+            while !exists(client, url, db, &name).await? && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+        created.push(name);
+    }
+    Ok(created)
+}
+
+/// Whether table `name` (empty: the database) exists on the server Spillway talks to.
+pub(super) async fn exists(client: &Client, url: &str, db: &str, name: &str) -> Result<bool> {
+    let (sql, what) = if name.is_empty() {
+        (
+            "SELECT count() FROM system.databases WHERE name = ? AND ? = ''",
+            "the database",
+        )
+    } else {
+        (
+            "SELECT count() FROM system.tables WHERE database = ? AND name = ?",
+            name,
+        )
+    };
+    let n: u64 = client
+        .query(sql)
+        .bind(db)
+        .bind(name)
+        .fetch_one()
+        .await
+        .map_err(|source| SinkError::Client {
+            url: url.to_string(),
+            action: format!("looking for {what}"),
+            source,
+        })?;
+    Ok(n > 0)
 }
 
 /// Creates what is missing and checks every table; the first table that is not what Spillway
@@ -51,9 +122,13 @@ pub(super) async fn create_and_check(
     generation: Generation,
 ) -> Result<()> {
     let db = &s.database;
-    for st in cluster::statements(db, generation, s.retention_days, s.cluster.as_ref()) {
-        run(client, url, &st).await?;
-    }
+    let schema = Schema {
+        database: db,
+        generation,
+        retention_days: s.retention_days,
+        cluster: s.cluster.as_ref(),
+    };
+    create(client, url, schema, false).await?;
     for t in TABLES {
         let Some(c) = &s.cluster else {
             let (columns, engine, key) = describe(client, url, db, t.name).await?;

@@ -21,7 +21,6 @@ use super::permanent::{Blocked, Context, Kind};
 use crate::config::ClickHouseSettings;
 use crate::config::ClusterSettings;
 use crate::metrics as m;
-use crate::rows::cluster::statements;
 use crate::rows::schema::Generation;
 
 /// How often inserts blocked by a permanent error are tried again.
@@ -154,30 +153,19 @@ impl Guard {
             .await
             .map_err(err("asking its version".into()))?;
         let generation = Generation::from_version(&version);
-        let db = &self.database;
-        let url = sink.url();
-        for st in statements(db, generation, self.retention_days, self.cluster.as_ref()) {
-            let Some(table) = &st.table else {
-                if b.kind == Kind::UnknownDatabase {
-                    super::ddl::run(&admin, url, &st).await?;
-                    tracing::warn!(database = %db, "database created again");
-                    metrics::counter!(m::CLICKHOUSE_RECREATED, "object" => "database").increment(1);
-                }
-                continue;
+        let schema = super::ddl::Schema {
+            database: &self.database,
+            generation,
+            retention_days: self.retention_days,
+            cluster: self.cluster.as_ref(),
+        };
+        for name in super::ddl::create(&admin, sink.url(), schema, true).await? {
+            let (object, name) = match name.as_str() {
+                "" => ("database", self.database.clone()),
+                table => ("table", format!("{}.{table}", self.database)),
             };
-            let exists: u64 = admin
-                .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
-                .bind(db)
-                .bind(table)
-                .fetch_one()
-                .await
-                .map_err(err(format!("looking for table {table}")))?;
-            if exists > 0 {
-                continue;
-            }
-            super::ddl::run(&admin, url, &st).await?;
-            tracing::warn!(table = %format!("{db}.{table}"), "table created again");
-            metrics::counter!(m::CLICKHOUSE_RECREATED, "object" => "table").increment(1);
+            tracing::warn!(name = %name, "{object} created again");
+            metrics::counter!(m::CLICKHOUSE_RECREATED, "object" => object).increment(1);
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 pub(crate) mod batch;
 pub(crate) mod batcher;
 pub(crate) mod client;
+#[cfg(test)]
+mod cluster_tests;
 mod ddl;
 pub(crate) mod guard;
 pub(crate) mod permanent;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod chcluster;
 pub mod cluster_load;
 pub mod faults;
 pub mod load;
@@ -28,6 +29,7 @@ pub mod rcluster;
 pub mod rewrite;
 pub mod tls;
 pub mod trades;
+pub mod zookeeper;
 
 /// A port free on 127.0.0.1 for a server to listen on, below the kernel's ephemeral range: a
 /// port of that range (what binding port 0 gives) can be taken, between this call and the
@@ -395,6 +397,28 @@ const CLICKHOUSE_USERS: &str = r#"<?xml version="1.0"?>
 </yandex>
 "#;
 
+/// The ports of an 18.16 server, free on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub struct LegacyPorts {
+    /// HTTP interface.
+    pub http: u16,
+    /// Native protocol (what `Distributed` tables and `<remote_servers>` use).
+    pub tcp: u16,
+    /// Where replicas fetch parts from each other.
+    pub interserver: u16,
+}
+
+impl LegacyPorts {
+    /// Three free ports.
+    pub fn free() -> LegacyPorts {
+        LegacyPorts {
+            http: free_port(),
+            tcp: free_port(),
+            interserver: free_port(),
+        }
+    }
+}
+
 /// A clickhouse-server (18.16) child process with config, data and logs in a tempdir.
 pub struct ClickHouseServer {
     pub http_port: u16,
@@ -479,8 +503,16 @@ impl ClickHouseServer {
     /// [`ClickHouseServer::start_legacy`] with `extra` lines in the config (an `https_port`
     /// listened on, else 0).
     fn start_legacy_with(extra: &str, https_port: u16) -> Self {
+        let mut server = Self::start_legacy_at(LegacyPorts::free(), extra);
+        server.https_port = https_port;
+        server
+    }
+
+    /// [`ClickHouseServer::start_legacy`] on `ports` chosen beforehand (a cluster's config names
+    /// every server's), with `extra` XML inside `<yandex>`.
+    pub fn start_legacy_at(ports: LegacyPorts, extra: &str) -> Self {
         let dir = tempdir("clickhouse-");
-        let (http_port, tcp_port, interserver) = (free_port(), free_port(), free_port());
+        let (http_port, tcp_port, interserver) = (ports.http, ports.tcp, ports.interserver);
         let d = dir.path().display();
         let config = format!(
             r#"<?xml version="1.0"?>
@@ -508,7 +540,7 @@ impl ClickHouseServer {
         let mut server = ClickHouseServer {
             http_port,
             tcp_port,
-            https_port,
+            https_port: 0,
             proc,
             dir,
             modern: false,
@@ -594,6 +626,16 @@ impl ClickHouseServer {
     /// Stops the server (SIGTERM, SIGKILL after 10 s); data stays in the tempdir.
     pub fn stop(&mut self) {
         self.proc.stop(Duration::from_secs(10));
+    }
+
+    /// SIGKILLs the server (no shutdown); data stays in the tempdir.
+    pub fn kill(&mut self) {
+        self.proc.stop(Duration::ZERO);
+    }
+
+    /// The last lines of its error log, for a failing test's message.
+    pub fn error_log(&self) -> String {
+        tail(&self.dir.path().join("error.log"), 40)
     }
 
     /// Starts the server again with the same ports and data dir (stops it first if running).

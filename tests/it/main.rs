@@ -8,6 +8,7 @@ extern crate spillway_testkit as common;
 mod acl;
 mod alerts;
 mod archive;
+mod clickhouse_cluster;
 mod clickhouse_errors;
 mod cluster_alerts;
 mod cluster_trades;

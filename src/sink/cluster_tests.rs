@@ -1,0 +1,110 @@
+//! The sink on a real ClickHouse cluster (2 shards x 2 replicas of 18.16 with ZooKeeper): a
+//! retried batch is dropped by the replicas, through either replica; the start-up check reads
+//! the replicated and Distributed tables as 18.16 prints them; a host down delays the start by
+//! the DDL timeout once, not once per statement.
+
+use std::time::{Duration, Instant};
+
+use spillway_testkit::chcluster::ClickHouseCluster;
+
+use super::batch::Batch;
+use super::Sink;
+use crate::config::{ClickHouseSettings, ClusterSettings};
+use crate::rows::cluster::DDL_TIMEOUT_SECS;
+use crate::rows::{AlertEventRow, Record};
+
+fn settings(url: String, database: &str) -> ClickHouseSettings {
+    ClickHouseSettings {
+        url,
+        user: "default".into(),
+        password: String::new(),
+        database: database.into(),
+        recreate_tables: true,
+        insert_timeout: Duration::from_secs(30),
+        compression: false,
+        retention_days: None,
+        tls: Default::default(),
+        cluster: Some(ClusterSettings {
+            name: ClickHouseCluster::NAME.into(),
+            zookeeper_path: "/clickhouse/tables/{shard}/{database}/{table}".into(),
+            replica_name: "{replica}".into(),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_drops_retried_batches_and_checks_its_tables() {
+    let mut cluster = tokio::task::block_in_place(ClickHouseCluster::start);
+    let first = Sink::connect(&settings(cluster.node(0).url(), "tcl"))
+        .await
+        .expect("connect to node 0");
+    // The other replica of shard 1: the tables are there, and pass the check.
+    let second = Sink::connect(&settings(cluster.node(1).url(), "tcl"))
+        .await
+        .expect("connect to node 1");
+    let mut batch = Batch::default();
+    for i in 0..100 {
+        batch.push(Record::alert_event(AlertEventRow {
+            key: format!("alert:{i}"),
+            alert_id: i.to_string(),
+            event: "expired",
+            event_ms: 1_700_000_000_000 + i,
+            content_hash: 0,
+            ttl_ms: -2,
+        }));
+    }
+    // Written, retried, and retried through the other replica: stored once, before any merge
+    // (18.16 has no insert token: the replicated block log does it).
+    first.write(&batch).await.expect("insert");
+    first.write(&batch).await.expect("the retry");
+    second
+        .write(&batch)
+        .await
+        .expect("the retry on the other replica");
+    let raw = "SELECT count() FROM tcl.alert_events";
+    assert_eq!(cluster.count(0, raw).await, 100);
+    for shard_first in [0, 2] {
+        let n = cluster
+            .count(shard_first, "SELECT count() FROM tcl.alert_events_local")
+            .await;
+        assert!(n > 20, "shard of node {shard_first} holds {n} of 100 rows");
+    }
+
+    // A Distributed table that shards by something else stops the start, with its fix.
+    cluster
+        .query(0, "DROP TABLE tcl.trades ON CLUSTER spillway_test")
+        .await;
+    cluster
+        .query(0, "CREATE TABLE tcl.trades ON CLUSTER spillway_test AS tcl.trades_local ENGINE = Distributed(spillway_test, tcl, trades_local, rand())")
+        .await;
+    let e = Sink::connect(&settings(cluster.node(0).url(), "tcl"))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("not Distributed('spillway_test', 'tcl', 'trades_local', cityHash64(trade_id))")
+            && e.contains("fix: run `DROP TABLE tcl.trades ON CLUSTER `spillway_test``"),
+        "{e}"
+    );
+
+    // A host down: the start waits for it once, then goes on; the host creates the tables
+    // when it is back.
+    tokio::task::block_in_place(|| cluster.kill(3));
+    let started = Instant::now();
+    Sink::connect(&settings(cluster.node(0).url(), "tdown"))
+        .await
+        .expect("connect with a host down");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(DDL_TIMEOUT_SECS + 25),
+        "the start took {took:?}"
+    );
+    tokio::task::block_in_place(|| cluster.restart(3));
+    let sql = "SELECT count() FROM system.tables WHERE database = 'tdown'";
+    let n = cluster
+        .count_until(3, sql, 10, Duration::from_secs(30))
+        .await;
+    assert_eq!(n, 10, "the restarted host ran the queued statements");
+    println!("start with a host down: {took:?}");
+}
