@@ -70,6 +70,23 @@ async fn a_cluster_drops_retried_batches_and_checks_its_tables() {
         assert!(n > 20, "shard of node {shard_first} holds {n} of 100 rows");
     }
 
+    // Shard 2's local table dropped on both its replicas (not ON CLUSTER): the insert is
+    // blocked, and the repair creates it again there (the local server still has its own).
+    for node in [2, 3] {
+        cluster
+            .query(node, "DROP TABLE tcl.alert_events_local")
+            .await;
+    }
+    let e = first.write(&batch).await.expect_err("shard 2 has no table");
+    let guard = super::Guard::new(&settings(cluster.node(0).url(), "tcl"));
+    let blocked = guard.failed(&e).expect("a permanent error");
+    guard.repair(&first, &blocked).await.expect("repair");
+    first.write(&batch).await.expect("insert after the repair");
+    let n = cluster
+        .count(2, "SELECT count() FROM tcl.alert_events_local")
+        .await;
+    assert!(n > 20, "shard 2 holds {n} rows again");
+
     // A Distributed table that shards by something else stops the start, with its fix.
     cluster
         .query(0, "DROP TABLE tcl.trades ON CLUSTER spillway_test")

@@ -55,22 +55,25 @@ pub(super) struct Schema<'a> {
     pub cluster: Option<&'a ClusterSettings>,
 }
 
-/// Runs every statement of the schema (`only_missing`: those whose table or database is not
-/// on the server Spillway talks to); the tables created (the database as an empty name). Once one timed out (a host down), the others wait for
+/// Runs the statements of the schema; the tables that were missing on the server Spillway talks
+/// to (the database as an empty name). `repair`: on one server only the statements of what is
+/// missing; on a cluster every one (`IF NOT EXISTS`, `ON CLUSTER`), since what is missing may be
+/// a local table on another shard. Once one timed out (a host down), the others wait for
 /// the hosts 1 s only (each would wait the whole [`DDL_TIMEOUT_SECS`] for the same host), then
 /// until the server Spillway talks to has run it.
 pub(super) async fn create(
     client: &Client,
     url: &str,
     schema: Schema<'_>,
-    only_missing: bool,
+    repair: bool,
 ) -> Result<Vec<String>> {
     let (db, generation) = (schema.database, schema.generation);
     let mut wait = DDL_TIMEOUT_SECS;
     let mut created = Vec::new();
     for st in cluster::statements(db, generation, schema.retention_days, schema.cluster) {
         let name = st.table.clone().unwrap_or_default();
-        if only_missing && exists(client, url, db, &name).await? {
+        let missing = !exists(client, url, db, &name).await?;
+        if repair && !missing && !st.on_cluster {
             continue;
         }
         if !run(client, url, &st, wait).await? {
@@ -81,7 +84,9 @@ pub(super) async fn create(
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }
-        created.push(name);
+        if missing {
+            created.push(name);
+        }
     }
     Ok(created)
 }
