@@ -6,7 +6,8 @@
 #
 # On a fresh Debian bookworm machine it first installs what the tests need (redis-server and
 # redis-cli, clickhouse-server 18.16, promtool from the prometheus package, openssl for the TLS
-# test, iproute2 for the network-fault test, which needs root or SPILLWAY_SKIP_NETNS=1) with apt-get, as root or through sudo. The apt step is skipped when all of these are
+# test, iproute2 for the network-fault test, which needs root or SPILLWAY_SKIP_NETNS=1; zookeeper,
+# with a JRE, for the ClickHouse cluster tests) with apt-get, as root or through sudo. The apt step is skipped when all of these are
 # already on PATH. No server is started here: the tests start their own redis-server and
 # clickhouse-server on free ports.
 set -euo pipefail
@@ -26,15 +27,18 @@ missing=()
 for tool in redis-server redis-cli clickhouse-server promtool openssl ip; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# ZooKeeper (Debian's zookeeper package, with a JRE) coordinates the ClickHouse cluster tests.
+[ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null 2>&1 || missing+=(zookeeper)
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "redis-server, redis-cli, clickhouse-server, promtool, openssl and ip are installed; skipping apt-get"
+    echo "redis-server, redis-cli, clickhouse-server, promtool, openssl, ip and zookeeper are installed; skipping apt-get"
 else
     echo "missing: ${missing[*]}"
     command -v apt-get >/dev/null 2>&1 ||
         die "apt-get not found: install redis-server, clickhouse-server (18.16+) and promtool yourself"
     step "Installing redis-server, clickhouse-server and prometheus (promtool) with apt-get"
-    install_packages redis-server redis-tools clickhouse-server clickhouse-client prometheus openssl iproute2
+    install_packages redis-server redis-tools clickhouse-server clickhouse-client prometheus openssl iproute2 zookeeper
     for tool in "${missing[@]}"; do
+        [ "$tool" = zookeeper ] && { [ -f /usr/share/java/zookeeper.jar ] || die "zookeeper is still missing after apt-get install"; continue; }
         command -v "$tool" >/dev/null 2>&1 || die "$tool is still missing after apt-get install"
     done
 fi
