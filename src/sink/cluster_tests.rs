@@ -1,7 +1,8 @@
 //! The sink on a real ClickHouse cluster (2 shards x 2 replicas of 18.16 with ZooKeeper): a
-//! retried batch is dropped by the replicas, through either replica; the start-up check reads
-//! the replicated and Distributed tables as 18.16 prints them; a host down delays the start by
-//! the DDL timeout once, not once per statement.
+//! cluster the servers do not have is refused; a retried batch is dropped by the replicas,
+//! through either replica; the start-up check reads the replicated and Distributed tables as
+//! 18.16 prints them; a local table dropped on another shard is created again; a host down
+//! delays the start by the DDL timeout once, not once per statement.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,18 @@ fn settings(url: String, database: &str) -> ClickHouseSettings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_drops_retried_batches_and_checks_its_tables() {
     let mut cluster = tokio::task::block_in_place(ClickHouseCluster::start);
+    // A cluster the servers do not have: refused before any statement, naming the field.
+    let mut unknown = settings(cluster.node(0).url(), "tcl");
+    unknown.cluster.as_mut().expect("a cluster").name = "nope".into();
+    let e = Sink::connect(&unknown)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("clickhouse.cluster is `nope`, a cluster the server does not have; fix:"),
+        "{e}"
+    );
     let first = Sink::connect(&settings(cluster.node(0).url(), "tcl"))
         .await
         .expect("connect to node 0");

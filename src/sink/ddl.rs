@@ -127,6 +127,9 @@ pub(super) async fn create_and_check(
     generation: Generation,
 ) -> Result<()> {
     let db = &s.database;
+    if let Some(c) = &s.cluster {
+        preflight(client, url, c).await?;
+    }
     let schema = Schema {
         database: db,
         generation,
@@ -150,6 +153,41 @@ pub(super) async fn create_and_check(
         check(db, t.name, &cluster::on_cluster(c), differences)?;
     }
     Ok(())
+}
+
+/// Before the first `ON CLUSTER` statement: the server knows the cluster, and has a ZooKeeper
+/// (or Keeper) session, waited for up to [`DDL_TIMEOUT_SECS`] (a server just started opens it
+/// after it answers; 18.16 crashes on an `ON CLUSTER` statement without one).
+async fn preflight(client: &Client, url: &str, c: &ClusterSettings) -> Result<()> {
+    let unsupported = |what: String| SinkError::Unsupported(format!("{url}: {what}"));
+    let known: u64 = client
+        .query("SELECT count() FROM system.clusters WHERE cluster = ?")
+        .bind(&c.name)
+        .fetch_one()
+        .await
+        .map_err(|e| unsupported(format!("reading system.clusters: {e}")))?;
+    if known == 0 {
+        return Err(unsupported(format!(
+            "clickhouse.cluster is `{}`, a cluster the server does not have; fix: give the name of a cluster under <remote_servers> in the servers' config (SELECT DISTINCT cluster FROM system.clusters lists them)",
+            c.name
+        )));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(DDL_TIMEOUT_SECS);
+    loop {
+        let session = client
+            .query("SELECT count() FROM system.zookeeper WHERE path = '/'")
+            .fetch_one::<u64>()
+            .await;
+        match session {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(unsupported(format!(
+                    "no ZooKeeper or Keeper session, which replicated tables and ON CLUSTER need ({e}); fix: configure <zookeeper> on every server of the cluster and check that it is up"
+                )))
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// The schema error of table `name`, when it differs.

@@ -26,7 +26,8 @@ impl ClickHouseCluster {
     /// The cluster's name under `<remote_servers>`.
     pub const NAME: &'static str = "spillway_test";
 
-    /// Starts ZooKeeper, then the four servers (at once), and waits until each answers.
+    /// Starts ZooKeeper, then the four servers (at once), and waits until each answers and has
+    /// its ZooKeeper session.
     pub fn start() -> ClickHouseCluster {
         let zookeeper = ZooKeeper::start();
         let ports: Vec<LegacyPorts> = (0..SHARDS * REPLICAS)
@@ -47,7 +48,37 @@ impl ClickHouseCluster {
                 .map(|h| h.join().expect("a cluster node started"))
                 .collect()
         });
-        ClickHouseCluster { nodes, zookeeper }
+        let cluster = ClickHouseCluster { nodes, zookeeper };
+        for i in 0..SHARDS * REPLICAS {
+            cluster.wait_for_session(i);
+        }
+        cluster
+    }
+
+    /// Waits until node `i` has its ZooKeeper session: 18.16 answers `/ping` before, and crashes
+    /// on an `ON CLUSTER` statement without one.
+    fn wait_for_session(&self, i: usize) {
+        let node = &self.nodes[i];
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let sql = "SELECT count() FROM system.zookeeper WHERE path = '/'";
+        let request = format!(
+            "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{sql}",
+            sql.len()
+        );
+        loop {
+            let asked = super::tcp_roundtrip(node.http_port, request.as_bytes())
+                .is_some_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"));
+            if asked {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {i} has no ZooKeeper session after 30 s:\n{}\nZooKeeper:\n{}",
+                node.error_log(),
+                self.zookeeper.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Node `i` (`shard * REPLICAS + replica`).
@@ -65,9 +96,11 @@ impl ClickHouseCluster {
         self.nodes[i].kill();
     }
 
-    /// Starts node `i` again on its ports and data (waits until it answers).
+    /// Starts node `i` again on its ports and data (waits until it answers and has its
+    /// ZooKeeper session).
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].start_again();
+        self.wait_for_session(i);
     }
 
     /// Runs `sql` on node `i` (see [`ClickHouseServer::query`]).

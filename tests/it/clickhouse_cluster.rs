@@ -1,8 +1,8 @@
 //! Spillway writing to a ClickHouse cluster (`clickhouse.cluster`): 2 shards x 2 replicas of
 //! 18.16 with ZooKeeper, alerts (the rewriter's load) and closed trades with their logs, one
-//! replica SIGKILLed mid-load and restarted. Every row lands once (the Distributed table under
-//! FINAL holds each value once, as many as were archived), both shards hold rows, the restarted
-//! replica catches up with its twin, and the write account closes.
+//! replica SIGKILLed mid-load and restarted. The restarted replica catches up with its twin,
+//! every row lands once (the Distributed table under FINAL holds each value once, as many as
+//! were archived), both shards hold rows, and the write account closes.
 //!
 //! The modern server of the tests (chdb's) has no Keeper, so no replicated tables: the test runs
 //! on 18.16 only (the cluster DDL of current servers is checked by the unit tests of
@@ -75,19 +75,40 @@ async fn every_row_lands_once_while_a_replica_is_killed() {
 
     let metrics = rewrite::settled(&sp, WAIT).await;
     let outcomes = rewrite::assert_equation("cluster", &metrics);
+    // The restarted replica catches up with its twin, for every table (until then a query
+    // through the Distributed table may read it and miss rows).
+    let twin = ClickHouseCluster::twin(KILLED);
+    for table in ["alerts", "trades", "trade_executions"] {
+        let sql = format!("SELECT count() FROM {DB}.{table}_local FINAL");
+        let deadline = Instant::now() + WAIT;
+        let (mut got, mut want) = (0, 1);
+        while got != want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (got, want) = (
+                cluster.count(KILLED, &sql).await,
+                cluster.count(twin, &sql).await,
+            );
+        }
+        assert_eq!(
+            got,
+            want,
+            "{table}_local: the restarted replica caught up with its twin:\n{}",
+            cluster.node(KILLED).error_log()
+        );
+    }
     // Counts over the Distributed table, FINAL on each shard: as many rows as archived, and
     // each value once (a copy on another shard would show twice).
-    rewrite::assert_rows_match("cluster", cluster.node(ENTRY), DB, &metrics).await;
-    let rw = rewrite::check("cluster", &rls, cluster.node(ENTRY), DB, &rewrites).await;
     for (table, want) in [("trades", n_trades), ("trade_executions", n_entries)] {
         let sql = format!("SELECT count() FROM {DB}.{table} FINAL");
         let got = cluster.count_until(ENTRY, &sql, want, WAIT).await;
         assert_eq!(got, want, "{table} FINAL over the Distributed table");
     }
+    rewrite::assert_rows_match("cluster", cluster.node(ENTRY), DB, &metrics).await;
+    let rw = rewrite::check("cluster", &rls, cluster.node(ENTRY), DB, &rewrites).await;
     let left = rls.cli(&["--scan", "--pattern", "trade_execution:*"]);
     assert!(left.trim().is_empty(), "logs left in RLS: {left}");
 
-    // Both shards hold rows; the restarted replica has what its twin has, for every table.
+    // The shards' local tables add up to the Distributed table, and both hold rows.
     let mut per_shard = Vec::new();
     for table in ["alerts", "trades", "trade_executions"] {
         let sql = format!("SELECT count() FROM {DB}.{table}_local FINAL");
@@ -101,15 +122,6 @@ async fn every_row_lands_once_while_a_replica_is_killed() {
             .count(ENTRY, &format!("SELECT count() FROM {DB}.{table} FINAL"))
             .await;
         assert_eq!(total, whole, "{table}: the shards' local tables add up");
-        let twin = ClickHouseCluster::twin(KILLED);
-        let want = cluster.count(twin, &sql).await;
-        let got = cluster.count_until(KILLED, &sql, want, WAIT).await;
-        assert_eq!(
-            got,
-            want,
-            "{table}_local: the restarted replica caught up with its twin:\n{}",
-            cluster.node(KILLED).error_log()
-        );
     }
     assert!(
         per_shard.iter().all(|&n| n > 0),
