@@ -151,6 +151,10 @@ fn remote_servers(ports: &[LegacyPorts]) -> String {
 
 /// The cluster part of node `i`'s config. A ZooKeeper session of 3 s: a killed server's
 /// replicas are seen inactive soon, and its restart takes them back without waiting 30 s.
+/// `replicated_max_ratio_of_wrong_parts = 1`: a killed server may find, at its restart, parts
+/// on disk it had written or fetched but not yet recorded in ZooKeeper; in the test's small
+/// tables they can exceed the default half of the rows, and the server would refuse to start
+/// ("doesn't look like the set of parts in ZooKeeper").
 fn node_config(remote: &str, zk_port: u16, i: usize) -> String {
     let (shard, replica) = (i / REPLICAS + 1, i % REPLICAS + 1);
     format!(
@@ -158,7 +162,8 @@ fn node_config(remote: &str, zk_port: u16, i: usize) -> String {
          <session_timeout_ms>3000</session_timeout_ms></zookeeper>\n  \
          <macros><shard>{shard}</shard><replica>s{shard}r{replica}</replica></macros>\n  \
          <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>\n  \
-         <interserver_http_host>127.0.0.1</interserver_http_host>\n"
+         <interserver_http_host>127.0.0.1</interserver_http_host>\n  \
+         <merge_tree><replicated_max_ratio_of_wrong_parts>1</replicated_max_ratio_of_wrong_parts></merge_tree>\n"
     )
 }
 
