@@ -74,14 +74,10 @@ async fn a_cluster_drops_retried_batches_and_checks_its_tables() {
         .write(&batch)
         .await
         .expect("the retry on the other replica");
-    let raw = "SELECT count() FROM tcl.alert_events";
-    assert_eq!(cluster.count(0, raw).await, 100);
-    for shard_first in [0, 2] {
-        let n = cluster
-            .count(shard_first, "SELECT count() FROM tcl.alert_events_local")
-            .await;
-        assert!(n > 20, "shard of node {shard_first} holds {n} of 100 rows");
-    }
+    let local = "SELECT count() FROM tcl.alert_events_local";
+    let shards = replicated(&cluster, local).await;
+    assert_eq!(shards.iter().sum::<u64>(), 100, "{shards:?}");
+    assert!(shards.iter().all(|&n| n > 20), "{shards:?}");
 
     // Shard 2's local table dropped on both its replicas (not ON CLUSTER): the insert is
     // blocked, and the repair creates it again there (the local server still has its own).
@@ -95,10 +91,8 @@ async fn a_cluster_drops_retried_batches_and_checks_its_tables() {
     let blocked = guard.failed(&e).expect("a permanent error");
     guard.repair(&first, &blocked).await.expect("repair");
     first.write(&batch).await.expect("insert after the repair");
-    let n = cluster
-        .count(2, "SELECT count() FROM tcl.alert_events_local")
-        .await;
-    assert!(n > 20, "shard 2 holds {n} rows again");
+    let again = replicated(&cluster, local).await;
+    assert_eq!(again, shards, "shard 2 holds its rows again");
 
     // A Distributed table that shards by something else stops the start, with its fix.
     cluster
@@ -137,4 +131,25 @@ async fn a_cluster_drops_retried_batches_and_checks_its_tables() {
         .await;
     assert_eq!(n, 10, "the restarted host ran the queued statements");
     println!("start with a host down: {took:?}");
+}
+
+/// The count `sql` gives on each shard, once both replicas of every shard give the same (an
+/// insert reaches one replica, the other fetches it).
+async fn replicated(cluster: &ClickHouseCluster, sql: &str) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut counts = Vec::new();
+        for node in 0..4 {
+            counts.push(cluster.count(node, sql).await);
+        }
+        if counts[0] == counts[1] && counts[2] == counts[3] || Instant::now() > deadline {
+            assert_eq!(
+                (counts[0], counts[2]),
+                (counts[1], counts[3]),
+                "replicas differ"
+            );
+            return vec![counts[0], counts[2]];
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
