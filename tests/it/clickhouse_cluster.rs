@@ -2,7 +2,9 @@
 //! 18.16 with ZooKeeper, alerts (the rewriter's load) and closed trades with their logs, one
 //! replica SIGKILLed mid-load and restarted. The restarted replica catches up with its twin,
 //! every row lands once (the Distributed table under FINAL holds each value once, as many as
-//! were archived), both shards hold rows, and the write account closes.
+//! were archived), both shards hold rows, and the write account closes. Then Spillway restarts
+//! and its rescan writes every live alert again: the copies meet their first rows on one shard,
+//! and FINAL over the Distributed table still shows each value once.
 //!
 //! The modern server of the tests (chdb's) has no Keeper, so no replicated tables: the test runs
 //! on 18.16 only (the cluster DDL of current servers is checked by the unit tests of
@@ -45,7 +47,7 @@ async fn every_row_lands_once_while_a_replica_is_killed() {
                 ClickHouseCluster::NAME
             ),
         );
-    let sp = Spillway::start(&toml);
+    let mut sp = Spillway::start(&toml);
     sp.wait_ready(WAIT).await;
     let up = started.elapsed();
     for i in 0..REPLICAS * 2 {
@@ -104,6 +106,39 @@ async fn every_row_lands_once_while_a_replica_is_killed() {
         assert_eq!(got, want, "{table} FINAL over the Distributed table");
     }
     rewrite::assert_rows_match("cluster", cluster.node(ENTRY), DB, &metrics).await;
+
+    // Spillway restarted: its start-up rescan writes every live alert again (a new process
+    // remembers nothing). The copies meet their first rows on the same shard: FINAL over the
+    // Distributed table shows each value once still.
+    let distinct_sql = format!("SELECT count() FROM {DB}.alerts FINAL");
+    let distinct = cluster.count(ENTRY, &distinct_sql).await;
+    sp.terminate();
+    let sp = Spillway::start(&toml);
+    sp.wait_ready(WAIT).await;
+    let live = rls.cli(&["--scan", "--pattern", "alert:*"]).lines().count() as u64;
+    let (scan, table) = (
+        [("pipeline", "alerts"), ("via", "scan")],
+        [("table", "alerts")],
+    );
+    let deadline = Instant::now() + WAIT;
+    let (mut captured, mut written) = (0, 0);
+    while (captured < live || written < captured) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let m = sp.metrics().await;
+        captured = common::faults::metric(&m, "spillway_values_captured_total", &scan);
+        written = common::faults::metric(&m, "spillway_rows_written_total", &table);
+    }
+    assert!(
+        captured >= live && written >= captured,
+        "the rescan captured {captured} of {live} live alerts, {written} rows committed"
+    );
+    let after = cluster
+        .count_until(ENTRY, &distinct_sql, distinct, WAIT)
+        .await;
+    assert_eq!(
+        after, distinct,
+        "values under FINAL after the rescan wrote them again"
+    );
     let rw = rewrite::check("cluster", &rls, cluster.node(ENTRY), DB, &rewrites).await;
     let left = rls.cli(&["--scan", "--pattern", "trade_execution:*"]);
     assert!(left.trim().is_empty(), "logs left in RLS: {left}");
