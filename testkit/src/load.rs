@@ -47,7 +47,7 @@ pub async fn set_all(
         let items = items.clone();
         let url = url.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut c = RawSetter::connect(&url).await;
+            let mut c = Setter::connect(&url).await;
             let mut start = w * chunk;
             while start < items.len() {
                 c.set_batch(&items[start..(start + chunk).min(items.len())], ttl_secs)
@@ -71,12 +71,46 @@ pub fn alerts(run: &str, n: u64) -> Vec<(String, Vec<u8>)> {
 /// Writes `items` with `SET ... EX ttl` at `per_sec`, in ticks of 10 ms (one pipelined round
 /// trip a tick), from one connection. Returns when all are written.
 pub async fn set_paced(url: &str, items: &[(String, Vec<u8>)], ttl_secs: i64, per_sec: u64) {
-    let mut c = RawSetter::connect(url).await;
+    let mut c = Setter::connect(url).await;
     let per_tick = (per_sec as usize / 100).max(1);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
     for batch in items.chunks(per_tick) {
         tick.tick().await;
         c.set_batch(batch, ttl_secs).await;
+    }
+}
+
+/// The writer of [`set_all`] and [`set_paced`]: a [`RawSetter`] on one server, fred's cluster
+/// client (each SET to its key's node) for a `redis-cluster://` URL.
+enum Setter {
+    Raw(RawSetter),
+    Cluster(Client),
+}
+
+impl Setter {
+    async fn connect(url: &str) -> Setter {
+        if url.starts_with("redis-cluster://") {
+            Setter::Cluster(client(url).await)
+        } else {
+            Setter::Raw(RawSetter::connect(url).await)
+        }
+    }
+
+    async fn set_batch(&mut self, batch: &[(String, Vec<u8>)], ttl_secs: i64) {
+        match self {
+            Setter::Raw(r) => r.set_batch(batch, ttl_secs).await,
+            Setter::Cluster(c) => {
+                let p = c.pipeline();
+                for (k, v) in batch {
+                    let ex = Some(fred::types::Expiration::EX(ttl_secs));
+                    let () = p
+                        .set(k.as_str(), v.as_slice(), ex, None, false)
+                        .await
+                        .expect("queue SET");
+                }
+                let _: Vec<Value> = p.all().await.expect("SETs");
+            }
+        }
     }
 }
 
