@@ -142,6 +142,38 @@ async fn run(n: u64) {
     let inserts = metric_sum(&m, "spillway_insert_duration_seconds_count");
     let insert_s = metric_sum(&m, "spillway_insert_duration_seconds_sum");
     println!("| ClickHouse inserts: count, busy s | {inserts} {insert_s:.2} |");
+    // What Spillway asked of RLS (every node), per trade: calls and Redis time by command.
+    let mut by_cmd: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for node in rls.nodes() {
+        for line in node.cli(&["INFO", "commandstats"]).lines() {
+            let Some((name, rest)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let field = |f: &str| {
+                rest.split(',')
+                    .find_map(|x| x.strip_prefix(f))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let e = by_cmd.entry(name.to_string()).or_default();
+            e.0 += field("calls=");
+            e.1 += field("usec=");
+        }
+    }
+    let per: Vec<String> = by_cmd
+        .iter()
+        .filter(|(c, _)| !matches!(c.as_str(), "rpush" | "set" | "info" | "ping" | "cluster"))
+        .map(|(c, (calls, usec))| {
+            format!("{c} {:.2} ({:.1} us)", calls / n as f64, usec / n as f64)
+        })
+        .collect();
+    println!(
+        "| RLS commands per trade: calls (Redis time) | {} |",
+        per.join(", ")
+    );
     println!(
         "| time to close / commit / acknowledge, s | {:.2} / {:.2} / {:.2} |",
         closed_in.as_secs_f64(),

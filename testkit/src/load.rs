@@ -1,6 +1,8 @@
 //! Load generation for tests and the benchmark: alerts written the way the trading platform
 //! writes them (`SET alert:{id} <value> EX ttl`), pipelined.
 
+use std::collections::HashMap;
+
 use fred::prelude::*;
 use serde_json::json;
 
@@ -100,15 +102,35 @@ impl Setter {
         match self {
             Setter::Raw(r) => r.set_batch(batch, ttl_secs).await,
             Setter::Cluster(c) => {
-                let p = c.pipeline();
-                for (k, v) in batch {
-                    let ex = Some(fred::types::Expiration::EX(ttl_secs));
-                    let () = p
-                        .set(k.as_str(), v.as_slice(), ex, None, false)
-                        .await
-                        .expect("queue SET");
+                // One pipeline per node: fred writes a pipeline to its first key's node, and
+                // every other key would come back MOVED.
+                let state = c.cached_cluster_state().expect("cluster routing known");
+                let mut by_node: HashMap<String, Vec<&(String, Vec<u8>)>> = HashMap::new();
+                for item in batch {
+                    let slot = fred::types::Key::from(item.0.as_str()).cluster_hash();
+                    let node = state.get_server(slot).map(|s| s.to_string());
+                    by_node
+                        .entry(node.unwrap_or_default())
+                        .or_default()
+                        .push(item);
                 }
-                let _: Vec<Value> = p.all().await.expect("SETs");
+                let mut runs = Vec::new();
+                for items in by_node.into_values() {
+                    let p = c.pipeline();
+                    for (k, v) in items {
+                        let ex = Some(fred::types::Expiration::EX(ttl_secs));
+                        let () = p
+                            .set(k.as_str(), v.as_slice(), ex, None, false)
+                            .await
+                            .expect("queue SET");
+                    }
+                    runs.push(tokio::spawn(async move {
+                        let _: Vec<Value> = p.all().await.expect("SETs");
+                    }));
+                }
+                for r in runs {
+                    r.await.expect("SET pipeline");
+                }
             }
         }
     }

@@ -25,6 +25,7 @@ use super::values::{Conn, Dial, Value};
 use crate::config::KeyspaceSettings;
 use crate::rows::alert::CapturedBy;
 use crate::rows::TTL_NOT_READ;
+use crate::source::routed::{self, Routed};
 
 /// The PTTL of each key in KEYS, one round trip for all. It runs just before the MGET of the same
 /// keys (pipelined), and returns only the TTLs: values passed through Lua are copied into Lua
@@ -352,13 +353,17 @@ impl Reader {
         let deleted = std::mem::take(&mut req.deleted);
         let mut backoff = Duration::from_millis(50);
         let exists = loop {
-            let pipeline = cluster.pipeline();
-            for k in &deleted {
-                let _: Result<(), Error> = pipeline.exists(k.clone()).await;
-            }
-            match pipeline.all::<Vec<i64>>().await {
-                Ok(found) if found.len() == deleted.len() => break found,
-                Ok(_) => {}
+            let asks = deleted
+                .iter()
+                .map(|k| Routed::on("EXISTS", k, &[]))
+                .collect();
+            let found: Result<Vec<i64>, Error> = routed::pipelined(cluster, asks)
+                .await
+                .into_iter()
+                .map(|r| r.map(|v| v.as_i64().unwrap_or(0)))
+                .collect();
+            match found {
+                Ok(found) => break found,
                 Err(e) => {
                     tracing::warn!(pipeline = %self.name, error = %e, "asking whether deleted keys moved failed; retrying");
                 }
@@ -429,14 +434,14 @@ impl Reader {
     async fn via_cluster(&self, cluster: &Client, keys: &[Key]) -> Result<Vec<Read>, Error> {
         use fred::types::Value as V;
         let ttl = self.script.is_some();
-        let pipeline = cluster.pipeline();
+        let mut cmds = Vec::with_capacity(keys.len() * 2);
         for k in keys {
             if ttl {
-                let () = pipeline.pttl(k.clone()).await?;
+                cmds.push(Routed::on("PTTL", k, &[]));
             }
-            let () = pipeline.get(k.clone()).await?;
+            cmds.push(Routed::on("GET", k, &[]));
         }
-        let replies: Vec<Result<V, Error>> = pipeline.try_all().await;
+        let replies = routed::pipelined(cluster, cmds).await;
         let step = 1 + ttl as usize;
         let mut reads = Vec::with_capacity(keys.len());
         let mut unsure = Vec::new();

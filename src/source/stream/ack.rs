@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::StreamSource;
 use super::moves::LogAck;
-use super::take::{evalsha, Scripts};
+use super::take::{evalsha_routed, Scripts};
 use crate::metrics as m;
+use crate::source::routed::{self, Routed};
 
 /// What to do once a batch of entries is committed.
 pub(super) struct AckWork {
@@ -113,16 +114,16 @@ async fn ack_once(
         }
     }
     if !work.logs.is_empty() {
-        let p = logs.pipeline();
+        let mut cmds = Vec::with_capacity(work.logs.len() * 2);
         for log in &work.logs {
             match log {
                 LogAck::Remove { staging, key } => {
-                    if grace > 0 {
-                        let () = p.expire(staging.as_str(), grace as i64, None).await?;
+                    cmds.push(if grace > 0 {
+                        Routed::new("EXPIRE", staging, &[Value::from(grace as i64)])
                     } else {
-                        let () = p.del(staging.as_str()).await?;
-                    }
-                    let () = p.exists(key.as_str()).await?;
+                        Routed::new("DEL", staging, &[])
+                    });
+                    cmds.push(Routed::new("EXISTS", key, &[]));
                 }
                 LogAck::Park {
                     staging,
@@ -130,11 +131,11 @@ async fn ack_once(
                     archived,
                 } => {
                     let args = [archived.to_string()];
-                    evalsha(&p, &scripts.park, &[staging, overflow], &args).await?;
+                    cmds.push(evalsha_routed(&scripts.park, &[staging, overflow], &args));
                 }
             }
         }
-        let mut replies = p.try_all::<Value>().await.into_iter();
+        let mut replies = routed::pipelined(logs, cmds).await.into_iter();
         let mut noscript = false;
         for log in &work.logs {
             let count = |metric: &'static str| {

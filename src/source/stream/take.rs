@@ -11,13 +11,13 @@
 //! start archives. No length is compared, nothing is trimmed by count.
 
 use bytes::Bytes;
-use fred::clients::Pipeline;
 use fred::prelude::*;
 use fred::types::scan::ScanType;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, Key};
 
 use super::entries::bytes;
+use crate::source::routed::{self, Routed};
 
 /// Between the log key and the take id in a staging key.
 pub(crate) const STAGING: &str = ":spillway:take:";
@@ -179,12 +179,12 @@ async fn take_once(
     page: u64,
     max_bytes: u64,
 ) -> Result<Vec<LogRead>, Error> {
-    let p = client.pipeline();
     let page = [page.to_string()];
-    for (key, staging) in logs {
-        evalsha(&p, &scripts.take, &[key, staging], &page).await?;
-    }
-    let replies = p.try_all::<Value>().await;
+    let takes = logs
+        .iter()
+        .map(|(key, staging)| evalsha_routed(&scripts.take, &[key, staging], &page))
+        .collect();
+    let replies = routed::pipelined(client, takes).await;
     let mut out = Vec::with_capacity(logs.len());
     let mut strings = Vec::new();
     for (i, taken) in replies.into_iter().enumerate() {
@@ -218,18 +218,19 @@ async fn take_once(
     if strings.is_empty() {
         return Ok(out);
     }
-    let p = client.pipeline();
-    for &(i, len) in &strings {
-        let staging = logs[i].1.as_str();
-        if len <= max_bytes {
-            let () = p.get(staging).await?;
-        } else {
-            let () = p
-                .getrange(staging, 0, DEAD_LETTER_PREFIX as usize - 1)
-                .await?;
-        }
-    }
-    for (&(i, len), reply) in strings.iter().zip(p.try_all::<Value>().await) {
+    let reads = strings
+        .iter()
+        .map(|&(i, len)| {
+            let staging = logs[i].1.as_str();
+            if len <= max_bytes {
+                Routed::new("GET", staging, &[])
+            } else {
+                let end = Value::from(DEAD_LETTER_PREFIX as i64 - 1);
+                Routed::new("GETRANGE", staging, &[Value::from(0), end])
+            }
+        })
+        .collect();
+    for (&(i, len), reply) in strings.iter().zip(routed::pipelined(client, reads).await) {
         out[i] = match reply? {
             Value::Null => LogRead::Missing,
             v => match bytes(v) {
@@ -241,21 +242,22 @@ async fn take_once(
     Ok(out)
 }
 
-/// Queues `EVALSHA` of `script` on `keys` and `args` in a pipeline (which has no Lua
-/// interface of its own), routed in a cluster by its first key.
-pub(crate) async fn evalsha(
-    p: &Pipeline<Client>,
-    script: &Script,
-    keys: &[&String],
-    args: &[String],
-) -> Result<(), Error> {
+/// `EVALSHA` of `script` on `keys` and `args`, routed by its first key.
+pub(crate) fn evalsha_routed(script: &Script, keys: &[&String], args: &[String]) -> Routed {
     let mut a = Vec::with_capacity(2 + keys.len() + args.len());
     a.push(Value::String(script.sha1().clone()));
     a.push(Value::Integer(keys.len() as i64));
     a.extend(keys.iter().map(|k| Value::from(k.as_str())));
     a.extend(args.iter().map(|v| Value::from(v.as_str())));
-    let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
-    p.custom(cmd, a).await
+    let key = Key::from(keys.first().map(|k| k.as_str()).unwrap_or_default());
+    // The slot given outright: fred sent every EVALSHA routed by `ClusterHash::Offset(2)` to one
+    // node (the others answered MOVED, each costing a resynchronisation of the slots).
+    let slot = ClusterHash::Custom(key.cluster_hash());
+    Routed {
+        key,
+        cmd: CustomCommand::new_static("EVALSHA", slot, false),
+        args: a,
+    }
 }
 
 /// Entries `from..to` of a taken LIST.
