@@ -21,7 +21,7 @@ use super::config::KeyspaceSource;
 use super::request::Pending;
 pub(super) use super::request::{request, Request, Stopped};
 use super::subscriber::Notification;
-use super::values::{Conn, Dial, Value};
+use super::values::{Conn, Dial, Small, Value};
 use crate::config::KeyspaceSettings;
 use crate::rows::alert::CapturedBy;
 use crate::rows::TTL_NOT_READ;
@@ -69,6 +69,9 @@ pub(super) struct Reader {
     pub(super) read_duration: metrics::Histogram,
     dial: Arc<Dial>,
     conn: tokio::sync::Mutex<Option<Conn>>,
+    /// In a cluster, a second connection to the node for short questions (TYPE, EXISTS),
+    /// opened at first use.
+    aux: tokio::sync::Mutex<Option<Conn>>,
     /// `keyspace.max_value_bytes`.
     limit: usize,
     /// `keyspace.read_batch_bytes`.
@@ -86,6 +89,7 @@ impl Clone for Reader {
             read_duration: self.read_duration.clone(),
             dial: self.dial.clone(),
             conn: tokio::sync::Mutex::new(None),
+            aux: tokio::sync::Mutex::new(None),
             limit: self.limit,
             piece_bytes: self.piece_bytes,
         }
@@ -108,6 +112,7 @@ impl Reader {
             read_duration,
             dial,
             conn: tokio::sync::Mutex::new(None),
+            aux: tokio::sync::Mutex::new(None),
             limit: settings.max_value_bytes.get(),
             piece_bytes: settings.read_batch_bytes.get(),
         }
@@ -274,8 +279,8 @@ impl Reader {
                 // Written between the PTTL and the MGET: its TTL is unknown here.
                 let ttl_if_there = if ttl == -2 { -1 } else { ttl };
                 reads.push(match conn.value(self.limit).await? {
-                    Value::Redirect => {
-                        redirected.push(end);
+                    Value::Redirect { ask, addr } => {
+                        redirected.push((end, ask, addr));
                         Read::Gone
                     }
                     Value::Nil if ttl == -2 => Read::Gone,
@@ -296,12 +301,8 @@ impl Reader {
             }
             self.check_types(&p.req.keys[p.done..end], &unsure, &mut reads)
                 .await?;
-            if let (Some(cluster), false) = (&self.cluster, redirected.is_empty()) {
-                let keys: Vec<Key> = redirected.iter().map(|&i| p.req.keys[i].clone()).collect();
-                let found = self.via_cluster(cluster, &keys).await?;
-                for (i, read) in redirected.iter().zip(found) {
-                    reads[i - p.done] = read;
-                }
+            for (i, ask, addr) in redirected {
+                reads[i - p.done] = self.redirected(&p.req.keys[i], ask, &addr).await?;
             }
             busy += piece.elapsed();
             if !p.hand_over(end, reads, jobs, abandon).await {
@@ -353,6 +354,17 @@ impl Reader {
         let deleted = std::mem::take(&mut req.deleted);
         let mut backoff = Duration::from_millis(50);
         let exists = loop {
+            match self.ask_node(b"EXISTS", &deleted).await {
+                Ok(found) if found.iter().all(|f| matches!(f, Small::Int(_))) => {
+                    let n = |f: &Small| if let Small::Int(n) = f { *n } else { 0 };
+                    break found.iter().map(n).collect();
+                }
+                Ok(found) => {
+                    tracing::warn!(pipeline = %self.name, reply = ?found.iter().find(|f| !matches!(f, Small::Int(_))), "EXISTS answered something else; retrying");
+                }
+                // The node does not answer (failed, cut off): ask the cluster client.
+                Err(_) => {}
+            }
             let asks = deleted
                 .iter()
                 .map(|k| Routed::on("EXISTS", k, &[]))
@@ -360,7 +372,14 @@ impl Reader {
             let found: Result<Vec<i64>, Error> = routed::pipelined(cluster, asks)
                 .await
                 .into_iter()
-                .map(|r| r.map(|v| v.as_i64().unwrap_or(0)))
+                .map(|r| match r? {
+                    // Anything but an integer is a reply out of step: ask again.
+                    fred::types::Value::Integer(n) => Ok(n),
+                    other => Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("EXISTS answered {:?}", other.kind()),
+                    )),
+                })
                 .collect();
             match found {
                 Ok(found) => break found,
@@ -408,6 +427,58 @@ impl Reader {
             ttls.push(conn.integer_or_redirect().await?.unwrap_or(TTL_NOT_READ));
         }
         Ok(Some(ttls))
+    }
+
+    /// The read of `key` at the node a redirect named (after `ASKING` for `ask`), on a
+    /// connection of its own: fred's cluster client, following an `ASK` inside a pipeline, was
+    /// seen to hand the `ASKING` reply (`OK`) to the command behind it (a TYPE read `OK`, an
+    /// EXISTS 0). Rare (a slot migration, a failover), so one short-lived connection per key;
+    /// anything but a value or nil (another redirect) goes through the cluster client.
+    async fn redirected(&self, key: &Key, ask: bool, addr: &str) -> Result<Read, Error> {
+        let cluster = self.cluster.as_ref().ok_or_else(|| {
+            Error::new(ErrorKind::Protocol, "a redirect from a server not in a cluster")
+        })?;
+        let Some(dial) = self.dial.at(addr) else {
+            return Ok(self.via_cluster(cluster, std::slice::from_ref(key)).await?.remove(0));
+        };
+        let mut conn = dial.open().await?;
+        let ttl = self.script.is_some();
+        let mut commands: Vec<Vec<&[u8]>> = Vec::new();
+        if ask {
+            commands.push(vec![b"ASKING"]);
+        }
+        if ttl {
+            commands.push(vec![b"PTTL", key.as_bytes()]);
+            if ask {
+                commands.push(vec![b"ASKING"]);
+            }
+        }
+        commands.push(vec![b"GET", key.as_bytes()]);
+        conn.send(&commands).await?;
+        if ask {
+            conn.ok().await?;
+        }
+        let left = match ttl {
+            true => conn.integer_or_redirect().await?.unwrap_or(TTL_NOT_READ),
+            false => TTL_NOT_READ,
+        };
+        if ask && ttl {
+            conn.ok().await?;
+        }
+        let left = if left == -2 { -1 } else { left };
+        match conn.value(self.limit).await? {
+            Value::Bytes(b) => Ok(Read::Value(b, left)),
+            Value::TooLarge { head, size } => Ok(Read::TooLarge(head, size, left)),
+            Value::Nil => {
+                let mut reads = vec![Read::Gone];
+                self.check_types(std::slice::from_ref(key), &[0], &mut reads)
+                    .await?;
+                Ok(reads.remove(0))
+            }
+            Value::Redirect { .. } => {
+                Ok(self.via_cluster(cluster, std::slice::from_ref(key)).await?.remove(0))
+            }
+        }
     }
 
     /// Reads the keys not yet handed over through the cluster client (their node failed a
@@ -477,6 +548,62 @@ impl Reader {
         Read::TooLarge(b.slice(..self.limit), b.len() as u64, ttl)
     }
 
+    /// `cmd key` for each of `keys` on this reader's cluster node, pipelined on a connection
+    /// of its own; a key the node redirects is asked where the redirect says (after `ASKING`
+    /// for an `ASK`), on a connection of its own. Never through fred's cluster client, which
+    /// mixes up replies when it follows an `ASK` with commands in flight (see `redirected`).
+    async fn ask_node(&self, cmd: &'static [u8], keys: &[Key]) -> Result<Vec<Small>, Error> {
+        let mut out = {
+            let mut guard = self.aux.lock().await;
+            let conn = match guard.as_mut() {
+                Some(c) => c,
+                None => guard.insert(self.dial.open().await?),
+            };
+            let asked = async {
+                let commands: Vec<Vec<&[u8]>> =
+                    keys.iter().map(|k| vec![cmd, k.as_bytes()]).collect();
+                conn.send(&commands).await?;
+                let mut out = Vec::with_capacity(keys.len());
+                for _ in keys {
+                    out.push(conn.small().await?);
+                }
+                Ok::<_, Error>(out)
+            };
+            match asked.await {
+                Ok(out) => out,
+                Err(e) => {
+                    *guard = None;
+                    return Err(e);
+                }
+            }
+        };
+        for (i, reply) in out.iter_mut().enumerate() {
+            let Small::Redirect { ask, addr } = reply else {
+                continue;
+            };
+            let dial = self.dial.at(addr).ok_or_else(|| {
+                Error::new(ErrorKind::Protocol, format!("a redirect to {addr:?}"))
+            })?;
+            let mut conn = dial.open().await?;
+            let mut commands: Vec<Vec<&[u8]>> = Vec::new();
+            if *ask {
+                commands.push(vec![b"ASKING"]);
+            }
+            commands.push(vec![cmd, keys[i].as_bytes()]);
+            conn.send(&commands).await?;
+            if *ask {
+                conn.ok().await?;
+            }
+            *reply = match conn.small().await? {
+                Small::Redirect { .. } => {
+                    return Err(Error::new(ErrorKind::Protocol, "redirected twice"))
+                }
+                other => other,
+            };
+        }
+        Ok(out)
+    }
+
     /// Asks the TYPE of the keys at `unsure` (found with no string): those holding another
     /// type are refused.
     async fn check_types(
@@ -488,11 +615,40 @@ impl Reader {
         if unsure.is_empty() {
             return Ok(());
         }
+        if self.cluster.is_some() {
+            let asked: Vec<Key> = unsure.iter().map(|&i| keys[i].clone()).collect();
+            if let Ok(types) = self.ask_node(b"TYPE", &asked).await {
+                for (&i, kind) in unsure.iter().zip(types) {
+                    match kind {
+                        Small::Status(k) if matches!(k.as_str(), "none" | "string") => {}
+                        Small::Status(k) => {
+                            reads[i] = Read::Refused(format!("the key holds a {k}, not a string"))
+                        }
+                        other => {
+                            return Err(Error::new(
+                                ErrorKind::Protocol,
+                                format!("TYPE answered {other:?}"),
+                            ))
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            // The node does not answer: the cluster client below.
+        }
         let pipeline = self.cluster.as_ref().unwrap_or(&self.client).pipeline();
         for &i in unsure {
             let () = pipeline.r#type(keys[i].clone()).await?;
         }
         let types: Vec<String> = pipeline.all().await?;
+        // Anything but a type name is a reply out of step (see `redirected`): read again.
+        let known = ["none", "string", "list", "set", "zset", "hash", "stream"];
+        if let Some(odd) = types.iter().find(|t| !known.contains(&t.as_str())) {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("TYPE answered {odd:?}"),
+            ));
+        }
         for (&i, kind) in unsure.iter().zip(types) {
             if !matches!(kind.as_str(), "none" | "string") {
                 reads[i] = Read::Refused(format!("the key holds a {kind}, not a string"));

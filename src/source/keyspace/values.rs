@@ -87,6 +87,21 @@ impl Dial {
             })?
     }
 
+    /// The same credentials and TLS for the server at `addr` (`host:port`: a cluster node a
+    /// redirect named), database 0.
+    pub(super) fn at(&self, addr: &str) -> Option<Dial> {
+        let (host, port) = addr.rsplit_once(':')?;
+        let mut d = self.clone();
+        d.port = port.parse().ok()?;
+        d.host = host.to_string();
+        if let Some((_, name)) = &mut d.tls {
+            *name = host.to_string();
+        }
+        d.db = 0;
+        d.gone = Default::default();
+        Some(d)
+    }
+
     /// The token that ends every read on this server's connections (see `gone`).
     pub(super) fn gone(&self) -> tokio_util::sync::CancellationToken {
         self.gone.clone()
@@ -164,13 +179,28 @@ pub(crate) async fn try_subscribe(url: &str, db: u8, channel: &str) -> Result<()
 #[derive(Debug, PartialEq)]
 pub(super) enum Value {
     Nil,
-    /// A Redis Cluster node's `-MOVED` or `-ASK`: the key is served by another node now.
-    Redirect,
+    /// A Redis Cluster node's `-MOVED` or `-ASK`: the key is served by the node at `addr`
+    /// now (for `ask`, only after `ASKING`: its slot is being migrated there).
+    Redirect {
+        /// `-ASK` (else `-MOVED`).
+        ask: bool,
+        /// `host:port` of the node to ask.
+        addr: String,
+    },
     Bytes(Bytes),
     TooLarge {
         head: Bytes,
         size: u64,
     },
+}
+
+/// A short reply: an integer, a status, nil, or a cluster redirect.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Small {
+    Int(i64),
+    Status(String),
+    Nil,
+    Redirect { ask: bool, addr: String },
 }
 
 /// An open connection and what has been read off it and not yet parsed.
@@ -203,7 +233,7 @@ impl Conn {
     }
 
     /// Reads a `+OK`; an error reply as an error.
-    async fn ok(&mut self) -> Result<(), Error> {
+    pub(super) async fn ok(&mut self) -> Result<(), Error> {
         let end = self.line().await?;
         let line = self.buf.split_to(end + 2);
         match line.first() {
@@ -218,6 +248,27 @@ impl Conn {
         let line = self.buf.split_to(end + 2);
         match line.first() {
             Some(b'*') => Ok(number(&line[1..end])?.max(0) as usize),
+            _ => Err(reply_error(&line[..end])),
+        }
+    }
+
+    /// A short reply ([`Small`]); any other error reply as an error.
+    pub(super) async fn small(&mut self) -> Result<Small, Error> {
+        let end = self.line().await?;
+        let line = self.buf.split_to(end + 2);
+        let text = || String::from_utf8_lossy(&line[1..end]).into_owned();
+        match line.first() {
+            Some(b':') => number(&line[1..end]).map(Small::Int),
+            Some(b'+') => Ok(Small::Status(text())),
+            Some(b'$') if &line[1..end] == b"-1" => Ok(Small::Nil),
+            Some(b'-') if is_redirect(&line[..end]) => {
+                let t = text();
+                let addr = t.split(' ').nth(2).unwrap_or_default().to_string();
+                Ok(Small::Redirect {
+                    ask: t.starts_with("ASK"),
+                    addr,
+                })
+            }
             _ => Err(reply_error(&line[..end])),
         }
     }
@@ -249,8 +300,13 @@ impl Conn {
         let len = match self.buf.first() {
             Some(b'$') => number(&self.buf[1..end])?,
             Some(b'-') if is_redirect(&self.buf[..end]) => {
+                let line = String::from_utf8_lossy(&self.buf[1..end]).into_owned();
                 self.buf.advance(end + 2);
-                return Ok(Value::Redirect);
+                let addr = line.split(' ').nth(2).unwrap_or_default().to_string();
+                return Ok(Value::Redirect {
+                    ask: line.starts_with("ASK"),
+                    addr,
+                });
             }
             _ => return Err(reply_error(&self.buf[..end])),
         };
@@ -462,9 +518,15 @@ mod tests {
         let reply = b"-MOVED 6943 10.0.0.2:7000\r\n$2\r\nok\r\n-ASK 1 a:1\r\n\
             -MOVED 2 b:2\r\n:5\r\n-CLUSTERDOWN The cluster is down\r\n";
         let mut c = conn(reply.to_vec(), 4);
-        assert!(matches!(c.value(100).await.unwrap(), Value::Redirect));
+        assert!(matches!(
+            c.value(100).await.unwrap(),
+            Value::Redirect { ask: false, addr } if addr == "10.0.0.2:7000"
+        ));
         assert!(matches!(c.value(100).await.unwrap(), Value::Bytes(b) if &b[..] == b"ok"));
-        assert!(matches!(c.value(100).await.unwrap(), Value::Redirect));
+        assert!(matches!(
+            c.value(100).await.unwrap(),
+            Value::Redirect { ask: true, addr } if addr == "a:1"
+        ));
         assert_eq!(c.integer_or_redirect().await.unwrap(), None);
         assert_eq!(c.integer_or_redirect().await.unwrap(), Some(5));
         let e = c.value(100).await.unwrap_err();
