@@ -1,20 +1,21 @@
-//! Pipelines that stay pipelines on a Redis Cluster. fred writes a whole pipeline to the node
-//! of its first command: the commands for keys of other nodes come back `MOVED`, one by one,
-//! and each redirect costs fred a resynchronisation of the slots (measured: moving execution
-//! logs from a 3-primary cluster ran at a quarter of the single-server rate, with a `CLUSTER
-//! SLOTS` and a new connection for two trades in three). Here the commands are grouped by the
-//! node that serves their key (fred's routing table), one pipeline per node, the pipelines run
-//! side by side, and the replies come back in the order the commands were given. On one server
-//! it is one pipeline.
+//! Many commands at once on one server or a Redis Cluster, each routed by its key's slot,
+//! with redirects handled here rather than by fred (see [`pipelined`]). fred writes an explicit
+//! pipeline's commands one by one, each to its slot's node, but follows an `ASK` in a way that
+//! puts replies out of step; and a routing hash it computes wrongly (EVALSHA by
+//! `ClusterHash::Offset`) sent every take to one node, each answered `MOVED` (measured: moving
+//! execution logs from a 3-primary cluster at a quarter of the single-server rate). Here every
+//! command carries its slot outright.
+
+use std::time::Duration;
 
 use fred::error::Error;
 use fred::prelude::*;
+use fred::types::config::Options;
 use fred::types::{ClusterHash, CustomCommand, Key};
 
-/// One command: the key it is routed by, the command, its arguments (the key among them).
+/// One command, routed by its key's slot, and its arguments (the key among them).
+#[derive(Clone)]
 pub(crate) struct Routed {
-    /// The key whose slot decides the node.
-    pub key: Key,
     /// The command, its `ClusterHash` the key's slot.
     pub cmd: CustomCommand,
     /// Every argument.
@@ -33,88 +34,81 @@ impl Routed {
         all.push(Value::Bytes(key.as_bytes().to_vec().into()));
         all.extend(args.iter().cloned());
         Routed {
-            key: key.clone(),
             cmd: CustomCommand::new_static(name, ClusterHash::Custom(key.cluster_hash()), false),
             args: all,
         }
     }
 }
 
-/// Runs `cmds`, one pipeline per node, and returns each command's reply in order.
+/// Runs `cmds` and returns each command's reply in order. The commands go out side by side
+/// (fred writes those of one node back to back: a pipeline in effect), each routed by its key's
+/// slot and allowed no redirect: fred follows an `ASK` by writing `ASKING` and reading the next
+/// reply as its answer, which, with other commands in flight on that connection, hands
+/// `ASKING`'s `OK` to the command behind it and puts every later reply out of step. A command
+/// answered `MOVED` (fred has then refreshed its slots) or `ASK` (its slot is being migrated)
+/// was not run: it is sent again after a pause, until its slot has settled.
 pub(crate) async fn pipelined(client: &Client, cmds: Vec<Routed>) -> Vec<Result<Value, Error>> {
-    let n = cmds.len();
-    if n == 0 {
-        return Vec::new();
-    }
-    let groups = group(client, &cmds);
-    let mut cmds: Vec<Option<Routed>> = cmds.into_iter().map(Some).collect();
-    let mut runs = tokio::task::JoinSet::new();
-    for indexes in groups {
-        let batch: Vec<Routed> = indexes
-            .iter()
-            .map(|&i| cmds[i].take().expect("each command in one group"))
-            .collect();
-        let client = client.clone();
-        runs.spawn(async move {
-            let p = client.pipeline();
-            let mut queued = Vec::with_capacity(batch.len());
-            for c in batch {
-                queued.push(p.custom::<(), _>(c.cmd, c.args).await);
-            }
-            let mut replies = p.try_all::<Value>().await.into_iter();
-            // A command that could not be queued has no reply in the pipeline.
-            let out: Vec<Result<Value, Error>> = queued
-                .into_iter()
-                .map(|q| match q {
-                    Err(e) => Err(e),
-                    Ok(()) => replies
-                        .next()
-                        .unwrap_or_else(|| Err(Error::new(ErrorKind::Unknown, "no reply"))),
-                })
-                .collect();
-            (indexes, out)
-        });
-    }
-    let mut replies: Vec<Option<Result<Value, Error>>> = (0..n).map(|_| None).collect();
-    while let Some(done) = runs.join_next().await {
-        let (indexes, out) = match done {
-            Ok(d) => d,
-            Err(e) => {
-                let e = Error::new(ErrorKind::Unknown, format!("pipeline task: {e}"));
-                return (0..n).map(|_| Err(e.clone())).collect();
-            }
-        };
-        for (i, r) in indexes.into_iter().zip(out) {
-            replies[i] = Some(r);
+    if !client.client_config().server.is_clustered() {
+        // One server: one pipeline, no redirects.
+        let p = client.pipeline();
+        let mut queued = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            queued.push(p.custom::<(), Value>(c.cmd, c.args).await);
         }
+        let mut replies = p.try_all::<Value>().await.into_iter();
+        return queued
+            .into_iter()
+            .map(|q| {
+                q.and_then(|()| {
+                    replies
+                        .next()
+                        .unwrap_or_else(|| Err(Error::new(ErrorKind::Unknown, "no reply")))
+                })
+            })
+            .collect();
     }
-    replies
-        .into_iter()
+    let n = cmds.len();
+    let mut out: Vec<Option<Result<Value, Error>>> = (0..n).map(|_| None).collect();
+    let mut todo: Vec<(usize, Routed)> = cmds.into_iter().enumerate().collect();
+    let mut pause = Duration::from_millis(10);
+    for attempt in 0..=REDIRECTED_ATTEMPTS {
+        let mut runs = tokio::task::JoinSet::new();
+        for (i, c) in todo.drain(..) {
+            let client = client.clone();
+            runs.spawn(async move {
+                let once = Options {
+                    max_redirections: Some(0),
+                    ..Default::default()
+                };
+                let reply = client
+                    .with_options(&once)
+                    .custom::<Value, Value>(c.cmd.clone(), c.args.clone())
+                    .await;
+                (i, c, reply)
+            });
+        }
+        while let Some(done) = runs.join_next().await {
+            let Ok((i, c, reply)) = done else { continue };
+            match reply {
+                Err(e) if redirected(&e) && attempt < REDIRECTED_ATTEMPTS => todo.push((i, c)),
+                reply => out[i] = Some(reply),
+            }
+        }
+        if todo.is_empty() {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+    out.into_iter()
         .map(|r| r.unwrap_or_else(|| Err(Error::new(ErrorKind::Unknown, "no reply"))))
         .collect()
 }
 
-/// Indexes of `cmds` grouped by the node serving each key (in the order first seen); one group
-/// when the client is not a cluster's or its routing table is not known yet.
-fn group(client: &Client, cmds: &[Routed]) -> Vec<Vec<usize>> {
-    let state = client
-        .client_config()
-        .server
-        .is_clustered()
-        .then(|| client.cached_cluster_state())
-        .flatten();
-    let Some(state) = state else {
-        return vec![(0..cmds.len()).collect()];
-    };
-    let mut groups: Vec<(Option<String>, Vec<usize>)> = Vec::new();
-    for (i, c) in cmds.iter().enumerate() {
-        let node = state
-            .get_server(c.key.cluster_hash())
-            .map(|s| format!("{}:{}", s.host, s.port));
-        match groups.iter_mut().find(|(n, _)| *n == node) {
-            Some((_, g)) => g.push(i),
-            None => groups.push((node, vec![i])),
-        }
-    }
-    groups.into_iter().map(|(_, g)| g).collect()
+/// Times a redirected command is sent again (about 20 s in all) before its error is returned.
+const REDIRECTED_ATTEMPTS: u32 = 45;
+
+/// Whether fred refused to follow a redirect (`MOVED` or `ASK`) for a command.
+fn redirected(e: &Error) -> bool {
+    *e.kind() == ErrorKind::Routing && e.details().contains("redirections")
 }

@@ -436,10 +436,16 @@ impl Reader {
     /// anything but a value or nil (another redirect) goes through the cluster client.
     async fn redirected(&self, key: &Key, ask: bool, addr: &str) -> Result<Read, Error> {
         let cluster = self.cluster.as_ref().ok_or_else(|| {
-            Error::new(ErrorKind::Protocol, "a redirect from a server not in a cluster")
+            Error::new(
+                ErrorKind::Protocol,
+                "a redirect from a server not in a cluster",
+            )
         })?;
         let Some(dial) = self.dial.at(addr) else {
-            return Ok(self.via_cluster(cluster, std::slice::from_ref(key)).await?.remove(0));
+            return Ok(self
+                .via_cluster(cluster, std::slice::from_ref(key))
+                .await?
+                .remove(0));
         };
         let mut conn = dial.open().await?;
         let ttl = self.script.is_some();
@@ -475,9 +481,10 @@ impl Reader {
                     .await?;
                 Ok(reads.remove(0))
             }
-            Value::Redirect { .. } => {
-                Ok(self.via_cluster(cluster, std::slice::from_ref(key)).await?.remove(0))
-            }
+            Value::Redirect { .. } => Ok(self
+                .via_cluster(cluster, std::slice::from_ref(key))
+                .await?
+                .remove(0)),
         }
     }
 
@@ -636,11 +643,16 @@ impl Reader {
             }
             // The node does not answer: the cluster client below.
         }
-        let pipeline = self.cluster.as_ref().unwrap_or(&self.client).pipeline();
-        for &i in unsure {
-            let () = pipeline.r#type(keys[i].clone()).await?;
-        }
-        let types: Vec<String> = pipeline.all().await?;
+        let asks = unsure
+            .iter()
+            .map(|&i| Routed::on("TYPE", &keys[i], &[]))
+            .collect();
+        let client = self.cluster.as_ref().unwrap_or(&self.client);
+        let types: Vec<String> = routed::pipelined(client, asks)
+            .await
+            .into_iter()
+            .map(|r| r.map(|v| v.as_string().unwrap_or_default()))
+            .collect::<Result<_, Error>>()?;
         // Anything but a type name is a reply out of step (see `redirected`): read again.
         let known = ["none", "string", "list", "set", "zset", "hash", "stream"];
         if let Some(odd) = types.iter().find(|t| !known.contains(&t.as_str())) {

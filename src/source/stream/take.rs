@@ -254,7 +254,6 @@ pub(crate) fn evalsha_routed(script: &Script, keys: &[&String], args: &[String])
     // node (the others answered MOVED, each costing a resynchronisation of the slots).
     let slot = ClusterHash::Custom(key.cluster_hash());
     Routed {
-        key,
         cmd: CustomCommand::new_static("EVALSHA", slot, false),
         args: a,
     }
