@@ -45,13 +45,13 @@ pub(crate) const STREAM: &str = "trade_results";
 /// Options of `spillway simulate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// RLS (alerts, execution logs): redis:// or rediss:// URL, or host:port. Required, with no
-    /// default and never taken from the environment, so the simulator cannot write into a
-    /// production Redis by accident.
+    /// RLS (alerts, execution logs): redis:// or rediss:// URL, redis-cluster:// for a Redis
+    /// Cluster (any node), or host:port. Required, with no default and never taken from the
+    /// environment, so the simulator cannot write into a production Redis by accident.
     #[arg(long)]
     pub rls: String,
-    /// RTRS (the trade_results stream): redis:// or rediss:// URL, or host:port. Required, like
-    /// `--rls`.
+    /// RTRS (the trade_results stream): redis://, rediss:// or redis-cluster:// URL, or
+    /// host:port. Required, like `--rls`.
     #[arg(long)]
     pub rtrs: String,
     /// Write into a Redis that holds keys the simulator did not write. Without it the simulator
@@ -279,8 +279,11 @@ fn with_scheme(url: &str) -> String {
 
 async fn connect(url: &str, what: &str) -> anyhow::Result<Client> {
     let redacted = redact_url(url);
-    let config = Config::from_url(url)
-        .map_err(|_| anyhow::anyhow!("{what} URL {redacted} is not a redis:// or rediss:// URL"))?;
+    let config = Config::from_url(url).map_err(|_| {
+        anyhow::anyhow!(
+            "{what} URL {redacted} is not a redis://, rediss:// or redis-cluster:// URL"
+        )
+    })?;
     let client = Builder::from_config(config)
         .with_connection_config(|c| c.connection_timeout = Duration::from_secs(5))
         .build()?;

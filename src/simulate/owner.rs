@@ -2,7 +2,8 @@
 //! trades, which a Spillway reading that Redis would archive as real: so it writes only into a
 //! Redis (database) that is empty, or that it marked as its own ([`OWNER_KEY`], set when it
 //! starts on an empty one), unless `--allow-nonempty` says the Redis is the operator's to fill.
-//! Every target is checked before anything is written to any of them.
+//! Every target is checked before anything is written to any of them; of a Redis Cluster, every
+//! primary.
 
 use fred::cmd;
 use fred::prelude::*;
@@ -86,28 +87,65 @@ pub(super) async fn claim(
     Ok(())
 }
 
-/// What the Redis of `client` (its database) holds.
+/// What the Redis of `client` (its database) holds; of a Redis Cluster, every primary: `DBSIZE`
+/// and `SCAN` without a key go to one node, which may be empty while the others hold keys.
 async fn holds(client: &Client) -> Result<Holds, Error> {
     let ours: i64 = client.exists(OWNER_KEY).await?;
     if ours > 0 {
         return Ok(Holds::Ours);
     }
-    let keys: u64 = client.custom(cmd!("DBSIZE"), Vec::<String>::new()).await?;
-    if keys == 0 {
-        return Ok(Holds::Empty);
+    let (mut keys, mut sample) = (0, Vec::new());
+    if client.is_clustered() {
+        for server in primaries(client)? {
+            count_keys(&client.with_cluster_node(server), &mut keys, &mut sample).await?;
+        }
+    } else {
+        count_keys(client, &mut keys, &mut sample).await?;
+    }
+    Ok(match keys {
+        0 => Holds::Empty,
+        _ => Holds::Foreign(keys, sample),
+    })
+}
+
+/// The primaries of the cluster of `client`: it connects to each (from `CLUSTER SLOTS`) on
+/// connecting.
+fn primaries(client: &Client) -> Result<Vec<Server>, Error> {
+    let nodes = client.active_connections();
+    if nodes.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Cluster,
+            "connected to no primary of the cluster",
+        ));
+    }
+    Ok(nodes)
+}
+
+/// Adds the keys of the server `client` talks to (its database) to `keys`, and a few of their
+/// names to `sample` (up to [`SAMPLE`] in all).
+async fn count_keys<C: ClientLike>(
+    client: &C,
+    keys: &mut u64,
+    sample: &mut Vec<String>,
+) -> Result<(), Error> {
+    let here: u64 = client.custom(cmd!("DBSIZE"), Vec::<String>::new()).await?;
+    *keys += here;
+    if here == 0 || sample.len() >= SAMPLE {
+        return Ok(());
     }
     let page: Value = client
         .custom(cmd!("SCAN"), vec!["0", "COUNT", "100"])
         .await?;
-    let sample = match page.into_array().pop() {
-        Some(keys) => keys
-            .into_array()
-            .into_iter()
-            .filter_map(|k| k.into_string())
-            .take(SAMPLE)
-            .map(|k| format!("`{}`", k.escape_debug()))
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok(Holds::Foreign(keys, sample))
+    if let Some(names) = page.into_array().pop() {
+        let room = SAMPLE - sample.len();
+        sample.extend(
+            names
+                .into_array()
+                .into_iter()
+                .filter_map(|k| k.into_string())
+                .take(room)
+                .map(|k| format!("`{}`", k.escape_debug())),
+        );
+    }
+    Ok(())
 }

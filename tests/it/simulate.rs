@@ -4,7 +4,7 @@
 //! `trade_results` stream, every log and payload decoding into the rows Spillway archives.
 //! And that it is safe to have on a production host: it needs its targets on the command line
 //! (never from the service's environment), and refuses to write into a Redis holding keys it did
-//! not write unless `--allow-nonempty` says so.
+//! not write unless `--allow-nonempty` says so, on a Redis Cluster looking at every primary.
 
 use std::collections::HashMap;
 use std::process::{Command, Output};
@@ -15,6 +15,7 @@ use fred::prelude::*;
 use spillway::decode::{decode_value_fields, Decoded};
 use spillway::rows::trade::{log_value_rows, trade_row, LogOrigin, TradeExecutionRow};
 
+use common::rcluster::RedisCluster;
 use common::{load::client, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,4 +286,54 @@ fn simulator_needs_its_targets_on_the_command_line_not_the_environment() {
         .parse()
         .unwrap();
     assert!(alerts > 100, "{alerts} alerts from two runs");
+}
+
+#[test]
+fn simulator_counts_the_keys_of_every_primary_of_a_cluster() {
+    let (cluster, rtrs) = (RedisCluster::start(3, 0), RedisServer::start());
+    let url = cluster.url().replacen("redis://", "redis-cluster://", 1);
+    let rtrs_url = rtrs.url();
+    let targets = ["--rls", url.as_str(), "--rtrs", rtrs_url.as_str()];
+
+    // 1, 2 and 4 foreign keys on the three primaries: a look at any one node sees a part.
+    let primaries = cluster.primaries();
+    let mut want = [1, 2, 4].map(|n| (n, 0));
+    for i in 0.. {
+        let key = format!("platform:{i}");
+        let at = primaries.iter().position(|&p| p == cluster.owner_of(&key));
+        let slot = &mut want[at.expect("a primary owns the key")];
+        if slot.1 < slot.0 {
+            cluster.nodes[cluster.owner_of(&key)].cli(&["SET", &key, "theirs"]);
+            slot.1 += 1;
+        }
+        if want.iter().all(|(n, have)| n == have) {
+            break;
+        }
+    }
+    let out = simulate(&targets, &[]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("refusing to write into RLS")
+            && said.contains("it holds 7 keys")
+            && said.contains("`platform:"),
+        "{said}"
+    );
+    assert_eq!(rtrs.cli(&["DBSIZE"]), "0", "nothing written into RTRS");
+
+    // Emptied, the cluster becomes the simulator's: its writes reach every primary, the owner
+    // key is found on the next run, which needs no flag.
+    for &p in &primaries {
+        cluster.nodes[p].cli(&["FLUSHALL"]);
+    }
+    for run in 0..2 {
+        let out = simulate(&targets, &[]);
+        assert!(out.status.success(), "run {run}: {}", text(&out));
+    }
+    for &p in &primaries {
+        let keys: u64 = cluster.nodes[p].cli(&["DBSIZE"]).parse().unwrap();
+        assert!(keys > 10, "{keys} keys on {}", cluster.nodes[p].addr());
+    }
+    let owner = cluster.owner_of(OWNER);
+    assert_eq!(cluster.nodes[owner].cli(&["EXISTS", OWNER]), "1");
 }
