@@ -7,6 +7,9 @@
 #   scripts/demo.sh --simulate 120  # the same with 120 s of simulated trading (0: none)
 #   scripts/demo.sh --once          # samples and report, no simulation, then stop everything
 #                                   # and exit (also: DEMO_ONCE=1); --once --simulate 10 works too
+#   scripts/demo.sh --cluster       # RLS on a 3+3 Redis Cluster, ClickHouse 2 shards x 2 replicas
+#                                   # with ZooKeeper, a failover mid-simulation (DEMO_CLUSTER=1;
+#                                   # with --once, 10 s of simulation; scripts/demo-cluster.sh)
 #
 # It installs redis-server and clickhouse-server with apt-get when they are missing, builds
 # Spillway (cargo build --release), then starts in a work directory of its own:
@@ -35,6 +38,9 @@
 #   DEMO_ONCE=1        same as --once
 #   DEMO_SIMULATE      seconds of simulation (as --simulate)  default 30, with --once 0
 #   DEMO_ALERTS_PER_SEC, DEMO_TRADES_PER_SEC   simulator rates  defaults 5000, 200
+#   With --cluster: DEMO_CLUSTER_PORT (first of the six RLS nodes, default 7001), DEMO_ZK_PORT
+#   (2181), DEMO_CH_INTERSERVER_PORT (9009); the 4 ClickHouse servers take DEMO_CH_HTTP_PORT,
+#   DEMO_CH_TCP_PORT and DEMO_CH_INTERSERVER_PORT to +3
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -42,10 +48,12 @@ ROOT=$(pwd)
 export PATH="$PATH:/usr/sbin:/sbin:${HOME:-/root}/.cargo/bin"
 
 ONCE=${DEMO_ONCE:-0}
+CLUSTER=${DEMO_CLUSTER:-0}
 SIMULATE=${DEMO_SIMULATE:-}
 while [ $# -gt 0 ]; do
     case $1 in
     --once) ONCE=1 ;;
+    --cluster) CLUSTER=1 ;;
     --simulate)
         [ $# -ge 2 ] || {
             echo "--simulate needs a number of seconds (try --help)" >&2
@@ -68,6 +76,8 @@ while [ $# -gt 0 ]; do
 done
 if [ -z "$SIMULATE" ]; then
     if [ "$ONCE" = 1 ]; then SIMULATE=0; else SIMULATE=30; fi
+    # The cluster demo's point is the failover during the simulation.
+    if [ "$ONCE$CLUSTER" = 11 ]; then SIMULATE=10; fi
 fi
 ALERTS_PER_SEC=${DEMO_ALERTS_PER_SEC:-5000}
 TRADES_PER_SEC=${DEMO_TRADES_PER_SEC:-200}
@@ -95,12 +105,23 @@ WORK=${DEMO_DIR:-${TMPDIR:-/tmp}/spillway-demo}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/spillway
 CH_URL="http://127.0.0.1:$CH_HTTP_PORT"
 METRICS_URL="http://127.0.0.1:$METRICS_PORT"
+# RLS as Spillway, the simulator, messages and redis-cli see it (a cluster's in demo-cluster.sh).
+RLS_URL="redis://127.0.0.1:$RLS_PORT"
+RLS_ADDR="127.0.0.1:$RLS_PORT"
+RLS_DESC=$RLS_PORT
+RCLI=(redis-cli -h 127.0.0.1 -p "$RLS_PORT")
+RLS_CLI_HINT="redis-cli -p $RLS_PORT"
+PIPE_DESC="redis-cli --pipe"
+CH_CLUSTER_TOML=""
 
 # The demo's spillway reads only the config written below, never a SPILLWAY_* of this shell.
 while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^SPILLWAY_' || true)
 
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
+# shellcheck source=scripts/demo-cluster.sh
+. "$ROOT/scripts/demo-cluster.sh"
+if [ "$CLUSTER" = 1 ]; then cluster_setup; fi
 
 # --- stopping what we started, and only that ------------------------------------------------
 
@@ -137,15 +158,18 @@ cleanup() {
         kill -TERM "$MON_PID" 2>/dev/null
         wait "$MON_PID" 2>/dev/null
     fi
+    cluster_stop_helper
     local name
-    if [ -n "$SPILLWAY_PID$SIM_PID${REDIS_PID[*]}$CH_PID" ]; then
-        step "Stopping the demo (spillway first, then the simulator, redis-servers and clickhouse-server)"
+    if [ -n "$SPILLWAY_PID$SIM_PID${REDIS_PID[*]}$CH_PID" ] || cluster_started; then
+        step "Stopping the demo (spillway first, then the simulator, redis-servers and clickhouse-server$([ "$CLUSTER" = 0 ] || echo "s, zookeeper"))"
         stop spillway "$SPILLWAY_PID" 40
         stop "spillway simulate" "$SIM_PID" 20
         for name in "${REDIS_NAMES[@]}"; do
             stop "redis-server (${name^^})" "${REDIS_PID[$name]:-}" 15
         done
+        cluster_stop_redis
         stop clickhouse-server "$CH_PID" 30
+        cluster_stop_rest
         echo "logs and data stay in $WORK"
     fi
     exit "$rc"
@@ -182,6 +206,7 @@ fi
 command -v cargo >/dev/null 2>&1 ||
     die "cargo not found: install the Rust toolchain with rustup (https://rustup.rs), then make sure ~/.cargo/bin is on PATH"
 echo "ok: redis-server, clickhouse-server, curl, python3, cargo"
+if [ "$CLUSTER" = 1 ]; then cluster_tools; fi
 
 entries=()
 for name in "${REDIS_NAMES[@]}"; do
@@ -190,13 +215,15 @@ for name in "${REDIS_NAMES[@]}"; do
 done
 entries+=("$CH_HTTP_PORT:DEMO_CH_HTTP_PORT:ClickHouse HTTP" "$CH_TCP_PORT:DEMO_CH_TCP_PORT:ClickHouse TCP"
     "$METRICS_PORT:DEMO_METRICS_PORT:Spillway metrics")
+if [ "$CLUSTER" = 1 ]; then cluster_port_entries; fi
 seen=" "
 for entry in "${entries[@]}"; do
-    IFS=: read -r port var what <<<"$entry"
+    # port:variable:what[:the variable's value to suggest]
+    IFS=: read -r port var what hint <<<"$entry"
     [[ $seen != *" $port "* ]] || die "port $port is given twice ($var and another DEMO_*_PORT)"
     seen+="$port "
     if port_busy "$port"; then
-        die "port $port ($what) is already in use on 127.0.0.1: stop what listens there, or pick another port, e.g. $var=$((port + 10000)) scripts/demo.sh"
+        die "port $port ($what) is already in use on 127.0.0.1: stop what listens there, or pick another port, e.g. $var=${hint:-$((port + 10000))} scripts/demo.sh"
     fi
 done
 
@@ -215,12 +242,13 @@ if [ -d "$WORK" ] && [ ! -e "$WORK/.spillway-demo" ] && [ -n "$(ls -A "$WORK")" 
 fi
 mkdir -p "$WORK"
 touch "$WORK/.spillway-demo"
-rm -rf "$WORK/clickhouse" "$WORK/redis" "$WORK"/redis-* "$WORK"/*.log "$WORK/spillway.toml" "$WORK/pack.py" "$WORK/progress.py"
-mkdir -p "$WORK/clickhouse"
+rm -rf "$WORK/clickhouse" "$WORK/redis" "$WORK"/redis-* "$WORK"/*.log "$WORK/spillway.toml" "$WORK/pack.py" "$WORK/progress.py" \
+    "$WORK"/clickhouse-* "$WORK/rls-cluster" "$WORK/zookeeper" "$WORK"/*.py "$WORK"/*.txt "$WORK/failover.result"
+[ "$CLUSTER" = 1 ] || mkdir -p "$WORK/clickhouse"
 for name in "${REDIS_NAMES[@]}"; do mkdir -p "$WORK/redis-$name"; done
-echo "fresh data directories; logs: $WORK/*.log, $WORK/clickhouse/*.log"
+echo "fresh data directories; logs: $WORK/*.log, $WORK/clickhouse$([ "$CLUSTER" = 0 ] || echo "-*")/*.log"
 
-step "Starting the six redis-servers from scripts/redis/*.conf"
+step "Starting the $([ "$CLUSTER" = 1 ] && echo five || echo six) redis-servers from scripts/redis/*.conf"
 for name in "${REDIS_NAMES[@]}"; do
     # The config file first; the command line after it overrides its port and dir.
     echo "\$ redis-server scripts/redis/$name.conf --port ${REDIS_PORT[$name]} --dir $WORK/redis-$name"
@@ -228,12 +256,11 @@ for name in "${REDIS_NAMES[@]}"; do
         --port "${REDIS_PORT[$name]}" --dir "$WORK/redis-$name"
     REDIS_PID[$name]=$STARTED_PID
 done
-RCLI=(redis-cli -h 127.0.0.1 -p "$RLS_PORT")
 TCLI=(redis-cli -h 127.0.0.1 -p "$RTRS_PORT")
 
-step "Starting clickhouse-server on 127.0.0.1 (HTTP $CH_HTTP_PORT, TCP $CH_TCP_PORT)"
-CHD="$WORK/clickhouse"
-cat >"$CHD/users.xml" <<'EOF'
+# write_users_xml DIR: DIR/users.xml, user default without a password.
+write_users_xml() {
+    cat >"$1/users.xml" <<'EOF'
 <?xml version="1.0"?>
 <yandex>
   <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
@@ -244,11 +271,21 @@ cat >"$CHD/users.xml" <<'EOF'
   </interval></default></quotas>
 </yandex>
 EOF
-clickhouse_config "$CHD" "$CH_HTTP_PORT" "$CH_TCP_PORT" "$CHD/error.log"
-pushd "$CHD" >/dev/null
-start_bg "$CHD/stdout.log" clickhouse-server --config-file="$CHD/config.xml"
-CH_PID=$STARTED_PID
-popd >/dev/null
+}
+CHD="$WORK/clickhouse"
+if [ "$CLUSTER" = 1 ]; then
+    cluster_start_redis
+    cluster_start_zookeeper
+    cluster_start_clickhouse
+else
+    step "Starting clickhouse-server on 127.0.0.1 (HTTP $CH_HTTP_PORT, TCP $CH_TCP_PORT)"
+    write_users_xml "$CHD"
+    clickhouse_config "$CHD" "$CH_HTTP_PORT" "$CH_TCP_PORT" "$CHD/error.log"
+    pushd "$CHD" >/dev/null
+    start_bg "$CHD/stdout.log" clickhouse-server --config-file="$CHD/config.xml"
+    CH_PID=$STARTED_PID
+    popd >/dev/null
+fi
 
 # wait_until WHAT PID SECONDS LOG COMMAND...: polls COMMAND until it succeeds; fails (with the
 # log's tail) if the process PID exits first or SECONDS pass.
@@ -278,9 +315,13 @@ for name in "${REDIS_NAMES[@]}"; do
     printf 'redis-server %-4s ready on 127.0.0.1:%-5s (pid %s), maxmemory %s MiB %s\n' "${name^^}" \
         "${REDIS_PORT[$name]}" "${REDIS_PID[$name]}" "$((max / 1048576))" "$mem"
 done
-echo "RLS notify-keyspace-events = $("${RCLI[@]}" config get notify-keyspace-events | tail -n1)"
-wait_until clickhouse-server "$CH_PID" 60 "$CHD/error.log" ch_ready
-echo "clickhouse-server ready (pid $CH_PID), version $(ch 'SELECT version()')"
+if [ "$CLUSTER" = 1 ]; then
+    cluster_ready
+else
+    echo "RLS notify-keyspace-events = $("${RCLI[@]}" config get notify-keyspace-events | tail -n1)"
+    wait_until clickhouse-server "$CH_PID" 60 "$CHD/error.log" ch_ready
+    echo "clickhouse-server ready (pid $CH_PID), version $(ch 'SELECT version()')"
+fi
 
 # --- 4. spillway ------------------------------------------------------------------------------
 
@@ -307,11 +348,11 @@ url = "redis://127.0.0.1:$RTRS_PORT"
 url = "redis://127.0.0.1:$RSS_PORT"
 
 [redis.rls]
-url = "redis://127.0.0.1:$RLS_PORT"
+url = "$RLS_URL"
 
 [clickhouse]
 url = "$CH_URL"
-database = "spillway"
+database = "spillway"$CH_CLUSTER_TOML
 
 [metrics]
 addr = "127.0.0.1:$METRICS_PORT"
@@ -334,7 +375,7 @@ echo "spillway ready (pid $SPILLWAY_PID): $METRICS_URL/readyz answers 200"
 
 # --- 5. sample alerts -------------------------------------------------------------------------
 
-step "Writing sample alerts into RLS (127.0.0.1:$RLS_PORT)"
+step "Writing sample alerts into RLS ($RLS_ADDR)"
 run_cli() {
     local a line='$ redis-cli'
     for a in "$@"; do
@@ -347,12 +388,16 @@ run_cli() {
     echo "$line"
     "${RCLI[@]}" "$@"
 }
+# RLS's --pipe and --scan; on a cluster, each command sent to the node owning its key, and
+# every primary scanned.
+rls_pipe() { if [ "$CLUSTER" = 1 ]; then cluster_pipe; else "${RCLI[@]}" --pipe; fi; }
+rls_scan() { if [ "$CLUSTER" = 1 ]; then cluster_scan "$1"; else "${RCLI[@]}" --scan --pattern "$1"; fi; }
 run_cli SET alert:trade_failed "Trade execution failed" EX 3600
 run_cli SET alert:margin_call '{"alert_id":"risk-42","severity":"critical","kind":"margin","message":"Margin level below 50%","account_id":"ACC-1001","symbol":"EURUSD","desk":"fx-emea"}' EX 3600
 run_cli SET alert:heartbeat_missed "Heartbeat missed on mt5-11 (expires in 2 s)" EX 2
 
 echo "MessagePack values, and one value that decodes as nothing (bytes 85 01), sent as RESP"
-echo "commands (SET key value EX 3600) through redis-cli --pipe:"
+echo "commands (SET key value EX 3600) through $PIPE_DESC:"
 cat >"$WORK/pack.py" <<'PY'
 import struct
 import sys
@@ -406,7 +451,7 @@ def resp(*args):
     return out
 PY
 export PYTHONPATH="$WORK"
-python3 - <<'PY' | "${RCLI[@]}" --pipe
+python3 - <<'PY' | rls_pipe
 import sys
 import time
 
@@ -428,7 +473,7 @@ for key, value in values.items():
 PY
 
 step "Writing three trades: execution logs into RLS, then closes into the trade_results stream (RTRS)"
-python3 - logs <<'PY' | "${RCLI[@]}" --pipe
+python3 - logs <<'PY' | rls_pipe
 import sys
 
 from pack import pack, resp
@@ -453,13 +498,24 @@ for t in range(1, 4):
     sys.stderr.write("  XADD trade_results * trade_id T-%d event closed payload <MessagePack map>\n" % t)
 PY
 
+# final TABLE [ALIAS]: TABLE under FINAL in a FROM clause. On a ClickHouse cluster a subquery
+# reading every column: 18.16 fails "Cannot find column ... in source stream" when a Distributed
+# table under FINAL is asked for fewer columns than its sorting key and version.
+final() {
+    if [ "$CLUSTER" = 1 ]; then
+        echo "(SELECT * FROM spillway.$1 FINAL)${2:+ AS $2}"
+    else
+        echo "spillway.$1${2:+ AS $2} FINAL"
+    fi
+}
+
 step "Waiting for the rows (and for alert:heartbeat_missed to expire)"
 landed() {
     [ "$(ch 'SELECT count() FROM spillway.alerts FINAL' 2>/dev/null)" -ge 6 ] &&
         [ "$(ch "SELECT count() FROM spillway.alert_events WHERE event = 'expired'" 2>/dev/null)" -ge 1 ] &&
         [ "$(ch 'SELECT count() FROM spillway.dead_letters' 2>/dev/null)" -ge 1 ] &&
         [ "$(ch 'SELECT count() FROM spillway.trades FINAL' 2>/dev/null)" -ge 3 ] &&
-        [ -z "$("${RCLI[@]}" --scan --pattern 'trade_execution:*')" ]
+        [ -z "$(rls_scan 'trade_execution:*')" ]
 }
 for ((i = 0; i < 100; i++)); do
     if landed; then break; fi
@@ -474,23 +530,23 @@ fi
 # --- 6. what landed ---------------------------------------------------------------------------
 
 step "spillway.alerts"
-echo "SELECT key, alert_id, severity, format, message, extra FROM spillway.alerts FINAL ORDER BY key"
-ch "SELECT key, alert_id, severity, format, message, extra FROM spillway.alerts FINAL ORDER BY key FORMAT PrettyCompactNoEscapes"
+echo "SELECT key, alert_id, severity, format, message, extra FROM $(final alerts) ORDER BY key"
+ch "SELECT key, alert_id, severity, format, message, extra FROM $(final alerts) ORDER BY key FORMAT PrettyCompactNoEscapes"
 
 step "spillway.alert_events"
-echo "SELECT key, event, count() FROM spillway.alert_events FINAL GROUP BY key, event ORDER BY key, event"
-ch "SELECT key, event, count() AS count FROM spillway.alert_events FINAL GROUP BY key, event ORDER BY key, event FORMAT PrettyCompactNoEscapes"
+echo "SELECT key, event, count() FROM $(final alert_events) GROUP BY key, event ORDER BY key, event"
+ch "SELECT key, event, count() AS count FROM $(final alert_events) GROUP BY key, event ORDER BY key, event FORMAT PrettyCompactNoEscapes"
 
 step "spillway.dead_letters"
-echo "SELECT key, reason, hex(raw), error FROM spillway.dead_letters FINAL ORDER BY key"
-ch "SELECT key, reason, hex(raw) AS raw_hex, error FROM spillway.dead_letters FINAL ORDER BY key FORMAT PrettyCompactNoEscapes"
+echo "SELECT key, reason, hex(raw), error FROM $(final dead_letters) ORDER BY key"
+ch "SELECT key, reason, hex(raw) AS raw_hex, error FROM $(final dead_letters) ORDER BY key FORMAT PrettyCompactNoEscapes"
 
 step "spillway.trades and spillway.trade_executions"
-echo "SELECT trade_id, event, profit, log_state, log_entries FROM spillway.trades FINAL ORDER BY trade_id"
-ch "SELECT trade_id, event, profit, log_state, log_entries FROM spillway.trades FINAL ORDER BY trade_id FORMAT PrettyCompactNoEscapes"
-echo "SELECT trade_id, seq, step, price FROM spillway.trade_executions FINAL ORDER BY trade_id, seq"
-ch "SELECT trade_id, seq, step, price FROM spillway.trade_executions FINAL ORDER BY trade_id, seq FORMAT PrettyCompactNoEscapes"
-echo "execution log keys left in RLS: $("${RCLI[@]}" --scan --pattern 'trade_execution:*' | wc -l)"
+echo "SELECT trade_id, event, profit, log_state, log_entries FROM $(final trades) ORDER BY trade_id"
+ch "SELECT trade_id, event, profit, log_state, log_entries FROM $(final trades) ORDER BY trade_id FORMAT PrettyCompactNoEscapes"
+echo "SELECT trade_id, seq, step, price FROM $(final trade_executions) ORDER BY trade_id, seq"
+ch "SELECT trade_id, seq, step, price FROM $(final trade_executions) ORDER BY trade_id, seq FORMAT PrettyCompactNoEscapes"
+echo "execution log keys left in RLS: $(rls_scan 'trade_execution:*' | wc -l)"
 
 step "A few lines of $METRICS_URL/metrics"
 curl -fsS "$METRICS_URL/metrics" |
@@ -662,24 +718,28 @@ while True:
 PY
 
 if [ "$SIMULATE" -gt 0 ]; then
-    step "Simulating the trading platform for $SIMULATE s: $ALERTS_PER_SEC alerts/s, $TRADES_PER_SEC trades/s (RLS $RLS_PORT, RTRS $RTRS_PORT)"
+    step "Simulating the trading platform for $SIMULATE s: $ALERTS_PER_SEC alerts/s, $TRADES_PER_SEC trades/s (RLS $RLS_DESC, RTRS $RTRS_PORT)"
     # --allow-nonempty: these are the demo's own Redis servers, already holding the samples above
     # (the simulator refuses a Redis holding keys it did not write unless told so).
-    echo "\$ $BIN simulate --rls 127.0.0.1:$RLS_PORT --rtrs 127.0.0.1:$RTRS_PORT --allow-nonempty --alerts-per-sec $ALERTS_PER_SEC --trades-per-sec $TRADES_PER_SEC --duration $SIMULATE"
+    echo "\$ $BIN simulate --rls $RLS_ADDR --rtrs 127.0.0.1:$RTRS_PORT --allow-nonempty --alerts-per-sec $ALERTS_PER_SEC --trades-per-sec $TRADES_PER_SEC --duration $SIMULATE"
     echo "(its output: $WORK/simulate.log; the lines below read $METRICS_URL/metrics once a second)"
-    start_bg "$WORK/simulate.log" "$BIN" simulate --rls "127.0.0.1:$RLS_PORT" --rtrs "127.0.0.1:$RTRS_PORT" --allow-nonempty \
+    start_bg "$WORK/simulate.log" "$BIN" simulate --rls "$RLS_ADDR" --rtrs "127.0.0.1:$RTRS_PORT" --allow-nonempty \
         --alerts-per-sec "$ALERTS_PER_SEC" --trades-per-sec "$TRADES_PER_SEC" --duration "$SIMULATE"
     SIM_PID=$STARTED_PID
     # In the background, so that Ctrl-C (or a SIGINT/SIGTERM to this script) is handled at once.
     python3 "$WORK/progress.py" "$METRICS_URL/metrics" "$SIM_PID" "$WORK/simulate.log" &
     MON_PID=$!
+    if [ "$CLUSTER" = 1 ]; then cluster_failover_midway; fi
     wait "$MON_PID" || true
     MON_PID=""
+    if [ "$CLUSTER" = 1 ]; then cluster_failover_wait; fi
     code=0
     wait "$SIM_PID" || code=$?
     SIM_PID=""
     [ "$code" = 0 ] || die "spillway simulate exited with code $code; see $WORK/simulate.log"
     grep '^wrote in' "$WORK/simulate.log" | sed 's/^/simulator: /' || true
+elif [ "$CLUSTER" = 1 ]; then
+    cluster_failover
 fi
 
 # --- 8. the report ----------------------------------------------------------------------------
@@ -693,12 +753,12 @@ ch "SELECT table, rows FROM (
       UNION ALL SELECT 5, 'trade_executions', count() FROM spillway.trade_executions FINAL
     ) ORDER BY n FORMAT PrettyCompactNoEscapes"
 echo "dead letters by reason:"
-ch "SELECT reason, count() AS rows FROM spillway.dead_letters FINAL GROUP BY reason ORDER BY reason FORMAT PrettyCompactNoEscapes"
+ch "SELECT reason, count() AS rows FROM $(final dead_letters) GROUP BY reason ORDER BY reason FORMAT PrettyCompactNoEscapes"
 echo "trades by event and execution log state, with their execution rows:"
 ch "SELECT t.event, t.log_state, count() AS trades, sum(t.log_entries) AS log_entries
-    FROM spillway.trades AS t FINAL GROUP BY t.event, t.log_state ORDER BY t.event, t.log_state FORMAT PrettyCompactNoEscapes"
-echo "execution log keys left in RLS: $("${RCLI[@]}" --scan --pattern 'trade_execution:*' | wc -l)"
-echo "alert keys in RLS: $("${RCLI[@]}" --scan --pattern 'alert:*' | wc -l) (they live for their TTL; Spillway copies, never deletes them)"
+    FROM $(final trades t) GROUP BY t.event, t.log_state ORDER BY t.event, t.log_state FORMAT PrettyCompactNoEscapes"
+echo "execution log keys left in RLS: $(rls_scan 'trade_execution:*' | wc -l)"
+echo "alert keys in RLS: $(rls_scan 'alert:*' | wc -l) (they live for their TTL; Spillway copies, never deletes them)"
 echo "the alerts pipeline's write account (from /metrics): each write notification has one outcome"
 curl -fsS "$METRICS_URL/metrics" | python3 -c '
 import re, sys
@@ -719,7 +779,8 @@ for name, n in sorted(outcomes.items(), key=lambda o: -o[1]):
     print(f"  {name:<26}  {n}")
 print(f"  pending                     {pending}")
 print(f"  unaccounted                 {received - sum(outcomes.values()) - pending}")
-'
+' | tee "$WORK/account.txt"
+if [ "$CLUSTER" = 1 ]; then cluster_report; fi
 
 # --- 9. keep running, or stop -----------------------------------------------------------------
 
@@ -730,11 +791,11 @@ fi
 step "Spillway is running; metrics at $METRICS_URL/metrics; press Ctrl-C to stop"
 cat <<EOF
 Try, in another terminal:
-  redis-cli -p $RLS_PORT SET alert:my_test "hello from the demo" EX 3600
-  redis-cli -p $RLS_PORT RPUSH trade_execution:T-9 "not MessagePack"   # a log entry for a dead letter
+  $RLS_CLI_HINT SET alert:my_test "hello from the demo" EX 3600
+  $RLS_CLI_HINT RPUSH trade_execution:T-9 "not MessagePack"   # a log entry for a dead letter
   redis-cli -p $RTRS_PORT XADD trade_results '*' trade_id T-9 event closed
-  $BIN simulate --rls 127.0.0.1:$RLS_PORT --rtrs 127.0.0.1:$RTRS_PORT --allow-nonempty --duration 60
-  curl -s $CH_URL/ --data-binary "SELECT key, message FROM spillway.alerts FINAL ORDER BY key FORMAT PrettyCompact"
+  $BIN simulate --rls $RLS_ADDR --rtrs 127.0.0.1:$RTRS_PORT --allow-nonempty --duration 60
+  curl -s $CH_URL/ --data-binary "SELECT key, message FROM $(final alerts) ORDER BY key FORMAT PrettyCompact"
   tail -f $WORK/spillway.log
 EOF
 code=0

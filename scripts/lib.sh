@@ -84,11 +84,11 @@ pip_install() {
     fi
 }
 
-# clickhouse_config DIR HTTP_PORT TCP_PORT ERROR_LOG: writes DIR/config.xml, a minimal
-# clickhouse-server (18.16, <yandex>) config on 127.0.0.1 with its data under DIR and its users
-# in DIR/users.xml.
+# clickhouse_config DIR HTTP_PORT TCP_PORT ERROR_LOG [EXTRA_XML]: writes DIR/config.xml, a
+# minimal clickhouse-server (18.16, <yandex>) config on 127.0.0.1 with its data under DIR and its
+# users in DIR/users.xml; EXTRA_XML (elements of <yandex>, e.g. a cluster's) goes at its end.
 clickhouse_config() {
-    local dir=$1 http=$2 tcp=$3 errorlog=$4
+    local dir=$1 http=$2 tcp=$3 errorlog=$4 extra=${5:-}
     cat >"$dir/config.xml" <<EOF
 <?xml version="1.0"?>
 <yandex>
@@ -105,6 +105,6 @@ clickhouse_config() {
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
-</yandex>
+$extra</yandex>
 EOF
 }
