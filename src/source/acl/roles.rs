@@ -111,7 +111,7 @@ pub(crate) fn logs(def: &StreamSource, take_sha: &str) -> Vec<Probe> {
             "EVALSHA",
             "+evalsha",
             &both,
-            &["EVALSHA", take_sha, "2", &key, &staging, "1"],
+            &["EVALSHA", take_sha, "2", &key, &staging],
         ),
         release,
         Probe::new("EXISTS", "+exists", &log, &["EXISTS", &key]),
