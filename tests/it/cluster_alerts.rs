@@ -70,6 +70,45 @@ async fn wait_nodes(sp: &Spillway, n: u64) {
     .await;
 }
 
+/// Waits until Spillway has subscribed to a primary that appeared (a promoted replica) and
+/// again captures from 3 primaries.
+async fn wait_followed(sp: &Spillway, what: &str) {
+    eventually(WAIT, what, || async {
+        let m = sp.metrics().await;
+        metric(
+            &m,
+            "spillway_cluster_changes_total{pipeline=\"alerts\",kind=\"added\"}",
+        ) >= 1
+            && metric(&m, "spillway_cluster_nodes{pipeline=\"alerts\"}") == 3
+    })
+    .await;
+}
+
+/// After a primary was lost (killed or cut off): the account closes, `alerts` FINAL holds the
+/// archived and rescanned values, every acknowledged last value alive is archived, and what
+/// Redis itself lost (acknowledged, never replicated) stays within one primary's replication
+/// lag.
+async fn assert_primary_loss(
+    case: &str,
+    sp: &Spillway,
+    ch: &ClickHouseServer,
+    db: &str,
+    cluster: &RedisCluster,
+    w: &common::rewrite::Rewrites,
+) {
+    let text = settled(sp, WAIT).await;
+    let outcomes = assert_equation(case, &text);
+    assert_rows_match(case, ch, db, &text).await;
+    let alive = alive(cluster, &w.run);
+    let f = check_against(case, &alive, ch, db, w, true).await;
+    println!("figures: {f:?}; outcomes {outcomes:?}");
+    assert!(f.sets > 2_000, "the load ran: {f:?}");
+    assert!(
+        f.lost_by_redis < f.sets / 100,
+        "far more lost than one primary's replication lag: {f:?}"
+    );
+}
+
 /// Keys with a `deleted` row in `alert_events` that the rewriter never deleted.
 async fn deletions_nobody_made(
     ch: &ClickHouseServer,
@@ -113,15 +152,7 @@ async fn a_failover_and_a_slot_migration_under_load_lose_nothing() {
     let replica = cluster.replica_of(primaries[0]);
     let t = std::time::Instant::now();
     cluster.failover(replica);
-    eventually(WAIT, "the promoted replica subscribed", || async {
-        let m = sp.metrics().await;
-        metric(
-            &m,
-            "spillway_cluster_changes_total{pipeline=\"alerts\",kind=\"added\"}",
-        ) >= 1
-            && metric(&m, "spillway_cluster_nodes{pipeline=\"alerts\"}") == 3
-    })
-    .await;
+    wait_followed(&sp, "the promoted replica subscribed").await;
     println!("failover followed in {:?}", t.elapsed());
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -182,15 +213,7 @@ async fn a_primary_killed_under_load_is_replaced_and_nothing_readable_is_missed(
     cluster.kill(victim);
     cluster.wait_primary(replica, WAIT);
     println!("replica promoted {:?} after the kill", t.elapsed());
-    eventually(WAIT, "the promoted replica subscribed", || async {
-        let m = sp.metrics().await;
-        metric(
-            &m,
-            "spillway_cluster_changes_total{pipeline=\"alerts\",kind=\"added\"}",
-        ) >= 1
-            && metric(&m, "spillway_cluster_nodes{pipeline=\"alerts\"}") == 3
-    })
-    .await;
+    wait_followed(&sp, "the promoted replica subscribed").await;
     println!("Spillway subscribed to it {:?} after the kill", t.elapsed());
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.restart(victim);
@@ -199,21 +222,9 @@ async fn a_primary_killed_under_load_is_replaced_and_nothing_readable_is_missed(
     let w = w.finish().await;
     println!("rewriter: {}", w.line());
 
-    let text = settled(&sp, WAIT).await;
-    let outcomes = assert_equation("killed primary", &text);
-    assert_rows_match("killed primary", &ch, db, &text).await;
-    let alive = alive(&cluster, &w.run);
     // A value the killed primary acknowledged and had not yet replicated is gone from Redis
-    // before anyone could read it: counted here, never silently.
-    let f = check_against("killed primary", &alive, &ch, db, &w, true).await;
-    println!("figures: {f:?}; outcomes {outcomes:?}");
-    assert!(f.sets > 2_000, "the load ran: {f:?}");
-    // Every key alive now was captured with its last value (check_against), and the few the
-    // kill took were acknowledged within the replication lag of one primary.
-    assert!(
-        f.lost_by_redis < f.sets / 100,
-        "far more lost than one primary's replication lag: {f:?}"
-    );
+    // before anyone could read it: counted, never silently.
+    assert_primary_loss("killed primary", &sp, &ch, db, &cluster, &w).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,19 +248,7 @@ async fn a_primary_cut_off_by_the_network_is_replaced_and_followed() {
     let ns = cluster.netns.as_ref().expect("namespace");
     let t = std::time::Instant::now();
     ns.link_down();
-    eventually(
-        WAIT,
-        "the cut-off primary replaced and followed",
-        || async {
-            let m = sp.metrics().await;
-            metric(
-                &m,
-                "spillway_cluster_changes_total{pipeline=\"alerts\",kind=\"added\"}",
-            ) >= 1
-                && metric(&m, "spillway_cluster_nodes{pipeline=\"alerts\"}") == 3
-        },
-    )
-    .await;
+    wait_followed(&sp, "the cut-off primary replaced and followed").await;
     println!(
         "Spillway followed the new primary {:?} after the cut",
         t.elapsed()
@@ -262,17 +261,7 @@ async fn a_primary_cut_off_by_the_network_is_replaced_and_followed() {
     println!("rewriter: {}", w.line());
     cluster.wait_ok(WAIT);
 
-    let text = settled(&sp, WAIT).await;
-    let outcomes = assert_equation("cut-off primary", &text);
-    assert_rows_match("cut-off primary", &ch, db, &text).await;
-    let alive = alive(&cluster, &w.run);
-    let f = check_against("cut-off primary", &alive, &ch, db, &w, true).await;
-    println!("figures: {f:?}; outcomes {outcomes:?}");
-    assert!(f.sets > 2_000, "the load ran: {f:?}");
-    assert!(
-        f.lost_by_redis < f.sets / 100,
-        "far more lost than one primary's replication lag: {f:?}"
-    );
+    assert_primary_loss("cut-off primary", &sp, &ch, db, &cluster, &w).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

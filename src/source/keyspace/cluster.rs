@@ -212,15 +212,7 @@ impl ClusterKeyspace {
             .await
             .map_err(endpoint.err("reading the cluster's nodes (CLUSTER NODES)"))?;
         let seed = seeds[0].clone();
-        let account = Account::new(name);
-        let capturer = Arc::new(Capturer::new(
-            name,
-            &endpoint.instance,
-            def.clone(),
-            tx,
-            account.clone(),
-            settings.remember_values,
-        ));
+        let (capturer, account) = super::capture_stage(name, &endpoint, &def, settings, tx);
         let shared = Arc::new(Shared {
             name: name.to_string(),
             def,

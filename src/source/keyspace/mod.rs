@@ -84,15 +84,7 @@ impl Keyspace {
         settings: &KeyspaceSettings,
         tx: crate::channel::RecordTx,
     ) -> Result<Keyspace> {
-        let account = Account::new(name);
-        let capturer = Arc::new(Capturer::new(
-            name,
-            &endpoint.instance,
-            def.clone(),
-            tx,
-            account.clone(),
-            settings.remember_values,
-        ));
+        let (capturer, account) = capture_stage(name, &endpoint, &def, settings, tx);
         Self::connect_node(name, def, endpoint, settings, capturer, account).await
     }
 
@@ -451,6 +443,27 @@ impl Keyspace {
         tracing::info!(pipeline = %self.name, keys = seen, took = ?started.elapsed(), remembered = self.capturer.remembered(), "rescan done");
         Ok(seen)
     }
+}
+
+/// The capture stage of pipeline `name` and its write account (one per pipeline, shared by
+/// the nodes of a cluster).
+fn capture_stage(
+    name: &str,
+    endpoint: &Endpoint,
+    def: &KeyspaceSource,
+    settings: &KeyspaceSettings,
+    tx: crate::channel::RecordTx,
+) -> (Arc<Capturer>, Account) {
+    let account = Account::new(name);
+    let capturer = Capturer::new(
+        name,
+        &endpoint.instance,
+        def.clone(),
+        tx,
+        account.clone(),
+        settings.remember_values,
+    );
+    (Arc::new(capturer), account)
 }
 
 /// A keyspace pipeline on one server, or over the primaries of a Redis Cluster.
