@@ -121,6 +121,48 @@ impl Stack {
             .collect()
     }
 
+    /// The trades of `trades` whose executions under FINAL are not their whole log, with every
+    /// raw row of the trade and its executions by take: what a failed wait shows.
+    async fn short_logs(&self, trades: &[Trade]) -> String {
+        let got = self
+            .ch
+            .query(&format!(
+                "SELECT trade_id, count() FROM {}.trade_executions FINAL GROUP BY trade_id \
+                 FORMAT TabSeparated",
+                self.db
+            ))
+            .await;
+        let got: std::collections::HashMap<&str, u64> = got
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(id, n)| (id, n.parse().unwrap_or(0)))
+            .collect();
+        let mut out = String::new();
+        for t in trades.iter().filter(|t| got.get(t.id.as_str()) != Some(&(t.entries as u64))) {
+            let rows = |sql: String| async move { self.ch.query(&sql).await };
+            out += &format!(
+                "trade {} ({} entries, {:?}): rows\n{}executions by take\n{}",
+                t.id,
+                t.entries,
+                t.form,
+                rows(format!(
+                    "SELECT stream_id, log_entries, log_state, received_at_ms, version FROM \
+                     {}.trades WHERE trade_id = '{}' FORMAT TabSeparated",
+                    self.db, t.id
+                ))
+                .await,
+                rows(format!(
+                    "SELECT take_id, count(), min(seq), max(seq), min(archived_at_ms) FROM \
+                     {}.trade_executions WHERE trade_id = '{}' GROUP BY take_id \
+                     FORMAT TabSeparated",
+                    self.db, t.id
+                ))
+                .await
+            );
+        }
+        out
+    }
+
     /// Waits until every trade of `trades` is committed, nothing waits in the stream and no
     /// key is left; then checks that each is there exactly once under FINAL, moved whole.
     async fn settled(&self, trades: &[Trade]) {
@@ -136,12 +178,14 @@ impl Stack {
             if rows >= entries && keys.is_empty() && waiting == (0, false) {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "not settled: {rows} of {entries} executions; (pending, behind) {waiting:?}; \
-                 keys left: {:?}",
-                &keys[..keys.len().min(10)]
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "not settled: {rows} of {entries} executions; (pending, behind) \
+                     {waiting:?}; keys left: {:?}\n{}",
+                    &keys[..keys.len().min(10)],
+                    self.short_logs(trades).await
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let n = trades.len() as u64;
