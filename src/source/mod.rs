@@ -3,6 +3,7 @@
 
 pub(crate) mod acl;
 pub(crate) mod keyspace;
+pub(crate) mod replication;
 pub(crate) mod routed;
 pub(crate) mod stream;
 
