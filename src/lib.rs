@@ -15,6 +15,14 @@ pub mod decode;
 pub mod fuzzing;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
+/// The RDB parser of the replication source, public for the integration tests and the fuzz
+/// target only: not an API, it changes with the source.
+#[doc(hidden)]
+pub mod rdb {
+    pub use crate::source::replication::rdb::{
+        parse_dump, Entry, Parser, RdbError, RdbErrorKind, Value,
+    };
+}
 pub mod rows;
 pub(crate) mod simulate;
 pub(crate) mod sink;
