@@ -21,6 +21,7 @@ mod netfault;
 mod observability;
 mod prometheus_e2e;
 mod queries;
+mod rdb;
 mod schema_check;
 mod secrets;
 mod simulate;
