@@ -324,3 +324,7 @@ mod tests;
 #[cfg(test)]
 #[path = "rdb_built_tests.rs"]
 mod built_tests;
+
+#[cfg(test)]
+#[path = "rdb_proptests.rs"]
+mod proptests;
