@@ -4,7 +4,8 @@
 //! keyspace notifications on and nobody listening), twice before and twice after the rest: the
 //! median of the four is the ceiling Spillway is compared with. Spillway runs twice, each time
 //! against a fresh Redis and ClickHouse: with the default settings, then with
-//! `keyspace.read_ttl = true`.
+//! `keyspace.read_ttl = true`; then the replication source (`source = "replication"`, one
+//! redis-server only), in the same sitting.
 //!
 //! Run: `cargo bench --bench alerts` (env BENCH_ALERTS=N, default 1000000). With
 //! `BENCH_REDIS_CLUSTER=P`, Spillway's runs write into a Redis Cluster of P primaries (no
@@ -36,8 +37,13 @@ async fn run(n: u64) {
     let load = load_average();
     // Spillway with the default settings, then with `keyspace.read_ttl = true`, each against
     // a fresh Redis and ClickHouse.
-    let default = archive(n, chunk, parallel, false).await;
-    let with_ttl = archive(n, chunk, parallel, true).await;
+    let default = archive(n, chunk, parallel, Variant::Keyspace { read_ttl: false }).await;
+    let with_ttl = archive(n, chunk, parallel, Variant::Keyspace { read_ttl: true }).await;
+    let replication = if std::env::var_os("BENCH_REDIS_CLUSTER").is_some() {
+        None
+    } else {
+        Some(archive(n, chunk, parallel, Variant::Replication).await)
+    };
     for _ in 0..2 {
         ceilings.push(ceiling(&ceiling_items, chunk, parallel).await);
     }
@@ -55,15 +61,25 @@ async fn run(n: u64) {
         machine()
     );
     println!("alerts: {n} MessagePack alerts, SET ... EX 3600, {parallel} connections x {chunk} pipelined");
-    println!("| measure | default settings | `keyspace.read_ttl = true` |");
-    println!("|---|---|---|");
-    for ((label, a), (_, b)) in default.rows.iter().zip(&with_ttl.rows) {
-        println!("| {label} | {a} | {b} |");
+    println!("| measure | keyspace source, default settings | keyspace, `read_ttl = true` | replication source |");
+    println!("|---|---|---|---|");
+    let third = |i: usize| {
+        replication
+            .as_ref()
+            .map(|r| r.rows[i].1.clone())
+            .unwrap_or_else(|| "(one server only)".into())
+    };
+    for (i, ((label, a), (_, b))) in default.rows.iter().zip(&with_ttl.rows).enumerate() {
+        println!("| {label} | {a} | {b} | {} |", third(i));
     }
     println!(
-        "| end to end / Redis-alone ceiling (median of the four below) | {:.2} | {:.2} |",
+        "| end to end / Redis-alone ceiling (median of the four below) | {:.2} | {:.2} | {} |",
         default.rate / ceiling,
-        with_ttl.rate / ceiling
+        with_ttl.rate / ceiling,
+        replication
+            .as_ref()
+            .map(|r| format!("{:.2}", r.rate / ceiling))
+            .unwrap_or_default()
     );
     println!(
         "| Redis alone (notifications on), SET/s: two before, two after the rest | {} ||",
@@ -75,22 +91,46 @@ async fn run(n: u64) {
     );
 }
 
+/// Which source Spillway archives with.
+#[derive(Clone, Copy)]
+enum Variant {
+    /// Keyspace notifications and read-back, with `keyspace.read_ttl` as given.
+    Keyspace { read_ttl: bool },
+    /// The replication stream.
+    Replication,
+}
+
 /// What one run of Spillway measured: its end-to-end rate and the table's rows.
 struct Archive {
     rate: f64,
     rows: Vec<(String, String)>,
 }
 
-/// Runs Spillway (default settings, with `keyspace.read_ttl` as given) against a fresh Redis
-/// and ClickHouse: N alerts at full speed until all are committed, then half that rate for 10 s
+/// Runs Spillway (default settings, with the source of `variant`) against a fresh Redis and
+/// ClickHouse: N alerts at full speed until all are committed, then half that rate for 10 s
 /// for the latency.
-async fn archive(n: u64, chunk: usize, parallel: usize, read_ttl: bool) -> Archive {
-    let rls = Rls::start();
+async fn archive(n: u64, chunk: usize, parallel: usize, variant: Variant) -> Archive {
+    let rls = match variant {
+        Variant::Keyspace { .. } => Rls::start(),
+        Variant::Replication => Rls::One(RedisServer::start()),
+    };
     let redis = rls.nodes()[0];
     let ch = ClickHouseServer::start();
     // The default batch settings (max delay 1 s).
     let mut toml = config_toml(redis, &ch, "bench", free_port()).replace(&redis.url(), &rls.url());
-    toml.push_str(&format!("\n[keyspace]\nread_ttl = {read_ttl}\n"));
+    let pipelines = spillway_testkit::observe::pipelines(&["alerts"]);
+    match variant {
+        Variant::Keyspace { read_ttl } => {
+            toml.push_str(&format!("\n[keyspace]\nread_ttl = {read_ttl}\n"));
+        }
+        Variant::Replication => {
+            let file = pipelines.path().join("alerts.toml");
+            let def = std::fs::read_to_string(&file).expect("alerts.toml");
+            let def = def.replace("source = \"keyspace\"", "source = \"replication\"");
+            std::fs::write(&file, def).expect("alerts.toml");
+            toml = format!("pipelines_dir = \"{}\"\n{toml}", pipelines.path().display());
+        }
+    }
     let sp = Spillway::start(&toml);
     sp.wait_ready(Duration::from_secs(60)).await;
     let pid = sp.pid().expect("spillway pid");

@@ -14,6 +14,7 @@ use crate::metrics::{self as m, Check};
 use crate::pipeline::Source;
 use crate::sink::{run_writer, Guard, Sink};
 use crate::source::keyspace::AnyKeyspace;
+use crate::source::replication::Replication;
 use crate::source::stream::Stream;
 use crate::source::Endpoint;
 
@@ -102,6 +103,7 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
 
     let mut keyspaces = Vec::new();
     let mut streams = Vec::new();
+    let mut replications = Vec::new();
     let mut checks: Vec<(String, Check)> = Vec::new();
     for p in &settings.pipelines {
         let starting = || format!("starting pipeline {}", p.name);
@@ -123,6 +125,31 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
                 ));
                 source.rescan_on(guard.recreations());
                 keyspaces.push(source);
+            }
+            Source::Replication(def) => {
+                let endpoint = endpoint(&settings, &def.instance)?;
+                let source = Replication::connect(
+                    &p.name,
+                    def.clone(),
+                    endpoint,
+                    &settings.keyspace,
+                    tx.clone(),
+                    sink.client(),
+                )
+                .await
+                .with_context(starting)?;
+                let up = source.up();
+                checks.push((
+                    format!("redis {} ({})", def.instance, p.name),
+                    Arc::new(move || {
+                        let up = up.load(std::sync::atomic::Ordering::Relaxed);
+                        Box::pin(async move {
+                            up.then_some(())
+                                .ok_or_else(|| "replication link down".to_string())
+                        })
+                    }),
+                ));
+                replications.push(source);
             }
             Source::Stream(def) => {
                 let (on, logs) = (
@@ -195,6 +222,9 @@ pub(crate) async fn run(settings: Settings, cancel: CancellationToken) -> anyhow
     for s in keyspaces {
         // Half the shutdown's time to read back what is queued, half to commit it.
         readers.spawn(s.run(cancel.clone(), settings.shutdown_timeout / 2));
+    }
+    for s in replications {
+        readers.spawn(s.run(cancel.clone()));
     }
     for s in streams {
         let (cancel, ackers) = (cancel.clone(), ackers.clone());

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::source::keyspace::config::KeyspaceSource;
+use crate::source::replication::config::ReplicationSource;
 use crate::source::stream::config::StreamSource;
 
 /// Errors of loading a pipeline definition.
@@ -59,6 +60,8 @@ pub enum Source {
     Keyspace(KeyspaceSource),
     /// Entries of a Redis stream read by a consumer group (trade close).
     Stream(StreamSource),
+    /// Values taken from the replication stream, Spillway a replica of the instance.
+    Replication(ReplicationSource),
 }
 
 impl Pipeline {
@@ -67,6 +70,7 @@ impl Pipeline {
         match &self.source {
             Source::Keyspace(k) => &k.instance,
             Source::Stream(s) => &s.instance,
+            Source::Replication(r) => &r.instance,
         }
     }
 }
@@ -112,9 +116,12 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Pipeline> {
     let source = match def.source.as_str() {
         "keyspace" => Source::Keyspace(fields(def.rest, KeyspaceSource::check).map_err(bad)?),
         "stream" => Source::Stream(fields(def.rest, StreamSource::check).map_err(bad)?),
+        "replication" => Source::Replication(
+            fields(def.rest, ReplicationSource::check).map_err(bad)?,
+        ),
         other => {
             return Err(bad(format!(
-                "`source` = {other:?} is not known; fix: use \"keyspace\" or \"stream\""
+                "`source` = {other:?} is not known; fix: use \"keyspace\", \"replication\" or \"stream\""
             )))
         }
     };

@@ -35,6 +35,16 @@ pub(crate) const CLUSTER_NODES: &str = "spillway_cluster_nodes";
 /// and what changed (`added`, `removed`, `slots`).
 pub(crate) const CLUSTER_CHANGES: &str = "spillway_cluster_changes_total";
 /// Keys a rescan found with a value already archived (not inserted again), by pipeline.
+/// The replication source: the offset of the stream read, by pipeline.
+pub(crate) const REPLICATION_OFFSET: &str = "spillway_replication_offset_bytes";
+/// The replication source: the offset whose rows ClickHouse committed, by pipeline.
+pub(crate) const REPLICATION_COMMITTED: &str = "spillway_replication_committed_offset_bytes";
+/// The replication source: resyncs, by pipeline and kind (full, partial).
+pub(crate) const REPLICATION_SYNCS: &str = "spillway_replication_syncs_total";
+/// The replication source: bytes of the stream never seen (beyond the primary's backlog).
+pub(crate) const REPLICATION_GAP: &str = "spillway_replication_gap_bytes_total";
+/// The replication source: commands that changed a matching key without carrying its value.
+pub(crate) const REPLICATION_UNARCHIVABLE: &str = "spillway_replication_unarchivable_total";
 pub(crate) const RESCAN_KNOWN: &str = "spillway_rescan_known_total";
 /// Values gone when read (expired, evicted or deleted first), by pipeline and reason.
 pub(crate) const VALUES_GONE: &str = "spillway_values_gone_total";
@@ -176,21 +186,41 @@ fn describe() {
     );
     describe_counter!(
         EVENTS_LOST,
-        "Keyspace notifications lost before Spillway read them, by reason: buffer_overrun (its queue, keyspace.subscriber_buffer, was full), shutdown (still queued when the graceful drain's time ran out). A subscriber Redis cut off counts in spillway_subscriber_reconnects_total."
+        "Keyspace notifications lost before Spillway read them, by reason: buffer_overrun (its queue, keyspace.subscriber_buffer, was full), shutdown (still queued when the graceful drain's time ran out); for the replication source, backlog_exceeded (one per stretch of the stream the primary no longer held at a resync). A subscriber Redis cut off counts in spillway_subscriber_reconnects_total."
     );
     describe_counter!(
         VALUES_CAPTURED,
-        "Values read from Redis and turned into rows, by pipeline and how (event, scan)."
+        "Values read from Redis and turned into rows, by pipeline and how (event, scan; snapshot, replication for the replication source)."
     );
     describe_counter!(
         WRITES,
-        "Write notifications received, by pipeline and outcome: archived, already_archived, rewritten_before_read, gone_before_read, dead_letter, lost_buffer_overrun, lost_shutdown. Their sum plus spillway_writes_pending equals the write events of spillway_events_received_total."
+        "Write notifications received, by pipeline and outcome: archived, already_archived, rewritten_before_read, gone_before_read, dead_letter, lost_buffer_overrun, lost_shutdown, unarchivable (replication source: a command changed the value without carrying it). Their sum plus spillway_writes_pending equals the write events of spillway_events_received_total."
     );
     describe_gauge!(
         WRITES_PENDING,
         "Write notifications received and not yet resolved (queued or being read), by pipeline."
     );
     describe_counter!(RESCAN_KEYS, "Keys a rescan read, by pipeline.");
+    describe_gauge!(
+        REPLICATION_OFFSET,
+        "Replication source: the offset of the replication stream read so far, by pipeline."
+    );
+    describe_gauge!(
+        REPLICATION_COMMITTED,
+        "Replication source: the offset of the replication stream whose rows ClickHouse committed (what Spillway acknowledges to Redis), by pipeline."
+    );
+    describe_counter!(
+        REPLICATION_SYNCS,
+        "Replication source: synchronisations with the primary, by pipeline and kind: full (a snapshot, then the stream) or partial (the stream resumed from Spillway's offset)."
+    );
+    describe_counter!(
+        REPLICATION_GAP,
+        "Replication source: bytes of the replication stream that were never read because the primary's backlog no longer held them (a full resync followed; see spillway_events_lost_total{reason=\"backlog_exceeded\"}), by pipeline."
+    );
+    describe_counter!(
+        REPLICATION_UNARCHIVABLE,
+        "Replication source: commands that changed a matching key without carrying its new value (APPEND, INCR, RENAME into the pattern, ...), by pipeline and command."
+    );
     describe_counter!(
         KEYS_MIGRATED,
         "Deletions of keys found alive on another Redis Cluster node (moved by a slot migration, not deleted), by pipeline."

@@ -55,7 +55,7 @@ pub fn first_capture_version(captured_at_ms: i64, by: CapturedBy) -> u64 {
     // Milliseconds fit in 53 bits until the year 287,000.
     const LATEST: i64 = 1 << 53;
     let earlier = LATEST.saturating_sub(captured_at_ms).max(0) as u64;
-    earlier * 2 + u64::from(by == CapturedBy::Event)
+    earlier * 2 + u64::from(matches!(by, CapturedBy::Event | CapturedBy::Replication))
 }
 
 /// A lifecycle event of an alert key (`alert_events`).
@@ -75,13 +75,18 @@ pub struct AlertEventRow {
     pub ttl_ms: i64,
 }
 
-/// How a value was found: on its keyspace notification, or by a rescan of the key pattern.
+/// How a value was found: on its keyspace notification, by a rescan of the key pattern, or
+/// (the replication source) in the snapshot of a full resync or as a write of the command stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CapturedBy {
     /// A keyspace notification announced the write.
     Event,
     /// A SCAN of the pattern found the key.
     Scan,
+    /// The RDB snapshot of a full resync held the key.
+    Snapshot,
+    /// The replication stream carried the write, value and all.
+    Replication,
 }
 
 impl CapturedBy {
@@ -90,6 +95,8 @@ impl CapturedBy {
         match self {
             CapturedBy::Event => "event",
             CapturedBy::Scan => "scan",
+            CapturedBy::Snapshot => "snapshot",
+            CapturedBy::Replication => "replication",
         }
     }
 }

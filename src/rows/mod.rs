@@ -53,16 +53,20 @@ pub enum Table {
     TradeExecutions,
     /// `trades`.
     Trades,
+    /// `replication_offsets`: last, so that in a batch the offset of a replication source is
+    /// inserted after the rows it covers.
+    ReplicationOffsets,
 }
 
 impl Table {
     /// Every table, in the order of the declaration.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::DeadLetters,
         Table::Alerts,
         Table::AlertEvents,
         Table::TradeExecutions,
         Table::Trades,
+        Table::ReplicationOffsets,
     ];
 
     /// The table's name.
@@ -73,6 +77,7 @@ impl Table {
             Table::DeadLetters => "dead_letters",
             Table::Trades => "trades",
             Table::TradeExecutions => "trade_executions",
+            Table::ReplicationOffsets => "replication_offsets",
         }
     }
 }

@@ -262,6 +262,24 @@ pub(crate) const TABLES: &[Table] = &[
         partition_by: Some(TAKE_MONTH),
         version: None,
     },
+    Table {
+        name: "replication_offsets",
+        columns: &[
+            ("pipeline", Col::Label),
+            ("instance", Col::Label),
+            ("replid", Col::Str),
+            ("offset", Col::U64),
+            ("db", Col::U32),
+            ("stored_at_ms", Col::TimeMs),
+            ("version", Col::U64),
+        ],
+        order_by: "pipeline, instance",
+        shard_by: "pipeline, instance",
+        archived_at: "stored_at_ms",
+        partition_time: None,
+        partition_by: None,
+        version: Some("version"),
+    },
 ];
 
 pub(crate) fn table(name: &str) -> &'static Table {

@@ -157,6 +157,11 @@ impl Sink {
             .is_ok()
     }
 
+    /// A client on Spillway's database (the replication source reads its stored offset).
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// A client on the `system` database, which always exists: it can create Spillway's
     /// database again when it is gone (a client on a missing database fails every query).
     pub(super) fn admin(&self) -> Client {

@@ -44,6 +44,9 @@ pub(crate) enum SourceError {
     /// Keyspace notifications are not enabled as needed.
     #[error(transparent)]
     Notify(#[from] Box<keyspace::notify::NotifyError>),
+    /// The pipeline cannot run as configured (the message names the fix).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// TCP keepalive of every Redis connection: an idle connection whose peer is gone (a host

@@ -25,7 +25,7 @@ fn doc_users() -> Vec<(String, Vec<String>)> {
             (name, words)
         })
         .collect();
-    assert_eq!(users.len(), 3, "docs/acl.md lists three users");
+    assert_eq!(users.len(), 4, "docs/acl.md lists four users");
     users
 }
 
@@ -273,4 +273,62 @@ async fn documented_users_suffice_and_each_missing_rule_is_named() {
         readyz(&sp).await.0 == 200
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replication_user_suffices_and_a_missing_rule_is_named() {
+    let users = doc_users();
+    let rls = acl_redis(&users);
+    let ch = ClickHouseServer::start();
+    let dir = crate::replication::pipelines();
+    let user = "spillway-replication";
+    let toml = || {
+        format!(
+            "pipelines_dir = \"{}\"\npipelines = [\"alerts\"]\n\n[redis.rls]\nurl = \"{}\"\n\n\
+             [clickhouse]\nurl = \"{}\"\ndatabase = \"taclrepl\"\n\n[metrics]\n\
+             addr = \"127.0.0.1:{}\"\n\n[batch]\nmax_delay_ms = 100\n",
+            dir.path().display(),
+            url(&rls, user),
+            ch.url(),
+            free_port()
+        )
+    };
+    let mut sp = Spillway::start(&toml());
+    sp.wait_ready(WAIT).await;
+    let mut set = ADMIN.to_vec();
+    set.extend([
+        "SET",
+        "alert:acl-r",
+        "{\"message\":\"as a replica\"}",
+        "EX",
+        "3600",
+    ]);
+    rls.cli(&set);
+    let mut del = ADMIN.to_vec();
+    del.extend(["DEL", "alert:acl-r"]);
+    eventually(WAIT, "the alert archived", || async {
+        ch.count("SELECT count() FROM taclrepl.alerts FINAL WHERE alert_id = 'acl-r'")
+            .await
+            == 1
+    })
+    .await;
+    rls.cli(&del);
+    eventually(WAIT, "its deletion named by its notification", || async {
+        ch.count("SELECT count() FROM taclrepl.alert_events WHERE event = 'deleted'")
+            .await
+            == 1
+    })
+    .await;
+    assert!(sp.terminate().success(), "{}", sp.log());
+    assert!(!sp.log().contains(PASSWORD));
+    let rules = &users.iter().find(|(n, _)| n == user).unwrap().1;
+    for rule in ["+psync", "+replconf"] {
+        set_user(&rls, user, &without(rules, rule));
+        let sp = Spillway::start(&toml());
+        let log = exit_log(&sp, Duration::from_secs(30)).await;
+        assert!(log.contains("NOPERM"), "without {rule}: {log}");
+        assert!(log.contains("+psync +replconf"), "without {rule}: {log}");
+        assert!(!log.contains(PASSWORD), "{log}");
+        set_user(&rls, user, rules);
+    }
 }

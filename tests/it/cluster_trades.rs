@@ -138,7 +138,10 @@ impl Stack {
             .map(|(id, n)| (id, n.parse().unwrap_or(0)))
             .collect();
         let mut out = String::new();
-        for t in trades.iter().filter(|t| got.get(t.id.as_str()) != Some(&(t.entries as u64))) {
+        for t in trades
+            .iter()
+            .filter(|t| got.get(t.id.as_str()) != Some(&(t.entries as u64)))
+        {
             let rows = |sql: String| async move { self.ch.query(&sql).await };
             out += &format!(
                 "trade {} ({} entries, {:?}): rows\n{}executions by take\n{}",

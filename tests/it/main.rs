@@ -22,6 +22,7 @@ mod observability;
 mod prometheus_e2e;
 mod queries;
 mod rdb;
+mod replication;
 mod schema_check;
 mod secrets;
 mod simulate;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! received = archived + already_archived + rewritten_before_read + gone_before_read
-//!          + dead_letter + lost_buffer_overrun + lost_shutdown + pending
+//!          + dead_letter + lost_buffer_overrun + lost_shutdown + unarchivable + pending
 //! ```
 //!
 //! where `received` is `spillway_events_received_total` over the write events, each outcome a
@@ -36,11 +36,14 @@ pub(crate) enum Outcome {
     LostBufferOverrun,
     /// Dropped: still queued when the graceful shutdown's time to read ran out.
     LostShutdown,
+    /// The replication source: a command changed the value without carrying it (`APPEND`,
+    /// `INCR`, `RENAME` into the pattern, ...).
+    Unarchivable,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub(crate) const ALL: [Outcome; 7] = [
+    pub(crate) const ALL: [Outcome; 8] = [
         Outcome::Archived,
         Outcome::AlreadyArchived,
         Outcome::RewrittenBeforeRead,
@@ -48,6 +51,7 @@ impl Outcome {
         Outcome::DeadLetter,
         Outcome::LostBufferOverrun,
         Outcome::LostShutdown,
+        Outcome::Unarchivable,
     ];
 
     /// The `outcome` label.
@@ -60,6 +64,7 @@ impl Outcome {
             Outcome::DeadLetter => "dead_letter",
             Outcome::LostBufferOverrun => "lost_buffer_overrun",
             Outcome::LostShutdown => "lost_shutdown",
+            Outcome::Unarchivable => "unarchivable",
         }
     }
 }
@@ -68,9 +73,9 @@ impl Outcome {
 /// readers and the capture stage.
 #[derive(Clone)]
 pub(crate) struct Account {
-    outcomes: [metrics::Counter; 7],
+    outcomes: [metrics::Counter; 8],
     /// The same counts, for the account logged at the end.
-    totals: Arc<[AtomicU64; 8]>,
+    totals: Arc<[AtomicU64; 9]>,
     /// Write notifications received and not yet resolved.
     pending: Arc<AtomicI64>,
     pending_gauge: metrics::Gauge,
@@ -93,7 +98,7 @@ impl Account {
     /// `n` write notifications received (queued).
     pub(crate) fn received(&self, n: u64) {
         if n > 0 {
-            self.totals[7].fetch_add(n, Ordering::Relaxed);
+            self.totals[8].fetch_add(n, Ordering::Relaxed);
             self.pending.fetch_add(n as i64, Ordering::Relaxed);
         }
     }
@@ -112,7 +117,7 @@ impl Account {
         let n = |i: usize| self.totals[i].load(Ordering::Relaxed);
         tracing::info!(
             pipeline,
-            received = n(7),
+            received = n(8),
             archived = n(0),
             already_archived = n(1),
             rewritten_before_read = n(2),
@@ -120,6 +125,7 @@ impl Account {
             dead_letter = n(4),
             lost_buffer_overrun = n(5),
             lost_shutdown = n(6),
+            unarchivable = n(7),
             pending = self.pending.load(Ordering::Relaxed),
             "write notifications account"
         );

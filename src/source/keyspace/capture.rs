@@ -18,7 +18,7 @@ use crate::rows::alert::{CapturedAlert, CapturedBy};
 use crate::rows::{content_hash, AlertEventRow, DeadLetterRow, Record};
 
 /// What a read found for one key.
-pub(super) enum Read {
+pub(crate) enum Read {
     /// The value and its remaining TTL in ms.
     Value(Bytes, i64),
     /// The key no longer exists.
@@ -46,7 +46,7 @@ pub(super) struct Job {
 }
 
 /// Turns jobs into rows and pushes them into the channel to ClickHouse.
-pub(super) struct Capturer {
+pub(crate) struct Capturer {
     name: String,
     instance: String,
     def: KeyspaceSource,
@@ -146,7 +146,7 @@ impl Capturer {
                         outcome
                     }
                     Captured::Known => {
-                        if by == CapturedBy::Scan {
+                        if matches!(by, CapturedBy::Scan | CapturedBy::Snapshot) {
                             self.counters.rescan_known.increment(1);
                         }
                         Outcome::AlreadyArchived
@@ -184,8 +184,65 @@ impl Capturer {
         }
     }
 
+    /// Values the replication stream (`by` = `Replication`) or a snapshot (`Snapshot`) carried,
+    /// in order, each its own write: each becomes a new row unless its (key, content) was
+    /// archived already. Every write of the stream is a write of the account, resolved here
+    /// (none is ever rewritten before its read: it carries its value), with its `written`
+    /// lifecycle row; a snapshot's captures are outside the account, like a rescan's. The rows
+    /// go into the channel after `before` and before `after`. False when the channel is closed.
+    pub(crate) async fn writes(
+        &self,
+        writes: Vec<(Key, Read)>,
+        by: CapturedBy,
+        now: i64,
+        mut before: Vec<Record>,
+        after: Vec<Record>,
+    ) -> bool {
+        let stream = by == CapturedBy::Replication;
+        if stream {
+            self.account.received(writes.len() as u64);
+        }
+        let mut tally = [0u64; Outcome::ALL.len()];
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, read) in writes {
+                let (captured, hash, ttl) = self.capture(&key, read, now, by, &mut seen);
+                let outcome = match captured {
+                    Captured::New(rec, outcome) => {
+                        before.push(rec);
+                        outcome
+                    }
+                    Captured::Known => {
+                        if by == CapturedBy::Snapshot {
+                            self.counters.rescan_known.increment(1);
+                        }
+                        Outcome::AlreadyArchived
+                    }
+                    Captured::Gone => Outcome::GoneBeforeRead,
+                };
+                if stream {
+                    tally[outcome as usize] += 1;
+                    before.push(Record::alert_event(
+                        self.event_row(&key, "written", now, hash, ttl),
+                    ));
+                }
+            }
+        }
+        before.extend(after);
+        let sent = crate::source::send_all(&self.tx, before).await;
+        for (outcome, n) in Outcome::ALL.iter().zip(tally) {
+            self.account.resolve(*outcome, n);
+        }
+        sent
+    }
+
+    /// The account of the writes.
+    pub(crate) fn account(&self) -> &Account {
+        &self.account
+    }
+
     /// A lifecycle row.
-    pub(super) fn event_row(
+    pub(crate) fn event_row(
         &self,
         key: &Key,
         event: &'static str,
@@ -254,10 +311,7 @@ impl Capturer {
         };
         let captured = match captured.decode() {
             Ok(row) => {
-                match by {
-                    CapturedBy::Scan => self.counters.captured_scan.increment(1),
-                    CapturedBy::Event => self.counters.captured_event.increment(1),
-                }
+                self.counters.captured[by as usize].increment(1);
                 Captured::New(Record::alert(row), Outcome::Archived)
             }
             Err(e) => Captured::New(
@@ -334,8 +388,8 @@ impl Capturer {
 
 /// Metric handles of one pipeline, registered once.
 struct Counters {
-    captured_event: metrics::Counter,
-    captured_scan: metrics::Counter,
+    /// By [`CapturedBy`], in the order of its variants.
+    captured: [metrics::Counter; 4],
     gone: metrics::Counter,
     rescan_known: metrics::Counter,
 }
@@ -345,8 +399,12 @@ impl Counters {
         let p = pipeline.to_string();
         let captured = |via: &'static str| metrics::counter!(m::VALUES_CAPTURED, "pipeline" => p.clone(), "via" => via);
         Counters {
-            captured_event: captured("event"),
-            captured_scan: captured("scan"),
+            captured: [
+                captured("event"),
+                captured("scan"),
+                captured("snapshot"),
+                captured("replication"),
+            ],
             gone: metrics::counter!(m::VALUES_GONE, "pipeline" => p.clone(), "reason" => "missing_on_read"),
             rescan_known: metrics::counter!(m::RESCAN_KNOWN, "pipeline" => p.clone()),
         }

@@ -9,11 +9,11 @@
 //! announced are recovered by the next rescan while their keys live.
 
 pub(crate) mod account;
-mod capture;
+pub(crate) mod capture;
 pub(crate) mod cluster;
 pub(crate) mod config;
 mod listener;
-mod liveness;
+pub(crate) mod liveness;
 pub(crate) mod notify;
 mod read;
 mod request;
@@ -447,7 +447,7 @@ impl Keyspace {
 
 /// The capture stage of pipeline `name` and its write account (one per pipeline, shared by
 /// the nodes of a cluster).
-fn capture_stage(
+pub(crate) fn capture_stage(
     name: &str,
     endpoint: &Endpoint,
     def: &KeyspaceSource,

@@ -73,7 +73,7 @@ pub(crate) struct Target {
 impl Target {
     /// The keyevent channels of `events` on the database of `dial`; its subscriptions are
     /// watched by `liveness`.
-    pub(super) fn new(dial: Dial, events: &[String], liveness: Liveness) -> Target {
+    pub(crate) fn new(dial: Dial, events: &[String], liveness: Liveness) -> Target {
         let db = dial.db();
         Target {
             dial,

@@ -28,12 +28,12 @@ const READ_CHUNK: usize = 256 * 1024;
 const MAX_LINE: usize = 64 * 1024;
 
 /// A connected socket, plain or TLS.
-pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 
 /// Where and how to connect: parsed once from the URL, for the readers and the subscriber.
 #[derive(Clone)]
-pub(super) struct Dial {
+pub(crate) struct Dial {
     host: String,
     port: u16,
     username: Option<String>,
@@ -47,7 +47,7 @@ pub(super) struct Dial {
 
 impl Dial {
     /// From a `redis://` or `rediss://` URL of one server, for database `db`.
-    pub(super) fn new(url: &str, db: u8) -> Result<Dial, Error> {
+    pub(crate) fn new(url: &str, db: u8) -> Result<Dial, Error> {
         let config = Config::from_url(url)?;
         let ServerConfig::Centralized { server } = &config.server else {
             return Err(Error::new(
@@ -113,13 +113,13 @@ impl Dial {
     }
 
     /// `AUTH`'s arguments (user, password), when the URL has a password.
-    pub(super) fn auth(&self) -> Option<(Option<&str>, &str)> {
+    pub(crate) fn auth(&self) -> Option<(Option<&str>, &str)> {
         let password = self.password.as_deref()?;
         Some((self.username.as_deref(), password))
     }
 
     /// A TCP connection with keepalive, under TLS for `rediss://`; not yet authenticated.
-    pub(super) async fn stream(&self) -> Result<Box<dyn Stream>, Error> {
+    pub(crate) async fn stream(&self) -> Result<Box<dyn Stream>, Error> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         tcp.set_nodelay(true)?;
         socket2::SockRef::from(&tcp).set_tcp_keepalive(&tcp_keepalive())?;
