@@ -234,6 +234,13 @@ async fn every_rewrite_is_archived_even_within_microseconds() {
     assert_eq!(writes("archived"), (total - 1) as f64, "{text}");
     assert_eq!(writes("unarchivable"), 1.0);
     assert_eq!(writes("rewritten_before_read"), 0.0);
+    // The loss equation: the writes of the stream = their outcomes (nothing pending at rest).
+    assert_eq!(
+        metric(&text, "spillway_events_received_total", &["event=\"set\""]),
+        metric(&text, "spillway_writes_total", &[]),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "spillway_writes_pending", &[]), 0.0);
     assert_eq!(
         metric(
             &text,

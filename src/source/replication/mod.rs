@@ -291,14 +291,18 @@ impl Replication {
             }
             let at = at.clone();
             offset_gauge.set(at.offset as f64);
-            if !chunk.effects.is_empty()
-                || (at.offset != stored && stored_at.elapsed() >= STORE_EVERY)
-            {
-                if !self.push(chunk.effects, &at).await {
+            // The offset row (and the acknowledgement that marks it committed) at most every
+            // STORE_EVERY: one more insert per batch, not a row per chunk; the ACK tick brings
+            // the loop round to store the last one.
+            let store = at.offset != stored && stored_at.elapsed() >= STORE_EVERY;
+            if !chunk.effects.is_empty() || store {
+                if !self.push(chunk.effects, &at, store).await {
                     return Ok(());
                 }
-                stored = at.offset;
-                stored_at = tokio::time::Instant::now();
+                if store {
+                    stored = at.offset;
+                    stored_at = tokio::time::Instant::now();
+                }
             }
             if chunk.get_ack {
                 link.ack(self.committed.load(Ordering::Relaxed)).await?;
@@ -320,6 +324,7 @@ impl Replication {
                     ));
                 }
                 _ = ack.tick() => {
+                    self.capturer.account().publish();
                     let committed = self.committed.load(Ordering::Relaxed);
                     committed_gauge.set(committed as f64);
                     link.ack(committed).await?;
@@ -328,12 +333,13 @@ impl Replication {
         }
     }
 
-    /// The rows of `effects` into the channel, then the offset row of `at` and the
-    /// acknowledgement that marks it committed. False when the channel is closed.
-    async fn push(&self, effects: Vec<Effect>, at: &Position) -> bool {
+    /// The rows of `effects` into the channel, then (with `store`) the offset row of `at` and
+    /// the acknowledgement that marks it committed. False when the channel is closed.
+    async fn push(&self, effects: Vec<Effect>, at: &Position, store: bool) -> bool {
         let now = crate::rows::now_ms();
         let mut writes: Vec<(Key, Read)> = Vec::new();
         let mut deleted: Vec<Bytes> = Vec::new();
+        let mut unarchivable = 0;
         for e in effects {
             match e {
                 Effect::Write { key, value, ttl } => {
@@ -350,6 +356,7 @@ impl Replication {
                 Effect::Unarchivable { key, command } => {
                     tracing::debug!(pipeline = %self.name, key = %String::from_utf8_lossy(&key), %command, "a change without its value");
                     metrics::counter!(m::REPLICATION_UNARCHIVABLE, "pipeline" => self.name.clone(), "command" => command).increment(1);
+                    unarchivable += 1;
                     let account = self.capturer.account();
                     account.received(1);
                     account.resolve(crate::source::keyspace::account::Outcome::Unarchivable, 1);
@@ -357,6 +364,10 @@ impl Replication {
                 Effect::Select(_) | Effect::GetAck => {}
             }
         }
+        // The writes of the stream, as the keyspace source counts its write notifications: the
+        // account's outcomes add up to this.
+        metrics::counter!(m::EVENTS_RECEIVED, "pipeline" => self.name.clone(), "event" => "set")
+            .increment((writes.len() + unarchivable) as u64);
         let mut after = Vec::with_capacity(deleted.len() + 2);
         if !deleted.is_empty() {
             let names = match &self.names {
@@ -383,11 +394,13 @@ impl Replication {
                 }));
             }
         }
-        after.push(self.offset_row(at));
-        let (committed, offset) = (self.committed.clone(), at.offset);
-        after.push(Record::Ack(Box::new(move || {
-            committed.store(offset, Ordering::Relaxed)
-        })));
+        if store {
+            after.push(self.offset_row(at));
+            let (committed, offset) = (self.committed.clone(), at.offset);
+            after.push(Record::Ack(Box::new(move || {
+                committed.store(offset, Ordering::Relaxed)
+            })));
+        }
         self.capturer
             .writes(writes, CapturedBy::Replication, now, Vec::new(), after)
             .await
