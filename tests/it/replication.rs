@@ -249,6 +249,11 @@ async fn every_rewrite_is_archived_even_within_microseconds() {
         ),
         1.0
     );
+    assert!(
+        sp.log().contains("framing=\"end mark (diskless)\""),
+        "{}",
+        sp.log()
+    );
     // Safe beside production: no listening port, a clear name.
     let info = redis.cli(&["INFO", "replication"]);
     assert!(
@@ -260,7 +265,12 @@ async fn every_rewrite_is_archived_even_within_microseconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_under_load_resumes_from_the_stored_offset() {
-    let redis = RedisServer::start_with(&["--repl-backlog-size", "64mb"]);
+    let redis = RedisServer::start_with(&[
+        "--repl-backlog-size",
+        "64mb",
+        "--repl-diskless-sync-delay",
+        "0",
+    ]);
     let ch = ClickHouseServer::start();
     let dir = pipelines();
     let db = "treplkill";
@@ -323,8 +333,10 @@ async fn wait_count_at_least(ch: &ClickHouseServer, sql: &str, want: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_backlog_a_full_resync_counts_the_gap() {
-    // The smallest backlog Redis allows.
-    let redis = RedisServer::start_with(&["--repl-backlog-size", "16384"]);
+    // The smallest backlog Redis allows; snapshots written to disk and sent with their length
+    // (`$<len>`), where the first test's are diskless (`$EOF:<mark>`, Redis 7's default).
+    let redis =
+        RedisServer::start_with(&["--repl-backlog-size", "16384", "--repl-diskless-sync", "no"]);
     let ch = ClickHouseServer::start();
     let dir = pipelines();
     let db = "treplgap";

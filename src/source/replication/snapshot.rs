@@ -49,6 +49,10 @@ pub(super) async fn load(
     cancel: &CancellationToken,
 ) -> Result<Link, Error> {
     let transfer = link.transfer().await?;
+    let framing = match transfer {
+        Transfer::Sized(_) => "length (a snapshot written to disk)",
+        Transfer::Marked(_) => "end mark (diskless)",
+    };
     let started = std::time::Instant::now();
     let Link { stream, buf } = link;
     let chain = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(buf.freeze()), stream);
@@ -120,7 +124,7 @@ pub(super) async fn load(
         }
     }
     link.stream.flush().await?;
-    tracing::info!(pipeline = %r.name, bytes, keys, took = ?started.elapsed(), "snapshot of the full resync loaded");
+    tracing::info!(pipeline = %r.name, bytes, keys, framing, took = ?started.elapsed(), "snapshot of the full resync loaded");
     Ok(link)
 }
 
