@@ -118,15 +118,23 @@ impl<R: Read> Input<R> {
 
     /// `n` bytes, the buffer grown as they arrive.
     pub(crate) fn bytes(&mut self, n: u64) -> Result<Vec<u8>, RdbError> {
+        let mut out = Vec::new();
+        self.bytes_into(&mut out, n)?;
+        Ok(out)
+    }
+
+    /// `n` bytes into `out` (cleared first), grown as they arrive.
+    fn bytes_into(&mut self, out: &mut Vec<u8>, n: u64) -> Result<(), RdbError> {
         let n = usize::try_from(n).map_err(|_| self.corrupt(format!("a length of {n} bytes")))?;
-        let mut out = Vec::with_capacity(n.min(CHUNK));
+        out.clear();
+        out.reserve(n.min(CHUNK));
         while out.len() < n {
             let start = out.len();
             let step = CHUNK.max(start).min(n - start);
             out.resize(start + step, 0);
             self.fill(&mut out[start..])?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// A length field.
@@ -179,14 +187,21 @@ impl<R: Read> Input<R> {
         Ok(Bytes::from(v.to_string()))
     }
 
-    /// `clen` bytes of LZF data decompressed into exactly `len` bytes.
+    /// `clen` bytes of LZF data decompressed into exactly `len` bytes (the compressed bytes read
+    /// into the reused scratch buffer).
     pub(crate) fn lzf_string(&mut self, clen: u64, len: u64) -> Result<Bytes, RdbError> {
         let len = usize::try_from(len)
             .map_err(|_| self.corrupt(format!("an LZF length of {len} bytes")))?;
-        let data = self.bytes(clen)?;
-        lzf::decompress(&data, len)
-            .map(Bytes::from)
-            .map_err(|e| self.corrupt(e.to_string()))
+        let mut data = std::mem::take(&mut self.scratch);
+        let result = self.bytes_into(&mut data, clen).and_then(|()| {
+            lzf::decompress(&data, len)
+                .map(Bytes::from)
+                .map_err(|e| self.corrupt(e.to_string()))
+        });
+        data.clear();
+        data.shrink_to(CHUNK);
+        self.scratch = data;
+        result
     }
 
     /// Skips a string without decompressing or keeping it.

@@ -36,11 +36,10 @@ const FIRST_ALLOCATION: usize = 64 * 1024;
 
 /// Decompresses `input` into exactly `len` bytes.
 pub(crate) fn decompress(input: &[u8], len: usize) -> Result<Vec<u8>, LzfError> {
-    let mut out: Vec<u8> = Vec::with_capacity(len.min(FIRST_ALLOCATION));
-    let too_long = |got: usize| LzfError::Length {
-        got,
-        more: "+",
-        want: len,
+    let mut out = Out {
+        buf: vec![0; len.min(FIRST_ALLOCATION)],
+        op: 0,
+        len,
     };
     let mut ip = 0;
     while ip < input.len() {
@@ -50,10 +49,8 @@ pub(crate) fn decompress(input: &[u8], len: usize) -> Result<Vec<u8>, LzfError> 
         if ctrl < 32 {
             let run = ctrl + 1;
             let lit = input.get(ip..ip + run).ok_or(LzfError::Truncated(at))?;
-            if out.len() + run > len {
-                return Err(too_long(out.len()));
-            }
-            out.extend_from_slice(lit);
+            let op = out.room(run)?;
+            out.buf[op..op + run].copy_from_slice(lit);
             ip += run;
             continue;
         }
@@ -66,30 +63,58 @@ pub(crate) fn decompress(input: &[u8], len: usize) -> Result<Vec<u8>, LzfError> 
         ip += 1;
         run += 2;
         let distance = ((ctrl & 0x1f) << 8) + low + 1;
-        if distance > out.len() {
+        if distance > out.op {
             return Err(LzfError::BadReference { at, distance });
         }
-        if out.len() + run > len {
-            return Err(too_long(out.len()));
-        }
-        let start = out.len() - distance;
+        let op = out.room(run)?;
+        let start = op - distance;
         if distance >= run {
-            out.extend_from_within(start..start + run);
+            out.buf.copy_within(start..start + run, op);
         } else {
-            // Overlapping: each byte may be one this copy just wrote.
+            // Overlapping: the reference repeats bytes this copy has just written.
             for i in 0..run {
-                out.push(out[start + i]);
+                out.buf[op + i] = out.buf[start + i];
             }
         }
     }
-    if out.len() != len {
+    if out.op != len {
         return Err(LzfError::Length {
-            got: out.len(),
+            got: out.op,
             more: "",
             want: len,
         });
     }
-    Ok(out)
+    out.buf.truncate(len);
+    Ok(out.buf)
+}
+
+/// The output: a buffer grown (doubling, up to the declared length) as it is written.
+struct Out {
+    buf: Vec<u8>,
+    /// Bytes written.
+    op: usize,
+    /// Declared length.
+    len: usize,
+}
+
+impl Out {
+    /// Makes room for `n` more bytes and counts them written; where they go.
+    fn room(&mut self, n: usize) -> Result<usize, LzfError> {
+        let op = self.op;
+        if op + n > self.len {
+            return Err(LzfError::Length {
+                got: op,
+                more: "+",
+                want: self.len,
+            });
+        }
+        if op + n > self.buf.len() {
+            let grown = (self.buf.len() * 2).max(op + n).min(self.len);
+            self.buf.resize(grown, 0);
+        }
+        self.op = op + n;
+        Ok(op)
+    }
 }
 
 #[cfg(test)]
