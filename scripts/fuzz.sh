@@ -8,7 +8,7 @@
 # Targets (fuzz/fuzz_targets/): notifications (the keyevent subscriber's RESP2 parser), flat
 # (the in-place MessagePack reader against the general decoder), decode (alert and execution log
 # values, the alert row in RowBinary), log_rows (the rows of an execution log value and of a
-# stream payload). Each starts from fuzz/seeds/TARGET and grows fuzz/corpus/TARGET (kept between
+# stream payload), rdb (the replication source's RDB and DUMP parser). Each starts from fuzz/seeds/TARGET and grows fuzz/corpus/TARGET (kept between
 # runs, not committed); a crash leaves its input in fuzz/artifacts/TARGET and the script exits 1
 # after running the other targets. Reproduce one with
 #   cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...
