@@ -1,4 +1,4 @@
-//! A streaming parser of Redis RDB files (versions 6 to 11: Redis 3.2 to 7.2) and of DUMP /
+//! A streaming parser of Redis RDB files (versions 6 to 11: Redis 2.6 to 7.2) and of DUMP /
 //! RESTORE payloads. It yields each key with its database and expiry; strings and lists come
 //! with their content, every other type is skipped exactly, without being held in memory.
 //!
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::input::Input;
 use super::values;
 
-/// Oldest RDB version read (Redis 3.2); older files lack encodings this parser assumes.
+/// Oldest RDB version read (Redis 2.6 and 3.0).
 pub(crate) const MIN_VERSION: u32 = 6;
 /// Newest RDB version read (Redis 7.2). Version 12 (7.4) adds types and opcodes unknown here.
 pub(crate) const MAX_VERSION: u32 = 11;
@@ -153,7 +153,7 @@ impl<R: Read> Parser<R> {
                 5,
                 format!(
                     "RDB version {version} is not supported (versions {MIN_VERSION} to \
-                     {MAX_VERSION}: Redis 3.2 to 7.2)"
+                     {MAX_VERSION}: Redis 2.6 to 7.2)"
                 ),
             ));
         }
