@@ -5,6 +5,8 @@ pub(crate) mod acl;
 pub(crate) mod keyspace;
 pub(crate) mod replication;
 pub(crate) mod routed;
+#[cfg(test)]
+mod routed_tests;
 pub(crate) mod stream;
 
 use std::time::Duration;
@@ -161,6 +163,22 @@ impl Endpoint {
     pub(crate) async fn client_with_timeout(&self, db: u8, timeout: Duration) -> Result<Client> {
         let mut b = self.builder(db, 32)?;
         b.with_performance_config(|p| p.default_command_timeout = timeout);
+        self.connect(b).await
+    }
+
+    /// A connected command client on database `db` that never follows a cluster redirect
+    /// itself: a command answered `MOVED` or `ASK` fails with a routing error (after fred
+    /// refreshed its slots on a `MOVED`). The client [`routed::pipelined`] needs, which sends
+    /// such a command again itself; every keyed command on it goes through `routed`. With
+    /// `timeout`, its commands fail after that long.
+    pub(crate) async fn routed_client(&self, db: u8, timeout: Option<Duration>) -> Result<Client> {
+        let mut b = self.builder(db, 32)?;
+        // Zero here, not per command: fred takes a command's `max_redirections` of 0 for
+        // "unset" and gives it the client's.
+        b.with_connection_config(|c| c.max_redirections = 0);
+        if let Some(t) = timeout {
+            b.with_performance_config(|p| p.default_command_timeout = t);
+        }
         self.connect(b).await
     }
 

@@ -1,5 +1,6 @@
 //! Many commands at once on one server or a Redis Cluster, each routed by its key's slot,
-//! with redirects handled here rather than by fred (see [`pipelined`]). fred writes an explicit
+//! with redirects handled here rather than by fred (see [`pipelined`]), on a client built by
+//! [`super::Endpoint::routed_client`], which never follows one itself. fred writes an explicit
 //! pipeline's commands one by one, each to its slot's node, but follows an `ASK` in a way that
 //! puts replies out of step; and a routing hash it computes wrongly (EVALSHA by
 //! `ClusterHash::Offset`) sent every take to one node, each answered `MOVED` (measured: moving
@@ -10,7 +11,6 @@ use std::time::Duration;
 
 use fred::error::Error;
 use fred::prelude::*;
-use fred::types::config::Options;
 use fred::types::{ClusterHash, CustomCommand, Key};
 
 /// One command, routed by its key's slot, and its arguments (the key among them).
@@ -47,6 +47,12 @@ impl Routed {
 /// `ASKING`'s `OK` to the command behind it and puts every later reply out of step. A command
 /// answered `MOVED` (fred has then refreshed its slots) or `ASK` (its slot is being migrated)
 /// was not run: it is sent again after a pause, until its slot has settled.
+///
+/// `client` must come from [`super::Endpoint::routed_client`]: on a client that follows
+/// redirects, an `ASK` is followed by fred before this function sees it (a per-command
+/// `max_redirections` of 0 does not stop it: fred reads 0 as unset), and replies go to the
+/// wrong commands (a take reading another log's length, archiving part of its log and
+/// deleting the rest).
 pub(crate) async fn pipelined(client: &Client, cmds: Vec<Routed>) -> Vec<Result<Value, Error>> {
     if !client.client_config().server.is_clustered() {
         // One server: one pipeline, no redirects.
@@ -67,6 +73,11 @@ pub(crate) async fn pipelined(client: &Client, cmds: Vec<Routed>) -> Vec<Result<
             })
             .collect();
     }
+    debug_assert_eq!(
+        client.connection_config().max_redirections,
+        0,
+        "routed::pipelined on a client that follows redirects"
+    );
     let n = cmds.len();
     let mut out: Vec<Option<Result<Value, Error>>> = (0..n).map(|_| None).collect();
     let mut todo: Vec<(usize, Routed)> = cmds.into_iter().enumerate().collect();
@@ -76,12 +87,7 @@ pub(crate) async fn pipelined(client: &Client, cmds: Vec<Routed>) -> Vec<Result<
         for (i, c) in todo.drain(..) {
             let client = client.clone();
             runs.spawn(async move {
-                let once = Options {
-                    max_redirections: Some(0),
-                    ..Default::default()
-                };
                 let reply = client
-                    .with_options(&once)
                     .custom::<Value, Value>(c.cmd.clone(), c.args.clone())
                     .await;
                 (i, c, reply)

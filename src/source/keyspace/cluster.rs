@@ -206,7 +206,7 @@ impl ClusterKeyspace {
         settings: &KeyspaceSettings,
         tx: crate::channel::RecordTx,
     ) -> Result<ClusterKeyspace> {
-        let cluster = endpoint.client_with_timeout(0, READ_TIMEOUT).await?;
+        let cluster = endpoint.routed_client(0, Some(READ_TIMEOUT)).await?;
         let seeds = seeds(&endpoint.url);
         let topo = topology(&endpoint, &seeds)
             .await

@@ -68,7 +68,8 @@ impl Stream {
     ) -> Result<Stream> {
         let reader = endpoint.client(def.db).await?;
         let ctl = endpoint.client(def.db).await?;
-        let logs = log_endpoint.client(def.log_db).await?;
+        // Every keyed command on RLS goes through `routed` (see `Endpoint::routed_client`).
+        let logs = log_endpoint.routed_client(def.log_db, None).await?;
         let scripts = Scripts::new();
         // Every permission of both roles is tried before failing, so one start lists them all.
         let (mut on_logs, mut on_stream) = (Vec::new(), Vec::new());
