@@ -257,15 +257,22 @@ pub(crate) fn evalsha_routed(script: &Script, keys: &[&String], args: &[String])
     }
 }
 
-/// Entries `from..to` of a taken LIST.
+/// Entries `from..to` of a taken LIST (routed: during a slot migration, fred's own following
+/// of an `ASK` would hand replies to the wrong commands; see [`routed::pipelined`]).
 pub(crate) async fn read_page(
     client: &Client,
     staging: &str,
     from: u64,
     to: u64,
 ) -> Result<Vec<Bytes>, Error> {
-    let items: Vec<Value> = client.lrange(staging, from as i64, to as i64 - 1).await?;
-    Ok(items.into_iter().filter_map(bytes).collect())
+    let range = [Value::from(from as i64), Value::from(to as i64 - 1)];
+    let read = Routed::new("LRANGE", staging, &range);
+    let reply = routed::pipelined(client, vec![read]).await.pop();
+    match reply.unwrap_or_else(|| Err(unexpected("LRANGE", &Value::Null)))? {
+        Value::Array(items) => Ok(items.into_iter().filter_map(bytes).collect()),
+        Value::Null => Ok(Vec::new()),
+        other => Err(unexpected("LRANGE", &other)),
+    }
 }
 
 /// Staging keys of logs under `prefix` that no commit has released (no TTL: a staging key
@@ -285,17 +292,15 @@ pub(crate) async fn staged(client: &Client, prefix: &str) -> Result<Vec<String>,
     if keys.is_empty() {
         return Ok(keys);
     }
-    let p = client.pipeline();
-    for k in &keys {
-        let () = p.pttl(k.as_str()).await?;
+    let asks = keys.iter().map(|k| Routed::new("PTTL", k, &[])).collect();
+    let ttls = routed::pipelined(client, asks).await;
+    let mut out = Vec::new();
+    for (k, ttl) in keys.into_iter().zip(ttls) {
+        if ttl?.as_i64() == Some(-1) {
+            out.push(k);
+        }
     }
-    let ttls: Vec<i64> = p.all().await?;
-    Ok(keys
-        .into_iter()
-        .zip(ttls)
-        .filter(|(_, ttl)| *ttl == -1)
-        .map(|(k, _)| k)
-        .collect())
+    Ok(out)
 }
 
 /// One pass of SCAN over the keyspace `client` reaches (both forms of staging key contain
