@@ -143,17 +143,18 @@ impl Stack {
             .filter(|t| got.get(t.id.as_str()) != Some(&(t.entries as u64)))
         {
             let rows = |sql: String| async move { self.ch.query(&sql).await };
+            let closes = rows(format!(
+                "SELECT stream_id, log_entries, log_state, received_at_ms, version FROM \
+                 {}.trades WHERE trade_id = '{}' FORMAT TabSeparated",
+                self.db, t.id
+            ))
+            .await;
             out += &format!(
-                "trade {} ({} entries, {:?}): rows\n{}executions by take\n{}",
+                "trade {} ({} entries, {:?}): {}\nrows\n{closes}executions by take\n{}",
                 t.id,
                 t.entries,
                 t.form,
-                rows(format!(
-                    "SELECT stream_id, log_entries, log_state, received_at_ms, version FROM \
-                     {}.trades WHERE trade_id = '{}' FORMAT TabSeparated",
-                    self.db, t.id
-                ))
-                .await,
+                cause(&closes, t.entries),
                 rows(format!(
                     "SELECT take_id, count(), min(seq), max(seq), min(archived_at_ms) FROM \
                      {}.trade_executions WHERE trade_id = '{}' GROUP BY take_id \
@@ -211,6 +212,29 @@ impl Stack {
         let per_trade = "SELECT count() FROM (SELECT trade_id, count() AS n, max(seq) AS m \
                          FROM DB.trade_executions FINAL GROUP BY trade_id) WHERE n != m";
         assert_eq!(self.count(per_trade).await, 0, "every log whole, seq 1..=n");
+    }
+}
+
+/// Why a trade's executions are short, from its `trades` rows (`stream_id, log_entries,
+/// log_state, ...` each): a move that archived less than the log held, or a log gone before
+/// any close took it.
+fn cause(closes: &str, entries: u32) -> String {
+    let rows: Vec<Vec<&str>> = closes.lines().map(|l| l.split('\t').collect()).collect();
+    let moved: Vec<u32> = rows
+        .iter()
+        .filter(|r| r.get(2) == Some(&"moved"))
+        .filter_map(|r| r.get(1)?.parse().ok())
+        .collect();
+    match moved.iter().max() {
+        None if rows.is_empty() => "CAUSE: no close of it was archived".into(),
+        None => "CAUSE: the log was gone when its closes were read: lost in Redis before \
+                 any take (a write the producer counted as replicated was not?)"
+            .into(),
+        Some(n) if *n < entries => format!(
+            "CAUSE: a take moved {n} of {entries} entries and released the log: the take \
+             read a wrong length (a reply handed to the wrong command?)"
+        ),
+        Some(_) => "CAUSE: moved whole, yet rows are missing under FINAL".into(),
     }
 }
 
