@@ -13,17 +13,30 @@ use fred::types::{ClusterHash, CustomCommand};
 
 use crate::trades::{close, exec, msgpack, LogForm, Trade, STREAM};
 
-/// Queues the commands writing `t`'s log from scratch (`DEL`, then `RPUSH` of every step or
-/// one `SET`): repeatable, so a batch whose outcome is unknown can be written again.
+/// Writes a LIST log from scratch in one command: `DEL` and `RPUSH` of every step.
+const WRITE_LIST: &str =
+    "redis.call('DEL', KEYS[1]); return redis.call('RPUSH', KEYS[1], unpack(ARGV))";
+
+/// Queues the one command writing `t`'s log from scratch (the script above, or one `SET`):
+/// repeatable, so a batch whose outcome is unknown can be written again. One command, not
+/// `DEL` then `RPUSH`: when a failover closes a connection or answers `MOVED`, fred sends the
+/// commands in flight again, not always in the order written, so a `DEL` could run after its
+/// `RPUSH` and leave the trade without a log (seen at a `CLUSTER FAILOVER`: a trade whose only
+/// close found no log, nothing left in Redis); and an `RPUSH` run on the old primary and sent
+/// again would double the log.
 async fn queue_log(p: &fred::clients::Pipeline<Client>, t: &Trade) -> Result<(), Error> {
     let key = t.key();
-    let () = p.del(key.as_str()).await?;
     match t.form {
         LogForm::List => {
-            let items: Vec<Value> = (1..=t.entries)
-                .map(|s| Value::Bytes(msgpack(&exec(t, s))))
-                .collect();
-            p.rpush(key.as_str(), items).await
+            let mut args = vec![
+                Value::from(WRITE_LIST),
+                Value::from(1),
+                Value::from(key.as_str()),
+            ];
+            args.extend((1..=t.entries).map(|s| Value::Bytes(msgpack(&exec(t, s)))));
+            let slot = ClusterHash::Custom(fred::types::Key::from(key.as_str()).cluster_hash());
+            p.custom(CustomCommand::new_static("EVAL", slot, false), args)
+                .await
         }
         LogForm::StringArray | LogForm::StringMap => {
             let v = if t.form == LogForm::StringMap {
