@@ -10,6 +10,7 @@
 //! Run: `cargo bench --bench alerts` (env BENCH_ALERTS=N, default 1000000). With
 //! `BENCH_REDIS_CLUSTER=P`, Spillway's runs write into a Redis Cluster of P primaries (no
 //! replicas) instead of one redis-server; the ceiling stays one redis-server.
+//! `BENCH_REPLICATION=0` leaves out the replication source's run.
 
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,11 @@ async fn run(n: u64) {
     // a fresh Redis and ClickHouse.
     let default = archive(n, chunk, parallel, Variant::Keyspace { read_ttl: false }).await;
     let with_ttl = archive(n, chunk, parallel, Variant::Keyspace { read_ttl: true }).await;
-    let replication = if std::env::var_os("BENCH_REDIS_CLUSTER").is_some() {
+    // Not on a cluster (the replication source follows one server), nor for a build without
+    // the source (`BENCH_REPLICATION=0`, e.g. an older build through SPILLWAY_BIN).
+    let replication = if std::env::var_os("BENCH_REDIS_CLUSTER").is_some()
+        || std::env::var("BENCH_REPLICATION").is_ok_and(|v| v == "0")
+    {
         None
     } else {
         Some(archive(n, chunk, parallel, Variant::Replication).await)
