@@ -103,6 +103,7 @@ impl RdbError {
 
 /// Opcodes between keys (`rdb.h`).
 mod op {
+    pub(super) const SLOT_INFO: u8 = 0xf4;
     pub(super) const FUNCTION2: u8 = 0xf5;
     pub(super) const FUNCTION_PRE_GA: u8 = 0xf6;
     pub(super) const MODULE_AUX: u8 = 0xf7;
@@ -207,6 +208,12 @@ impl<R: Read> Parser<R> {
                 }
                 op::SELECTDB => self.db = self.input.len()?,
                 op::RESIZEDB => {
+                    self.input.len()?;
+                    self.input.len()?;
+                }
+                // A cluster node's slot, its key count and its count of keys with an expiry.
+                op::SLOT_INFO => {
+                    self.input.len()?;
                     self.input.len()?;
                     self.input.len()?;
                 }

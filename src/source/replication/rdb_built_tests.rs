@@ -172,8 +172,8 @@ fn refused_with_a_clear_error() {
         ([&[0xf6][..], &s(b"f")].concat(), "opcode 0xf6"),
         (with_after(6, &len(1)), "type 6"),
         (
-            with_after(22, &len(1)),
-            "unknown value type or opcode 0x16 (22)",
+            with_after(26, &len(1)),
+            "unknown value type or opcode 0x1a (26)",
         ),
         (
             [&[0xf7][..], &len(1), &len(1), &len(2), &len(0)].concat(),

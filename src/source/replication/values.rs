@@ -1,6 +1,7 @@
 //! The values of an RDB, by type byte (`rdb.h`): strings and lists read into a [`Value`], every
 //! other type (and any value not wanted) skipped byte-exactly without being held in memory;
-//! module payloads skipped through their opcodes.
+//! module payloads skipped through their opcodes. Hashes with field expiry (RDB 12: types 22
+//! and 23 of the 7.4 release candidates, 24 and 25 since) are skipped like other hashes.
 
 use std::io::Read;
 
@@ -20,7 +21,7 @@ pub(crate) fn type_name(ty: u8) -> Option<&'static str> {
         1 | 10 | 14 | 18 => "list",
         2 | 11 | 20 => "set",
         3 | 5 | 12 | 17 => "zset",
-        4 | 9 | 13 | 16 => "hash",
+        4 | 9 | 13 | 16 | 22..=25 => "hash",
         15 | 19 | 21 => "stream",
         6 | 7 => "module",
         _ => return None,
@@ -104,7 +105,7 @@ fn quicklist<R: Read>(input: &mut Input<R>, v2: bool) -> Result<Vec<Bytes>, RdbE
 /// Skips a value of type `ty`.
 fn skip<R: Read>(input: &mut Input<R>, ty: u8) -> Result<(), RdbError> {
     match ty {
-        0 | 9..=13 | 16 | 17 | 20 => input.skip_string(),
+        0 | 9..=13 | 16 | 17 | 20 | 23 => input.skip_string(),
         1 | 2 => strings(input, 1),
         4 => strings(input, 2),
         3 => {
@@ -133,6 +134,15 @@ fn skip<R: Read>(input: &mut Input<R>, ty: u8) -> Result<(), RdbError> {
             Ok(())
         }
         15 | 19 | 21 => skip_stream(input, ty),
+        22 => hash_with_ttls(input),
+        24 => {
+            input.skip(8)?; // the earliest field expiry, Unix ms
+            hash_with_ttls(input)
+        }
+        25 => {
+            input.skip(8)?; // the earliest field expiry, Unix ms
+            input.skip_string() // listpack of (field, value, expiry or 0) triples
+        }
         7 => {
             input.len()?; // module id
             skip_module_value(input)
@@ -147,6 +157,17 @@ fn strings<R: Read>(input: &mut Input<R>, per_item: u32) -> Result<(), RdbError>
         for _ in 0..per_item {
             input.skip_string()?;
         }
+    }
+    Ok(())
+}
+
+/// Skips a hash table with field expiry (types 22 and 24): a count, then per field its expiry
+/// as a length (0: none; absolute in 22, relative to the earliest plus 1 in 24), name, value.
+fn hash_with_ttls<R: Read>(input: &mut Input<R>) -> Result<(), RdbError> {
+    for _ in 0..input.len()? {
+        input.len()?;
+        input.skip_string()?;
+        input.skip_string()?;
     }
     Ok(())
 }
