@@ -1,4 +1,4 @@
-//! A streaming parser of Redis RDB files (versions 6 to 11: Redis 2.6 to 7.2) and of DUMP /
+//! A streaming parser of Redis RDB files (versions 6 to 12: Redis 2.6 to 8.0) and of DUMP /
 //! RESTORE payloads. It yields each key with its database and expiry; strings and lists come
 //! with their content, every other type is skipped exactly, without being held in memory.
 //!
@@ -16,8 +16,10 @@ use super::values;
 
 /// Oldest RDB version read (Redis 2.6 and 3.0).
 pub(crate) const MIN_VERSION: u32 = 6;
-/// Newest RDB version read (Redis 7.2). Version 12 (7.4) adds types and opcodes unknown here.
-pub(crate) const MAX_VERSION: u32 = 11;
+/// Newest RDB version read (Redis 7.4 and 8.0: hashes with field expiry, slot info).
+pub(crate) const MAX_VERSION: u32 = 12;
+/// The Redis releases that write [`MIN_VERSION`] to [`MAX_VERSION`], for error messages.
+pub(crate) const REDIS_RELEASES: &str = "Redis 2.6 to 8.0";
 
 /// A value of the snapshot, as far as Spillway needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +156,7 @@ impl<R: Read> Parser<R> {
                 5,
                 format!(
                     "RDB version {version} is not supported (versions {MIN_VERSION} to \
-                     {MAX_VERSION}: Redis 2.6 to 7.2)"
+                     {MAX_VERSION}: {REDIS_RELEASES})"
                 ),
             ));
         }
@@ -309,7 +311,10 @@ pub fn parse_dump(payload: &[u8]) -> Result<Value, RdbError> {
         return Err(RdbError::new(
             RdbErrorKind::Unsupported,
             body_len as u64,
-            format!("DUMP payload of RDB version {version}, newer than {MAX_VERSION}"),
+            format!(
+                "DUMP payload of RDB version {version}, newer than {MAX_VERSION} \
+                 ({REDIS_RELEASES})"
+            ),
         ));
     }
     let mut input = Input::new(body);
@@ -331,6 +336,10 @@ mod tests;
 #[cfg(test)]
 #[path = "rdb_built_tests.rs"]
 mod built_tests;
+
+#[cfg(test)]
+#[path = "rdb_v12_tests.rs"]
+mod v12_tests;
 
 #[cfg(test)]
 #[path = "rdb_proptests.rs"]

@@ -10,7 +10,7 @@ use crate::source::replication::crc64;
 use crate::source::replication::packed::tests::{build_listpack, build_ziplist};
 
 /// A length field.
-fn len(n: u64) -> Vec<u8> {
+pub(super) fn len(n: u64) -> Vec<u8> {
     match n {
         0..=63 => vec![n as u8],
         64..=16383 => vec![0x40 | (n >> 8) as u8, n as u8],
@@ -20,12 +20,12 @@ fn len(n: u64) -> Vec<u8> {
 }
 
 /// A plain string.
-fn s(b: &[u8]) -> Vec<u8> {
+pub(super) fn s(b: &[u8]) -> Vec<u8> {
     [len(b.len() as u64), b.to_vec()].concat()
 }
 
 /// An RDB of `version` with `body` between the header and the EOF opcode, checksummed.
-fn rdb(version: u32, body: &[u8]) -> Vec<u8> {
+pub(super) fn rdb(version: u32, body: &[u8]) -> Vec<u8> {
     let mut out = format!("REDIS{version:04}").into_bytes();
     out.extend(body);
     out.push(0xff);
@@ -35,7 +35,7 @@ fn rdb(version: u32, body: &[u8]) -> Vec<u8> {
 }
 
 /// One key `k` of type `ty` with `value` bytes, then the string key "after" = "ok".
-fn with_after(ty: u8, value: &[u8]) -> Vec<u8> {
+pub(super) fn with_after(ty: u8, value: &[u8]) -> Vec<u8> {
     [
         vec![ty],
         s(b"k"),
@@ -56,8 +56,8 @@ fn value_of(body: &[u8], want: bool) -> Value {
 }
 
 #[test]
-fn versions_outside_6_to_11_are_refused_by_number() {
-    for v in [5, 12, 99] {
+fn versions_outside_6_to_12_are_refused_by_number() {
+    for v in [5, 13, 99] {
         let e = Parser::new(&rdb(v, &[])[..]).err().unwrap();
         assert_eq!(e.kind(), RdbErrorKind::Unsupported);
         assert!(
@@ -68,6 +68,7 @@ fn versions_outside_6_to_11_are_refused_by_number() {
     }
     assert!(Parser::new(&b"RADIS0010"[..]).is_err());
     assert!(Parser::new(&rdb(6, &[])[..]).is_ok());
+    assert!(Parser::new(&rdb(12, &[])[..]).is_ok());
 }
 
 #[test]
@@ -399,8 +400,8 @@ fn dump_payloads() {
         .unwrap_err()
         .to_string()
         .contains("checksum mismatch"));
-    let e = parse_dump(&payload(&[&[0][..], &s(b"v")].concat(), 12)).unwrap_err();
-    assert!(e.to_string().contains("RDB version 12"), "{e}");
+    let e = parse_dump(&payload(&[&[0][..], &s(b"v")].concat(), 13)).unwrap_err();
+    assert!(e.to_string().contains("RDB version 13"), "{e}");
     let e = parse_dump(&payload(&[&[0][..], &s(b"v"), b"x"].concat(), 10)).unwrap_err();
     assert!(e.to_string().contains("bytes after the value"), "{e}");
     assert!(parse_dump(b"short").is_err());
