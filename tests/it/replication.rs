@@ -385,3 +385,49 @@ async fn beyond_the_backlog_a_full_resync_counts_the_gap() {
         1_990
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_replica_spares_the_primary() {
+    let primary = RedisServer::start();
+    let port = primary.port.to_string();
+    let replica = RedisServer::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &port,
+        "--repl-diskless-sync-delay",
+        "0",
+    ]);
+    eventually(WAIT, "the replica linked to its primary", || async {
+        replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+    })
+    .await;
+    let ch = ClickHouseServer::start();
+    let dir = pipelines();
+    let db = "treplchain";
+    let sp = start(&replica.url(), &ch, db, &dir).await;
+    raw(
+        &primary,
+        "SET alert:c1 one\r\nSET alert:c1 two\r\nSET alert:c2 three\r\nDEL alert:c2\r\n",
+        4,
+    );
+    wait_count(&ch, &format!("SELECT count() FROM {db}.alerts FINAL"), 3).await;
+    wait_count(
+        &ch,
+        &format!("SELECT count() FROM {db}.alert_events WHERE event = 'deleted'"),
+        1,
+    )
+    .await;
+    // The primary serves its replica only; the replica serves Spillway, with no port.
+    let info = primary.cli(&["INFO", "replication"]);
+    assert!(info.contains("connected_slaves:1"), "{info}");
+    assert!(!info.contains("ip=spillway"), "{info}");
+    let info = replica.cli(&["INFO", "replication"]);
+    assert!(info.contains("ip=spillway,port=0"), "{info}");
+    let text = sp.metrics().await;
+    assert_eq!(
+        metric(&text, "spillway_writes_total", &["outcome=\"archived\""]),
+        3.0
+    );
+}

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::types::Key;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KeyspaceSettings;
@@ -57,6 +58,46 @@ const SILENCE: Duration = Duration::from_secs(60);
 /// Least time between two offset rows while the stream flows.
 const STORE_EVERY: Duration = Duration::from_millis(100);
 
+/// Jobs the capture task may hold while the stream is read on.
+const JOB_QUEUE: usize = 4;
+
+/// What the capture task does, in the order given: rows of writes, or records as they are.
+enum Job {
+    /// [`Capturer::writes`] of these, then `after`.
+    Writes {
+        writes: Vec<(Key, Read)>,
+        by: CapturedBy,
+        now: i64,
+        after: Vec<Record>,
+    },
+    /// Records into the channel (an offset row and its acknowledgement).
+    Records(Vec<Record>),
+}
+
+/// The capture task: decodes and encodes the rows of each job and puts them into the channel,
+/// while the stream task reads and parses the next chunk. One task, one queue: rows, offset
+/// rows and acknowledgements enter the channel in the order of the stream.
+async fn capture(
+    capturer: Arc<Capturer>,
+    tx: crate::channel::RecordTx,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let open = match job {
+            Job::Writes {
+                writes,
+                by,
+                now,
+                after,
+            } => capturer.writes(writes, by, now, Vec::new(), after).await,
+            Job::Records(records) => crate::source::send_all(&tx, records).await,
+        };
+        if !open {
+            break;
+        }
+    }
+}
+
 /// A replication pipeline, connected.
 pub(crate) struct Replication {
     name: String,
@@ -78,6 +119,8 @@ pub(crate) struct Replication {
     committed: Arc<AtomicU64>,
     /// Whether the link is synchronised now (readiness).
     up: Arc<AtomicBool>,
+    /// The capture task's queue (while `run` runs).
+    jobs: Option<mpsc::Sender<Job>>,
 }
 
 impl Replication {
@@ -143,6 +186,7 @@ impl Replication {
             first: Some(first),
             committed: Arc::default(),
             up: Arc::new(AtomicBool::new(true)),
+            jobs: None,
         })
     }
 
@@ -155,6 +199,9 @@ impl Replication {
     /// stands) when the link fails. On `cancel` the rows of what was read are in the channel,
     /// with the offset they reach.
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        let (jobs, queue) = mpsc::channel(JOB_QUEUE);
+        self.jobs = Some(jobs);
+        let captured = tokio::spawn(capture(self.capturer.clone(), self.tx.clone(), queue));
         let listener = self.names.as_ref().map(|(target, names)| {
             let def = self.def.clone();
             tokio::spawn(names.clone().listen(
@@ -199,12 +246,22 @@ impl Replication {
         }
         if let Some(at) = &self.at {
             // The offset of everything read, after its rows.
-            let _ = crate::source::send_all(&self.tx, vec![self.offset_row(at)]).await;
+            let _ = self.queue(Job::Records(vec![self.offset_row(at)])).await;
         }
+        self.jobs = None;
+        let _ = captured.await;
         if let Some(l) = listener {
             let _ = l.await;
         }
         self.capturer.account().log(&self.name);
+    }
+
+    /// Hands `job` to the capture task; false when it has stopped (the channel closed).
+    async fn queue(&self, job: Job) -> bool {
+        match &self.jobs {
+            Some(q) => q.send(job).await.is_ok(),
+            None => false,
+        }
     }
 
     fn offset_row(&self, at: &Position) -> Record {
@@ -241,7 +298,10 @@ impl Replication {
                 };
                 let committed = self.committed.clone();
                 let ack = Record::Ack(Box::new(move || committed.store(offset, Ordering::Relaxed)));
-                if !crate::source::send_all(&self.tx, vec![self.offset_row(&at), ack]).await {
+                if !self
+                    .queue(Job::Records(vec![self.offset_row(&at), ack]))
+                    .await
+                {
                     return Ok(());
                 }
                 self.at = Some(at);
@@ -401,9 +461,13 @@ impl Replication {
                 committed.store(offset, Ordering::Relaxed)
             })));
         }
-        self.capturer
-            .writes(writes, CapturedBy::Replication, now, Vec::new(), after)
-            .await
+        self.queue(Job::Writes {
+            writes,
+            by: CapturedBy::Replication,
+            now,
+            after,
+        })
+        .await
     }
 
     /// What a write carried, as a read of it: over `keyspace.max_value_bytes`, its first bytes.

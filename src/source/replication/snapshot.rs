@@ -90,8 +90,12 @@ pub(super) async fn load(
             .map(|(key, read, expire_at)| (key, r.value_read(read, expire_at, now)))
             .collect();
         open = r
-            .capturer
-            .writes(writes, CapturedBy::Snapshot, now, Vec::new(), Vec::new())
+            .queue(super::Job::Writes {
+                writes,
+                by: CapturedBy::Snapshot,
+                now,
+                after: Vec::new(),
+            })
             .await;
         if cancel.is_cancelled() {
             // The parser stops at its next hand-over (the queue is gone).
