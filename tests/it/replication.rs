@@ -431,3 +431,38 @@ async fn following_a_replica_spares_the_primary() {
         3.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_under_a_running_spillway_is_a_counted_gap() {
+    let mut redis = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let ch = ClickHouseServer::start();
+    let dir = pipelines();
+    let db = "treplrestart";
+    let sp = start(&redis.url(), &ch, db, &dir).await;
+    load::set_all(&redis.url(), load::alerts("x", 100), 3600, 50, 1).await;
+    wait_count(&ch, &format!("SELECT count() FROM {db}.alerts FINAL"), 100).await;
+    // Without persistence Redis comes back empty, under a new replication id: the link
+    // resumes with a full resync, and the stream it had not sent is a gap.
+    redis.restart();
+    load::set_all(&redis.url(), load::alerts("y", 100), 3600, 50, 1).await;
+    wait_count(&ch, &format!("SELECT count() FROM {db}.alerts FINAL"), 200).await;
+    let text = sp.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "spillway_events_lost_total",
+            &["reason=\"backlog_exceeded\""]
+        ),
+        1.0,
+        "{}",
+        sp.log()
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "spillway_replication_syncs_total",
+            &["kind=\"full\""]
+        ),
+        2.0
+    );
+}

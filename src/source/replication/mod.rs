@@ -113,8 +113,6 @@ pub(crate) struct Replication {
     first: Option<(Link, Sync)>,
     /// Where the stream stands (stored in ClickHouse, then as read).
     at: Option<Position>,
-    /// Whether `at` came from ClickHouse (a full resync then means a gap) or from this process.
-    resumed: bool,
     /// The offset whose rows are committed (set by the acknowledgements of the channel).
     committed: Arc<AtomicU64>,
     /// Whether the link is synchronised now (readiness).
@@ -181,7 +179,6 @@ impl Replication {
             capturer,
             tx,
             names,
-            resumed: at.is_some(),
             at,
             first: Some(first),
             committed: Arc::default(),
@@ -283,7 +280,9 @@ impl Replication {
         match sync {
             Sync::Full { replid, offset } => {
                 syncs("full");
-                if let Some(old) = self.at.as_ref().filter(|_| self.resumed) {
+                // Asked to continue from a position (stored, or read by this process before
+                // the link broke) and answered with a snapshot: the stream in between is gone.
+                if let Some(old) = &self.at {
                     let gap = offset.saturating_sub(old.offset);
                     tracing::warn!(pipeline = %self.name, stored = ?old, %replid, offset, gap_bytes = gap, "the primary no longer holds the stream from the stored offset (repl-backlog-size): full resync; what was written and gone in between is lost and counted");
                     metrics::counter!(m::EVENTS_LOST, "pipeline" => self.name.clone(), "reason" => "backlog_exceeded").increment(1);
@@ -316,8 +315,6 @@ impl Replication {
                 }
             }
         }
-        // From here on, a failure resumes from what was read.
-        self.resumed = false;
         self.stream(link, cancel).await
     }
 
