@@ -237,20 +237,34 @@ pub async fn check_against(
     w: &Rewrites,
     redis_lost: bool,
 ) -> RewriteFigures {
-    let rows = ch
-        .query(&format!(
-            "SELECT key, message FROM {db}.alerts FINAL WHERE key LIKE 'alert:{}-%'",
-            w.run
-        ))
-        .await;
-    let mut archived: HashSet<(String, String)> = HashSet::new();
-    for line in rows.lines().filter(|l| !l.is_empty()) {
-        let (k, m) = line.split_once('\t').expect("key\tmessage");
-        assert!(
-            archived.insert((k.to_string(), m.to_string())),
-            "{case}: ({k}, {m}) twice under FINAL"
-        );
-    }
+    // A value is counted in the account when its row enters the channel; its batch commits up
+    // to a batch's delay later: the rows are read again until every last value is there, for
+    // up to 15 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let archived = loop {
+        let rows = ch
+            .query(&format!(
+                "SELECT key, message FROM {db}.alerts FINAL WHERE key LIKE 'alert:{}-%'",
+                w.run
+            ))
+            .await;
+        let mut archived: HashSet<(String, String)> = HashSet::new();
+        for line in rows.lines().filter(|l| !l.is_empty()) {
+            let (k, m) = line.split_once('\t').expect("key\tmessage");
+            assert!(
+                archived.insert((k.to_string(), m.to_string())),
+                "{case}: ({k}, {m}) twice under FINAL"
+            );
+        }
+        let last_missing = w.ops.iter().any(|(key, ops)| {
+            matches!(ops.last(), Some((Op::Set(m), true))
+                if !archived.contains(&(key.clone(), m.clone())) && (!redis_lost || alive.contains(key)))
+        });
+        if !last_missing || Instant::now() > deadline {
+            break archived;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let mut f = RewriteFigures::default();
     let mut written: HashSet<(String, String)> = HashSet::new();
     for (key, ops) in &w.ops {
