@@ -17,7 +17,7 @@ pub(crate) mod liveness;
 pub(crate) mod notify;
 mod read;
 mod request;
-mod resp;
+pub(crate) mod resp;
 mod seen;
 pub(crate) mod subscriber;
 pub(crate) mod values;

@@ -37,6 +37,17 @@ impl std::fmt::Display for Frame<'_> {
 /// Redis talking.
 pub(super) const MAX_BULK: i64 = 512 << 20;
 
+/// `args` as one RESP command (an array of bulk strings), as a client writes it.
+pub(crate) fn command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 /// The first whole frame of `buf` and its length; None when more bytes are needed.
 pub(super) fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, Error> {
     let Some((head, mut at)) = line(buf, 0) else {

@@ -137,13 +137,7 @@ const READ_CHUNK: usize = 256 * 1024;
 
 impl Subscription {
     async fn send(&mut self, args: &[&str]) -> Result<(), Error> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        self.stream.write_all(&out).await?;
+        self.stream.write_all(&super::resp::command(args)).await?;
         Ok(self.stream.flush().await?)
     }
 

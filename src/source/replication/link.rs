@@ -136,13 +136,9 @@ impl Link {
 
     /// Writes one command.
     pub(crate) async fn send(&mut self, args: &[&str]) -> Result<(), Error> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        self.stream.write_all(&out).await?;
+        self.stream
+            .write_all(&crate::source::keyspace::resp::command(args))
+            .await?;
         Ok(self.stream.flush().await?)
     }
 
@@ -315,13 +311,7 @@ fn number(digits: &[u8]) -> Result<usize, Error> {
 mod tests {
     use super::*;
 
-    fn cmd(args: &[&str]) -> Vec<u8> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
-        }
-        out
-    }
+    use crate::source::keyspace::resp::command as cmd;
 
     #[test]
     fn commands_cut_anywhere_wait_for_more_bytes() {
