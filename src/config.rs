@@ -115,6 +115,8 @@ pub struct Settings {
     pub pipelines_dir: Option<PathBuf>,
     /// Deadline of a graceful shutdown.
     pub shutdown_timeout: Duration,
+    /// The files passwords were read from.
+    pub secret_files: SecretFiles,
 }
 
 /// ClickHouse connection settings.
@@ -126,6 +128,8 @@ pub struct ClickHouseSettings {
     pub user: String,
     /// Password (never printed).
     pub password: String,
+    /// The file it was read from, if any.
+    pub password_file: Option<PathBuf>,
     /// Database.
     pub database: String,
     /// Whether a dropped table or database is created again while running.
@@ -252,15 +256,20 @@ impl FileConfig {
         for (name, port) in INSTANCES {
             let upper = name.to_uppercase();
             if let Some(url) = env_value(&get, &format!("SPILLWAY_{upper}_URL"))? {
-                *self.redis.slot(name) = Some(RedisInstance { url });
+                // The URL only: a password_file of the file still applies.
+                self.redis
+                    .slot(name)
+                    .get_or_insert_with(Default::default)
+                    .url = Some(url);
             }
             let var = format!("SPILLWAY_{upper}_PASSWORD");
             if let Some(password) = env_value(&get, &var)? {
                 let slot = self.redis.slot(name);
-                let url = slot.take().map_or_else(
-                    || format!("redis://127.0.0.1:{port}"),
-                    |i: RedisInstance| i.url,
-                );
+                // The variable wins over a password_file of the file.
+                let url = slot
+                    .take()
+                    .and_then(|i: RedisInstance| i.url)
+                    .unwrap_or_else(|| format!("redis://127.0.0.1:{port}"));
                 let url = with_password(&url, &password).ok_or_else(|| {
                     invalid(
                         &var,
@@ -268,7 +277,10 @@ impl FileConfig {
                         format!("set SPILLWAY_{upper}_URL to a redis:// or rediss:// URL"),
                     )
                 })?;
-                *slot = Some(RedisInstance { url });
+                *slot = Some(RedisInstance {
+                    url: Some(url),
+                    password_file: None,
+                });
             }
         }
         let ch = &mut self.clickhouse;
@@ -283,6 +295,10 @@ impl FileConfig {
                 *slot = Some(v);
             }
         }
+        // SPILLWAY_CLICKHOUSE_PASSWORD wins over a password_file of the file.
+        if self.clickhouse.password.is_some() {
+            self.clickhouse.password_file = None;
+        }
         Ok(())
     }
 
@@ -290,8 +306,9 @@ impl FileConfig {
     /// (relative to `base`, the config file's directory), else from `./pipelines` when it exists,
     /// else the built-in ones.
     pub(crate) fn validate(self, base: &Path) -> Result<Settings> {
-        let redis = self.redis.urls()?;
+        let (redis, mut secret_files) = self.redis.urls(base)?;
         let clickhouse = self.clickhouse.validate(base)?;
+        secret_files.clickhouse = clickhouse.password_file.clone();
         let metrics_addr = self.metrics.validate()?;
         let batch = self.batch.validate()?;
         let keyspace = self.keyspace.validate()?;
@@ -338,6 +355,7 @@ impl FileConfig {
             observe,
             pipelines,
             pipelines_dir,
+            secret_files,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
         })
     }
@@ -370,7 +388,7 @@ fn env_value(get: &impl Fn(&str) -> Option<String>, var: &str) -> Result<Option<
 }
 
 /// `url` with its password set to `password` (percent-encoded); `None` if it is not a URL with a host.
-fn with_password(url: &str, password: &str) -> Option<String> {
+pub(crate) fn with_password(url: &str, password: &str) -> Option<String> {
     let mut u = url::Url::parse(url).ok()?;
     u.set_password(Some(password)).ok()?;
     Some(u.to_string())

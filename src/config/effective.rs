@@ -31,7 +31,17 @@ impl Settings {
         let mut redis = Table::new();
         for (name, url) in &self.redis {
             let mut t = Table::new();
-            t.insert("url".into(), redact(url).into());
+            let file = self.secret_files.redis.iter().find(|(n, _)| n == name);
+            match file {
+                // The password came from its file: the URL without it, and the file.
+                Some((_, file)) => {
+                    t.insert("url".into(), without_password(url).into());
+                    t.insert("password_file".into(), file.display().to_string().into());
+                }
+                None => {
+                    t.insert("url".into(), redact(url).into());
+                }
+            }
             redis.insert(name.clone(), Value::Table(t));
         }
         root.insert("redis".into(), Value::Table(redis));
@@ -39,6 +49,9 @@ impl Settings {
         let mut clickhouse = Table::new();
         clickhouse.insert("url".into(), redact(&ch.url).into());
         clickhouse.insert("user".into(), ch.user.as_str().into());
+        if let Some(file) = &ch.password_file {
+            clickhouse.insert("password_file".into(), file.display().to_string().into());
+        }
         clickhouse.insert("database".into(), ch.database.as_str().into());
         clickhouse.insert("recreate_tables".into(), ch.recreate_tables.into());
         clickhouse.insert(
@@ -103,13 +116,19 @@ impl Settings {
             secs(self.observe.interval.as_secs()),
         );
         root.insert("observe".into(), Value::Table(observe));
-        let password = if ch.password.is_empty() {
+        let password = if ch.password_file.is_some() {
+            "# [clickhouse] password: read from password_file"
+        } else if ch.password.is_empty() {
             "# [clickhouse] password: none"
         } else {
             "# [clickhouse] password: set (not shown; give it again with SPILLWAY_CLICKHOUSE_PASSWORD or in the file)"
         };
-        let any_url_password =
-            has_password(&ch.url) || self.redis.iter().any(|(_, u)| has_password(u));
+        let from_file = |name: &String| self.secret_files.redis.iter().any(|(n, _)| n == name);
+        let any_url_password = has_password(&ch.url)
+            || self
+                .redis
+                .iter()
+                .any(|(n, u)| !from_file(n) && has_password(u));
         let redacted = if any_url_password {
             format!("\n# URL passwords are shown as {REDACTED}: put the real ones back (or set SPILLWAY_*_URL) to run with this file")
         } else {
@@ -117,6 +136,17 @@ impl Settings {
         };
         let body = toml::to_string(&Value::Table(root)).unwrap_or_default();
         format!("# The effective configuration of spillway (file, SPILLWAY_* overrides, defaults).\n{password}{redacted}\n\n{body}")
+    }
+}
+
+/// `url` without its password.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => url.to_string(),
     }
 }
 
@@ -207,5 +237,114 @@ read_batch_bytes = 3000000
         assert_eq!(again.keyspace.max_value_bytes.get(), 2 << 20);
         assert_eq!(again.keyspace.read_batch_bytes.get(), 3_000_000);
         assert_eq!(again.clickhouse.database, "audit");
+    }
+
+    #[test]
+    fn password_files_are_read_never_printed_and_printed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rls.pw"), "rlsFil3PW\n").unwrap();
+        std::fs::write(dir.path().join("ch.pw"), "chFil3PW\r\n").unwrap();
+        let text = r#"
+[redis.rls]
+url = "redis://spill@127.0.0.1:6384"
+password_file = "rls.pw"
+
+[redis.rtrs]
+password_file = "rls.pw"
+
+[clickhouse]
+user = "writer"
+password_file = "ch.pw"
+"#;
+        let s = FileConfig::from_toml(text)
+            .unwrap()
+            .validate(dir.path())
+            .unwrap();
+        let url = |s: &super::super::Settings, name: &str| {
+            s.redis.iter().find(|(n, _)| n == name).unwrap().1.clone()
+        };
+        // Read relative to the config file, the newline trimmed, into the URL.
+        assert_eq!(url(&s, "rls"), "redis://spill:rlsFil3PW@127.0.0.1:6384");
+        assert_eq!(url(&s, "rtrs"), "redis://:rlsFil3PW@127.0.0.1:6382");
+        assert_eq!(s.clickhouse.password, "chFil3PW");
+        let printed = s.to_toml();
+        assert!(!printed.contains("Fil3PW"), "{printed}");
+        assert!(!printed.contains("REDACTED"), "{printed}");
+        assert!(
+            printed.contains("password: read from password_file"),
+            "{printed}"
+        );
+        // Printed, it runs as it is: the same passwords from the same files.
+        let again = FileConfig::from_toml(&printed)
+            .unwrap()
+            .validate(Path::new("/"))
+            .unwrap();
+        assert_eq!(url(&again, "rls"), url(&s, "rls"));
+        assert_eq!(url(&again, "rtrs"), url(&s, "rtrs"));
+        assert_eq!(again.clickhouse.password, "chFil3PW");
+        assert_eq!(again.to_toml(), printed);
+    }
+
+    #[test]
+    fn a_password_file_that_cannot_be_used_is_named_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cretPW").unwrap();
+        let cases = [
+            (
+                "[clickhouse]\npassword_file = \"missing.pw\"",
+                "clickhouse.password_file",
+                "cannot read",
+            ),
+            (
+                "[clickhouse]\npassword = \"inline\"\npassword_file = \"pw\"",
+                "clickhouse.password_file",
+                "password is set too",
+            ),
+            (
+                "[redis.rls]\npassword_file = \"missing.pw\"",
+                "redis.rls.password_file",
+                "cannot read",
+            ),
+            (
+                "[redis.rls]\nurl = \"redis://:other@127.0.0.1:6384\"\npassword_file = \"pw\"",
+                "redis.rls.password_file",
+                "carries a password too",
+            ),
+        ];
+        for (text, field, problem) in cases {
+            let e = FileConfig::from_toml(text)
+                .unwrap()
+                .validate(dir.path())
+                .err()
+                .unwrap_or_else(|| panic!("{text}: accepted"))
+                .to_string();
+            assert!(e.contains(field) && e.contains(problem), "{text}: {e}");
+            assert!(!e.contains("s3cretPW") && !e.contains("other"), "{e}");
+        }
+        // The environment's password wins over the file's password_file.
+        let mut c = FileConfig::from_toml(
+            "[clickhouse]\npassword_file = \"missing.pw\"\n[redis.rls]\npassword_file = \"missing.pw\"",
+        )
+        .unwrap();
+        c.apply_env(|k| match k {
+            "SPILLWAY_CLICKHOUSE_PASSWORD" | "SPILLWAY_RLS_PASSWORD" => Some("fromEnv".into()),
+            _ => None,
+        })
+        .unwrap();
+        let s = c.validate(dir.path()).unwrap();
+        assert_eq!(s.clickhouse.password, "fromEnv");
+        assert!(s
+            .redis
+            .iter()
+            .any(|(n, u)| n == "rls" && u.contains(":fromEnv@")));
+        // A URL from the environment keeps the file's password_file.
+        let mut c = FileConfig::from_toml("[redis.rls]\npassword_file = \"pw\"").unwrap();
+        c.apply_env(|k| (k == "SPILLWAY_RLS_URL").then(|| "redis://10.0.0.9:7000".into()))
+            .unwrap();
+        let s = c.validate(dir.path()).unwrap();
+        assert!(s
+            .redis
+            .iter()
+            .any(|(n, u)| n == "rls" && u == "redis://:s3cretPW@10.0.0.9:7000"));
     }
 }

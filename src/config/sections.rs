@@ -15,10 +15,14 @@ use super::{
 
 /// One Redis instance.
 #[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub(crate) struct RedisInstance {
-    /// `redis://` or `rediss://` URL, credentials allowed.
-    pub url: String,
+    /// `redis://` or `rediss://` URL, credentials allowed; default the contract's port on
+    /// 127.0.0.1.
+    pub url: Option<String>,
+    /// A file holding the password (a mounted secret), put into the URL; relative to the config
+    /// file's directory. One trailing newline is trimmed.
+    pub password_file: Option<PathBuf>,
 }
 
 /// The `[redis.*]` tables.
@@ -56,6 +60,9 @@ pub(crate) struct ClickHouseSection {
     pub user: Option<String>,
     /// Password, default empty.
     pub password: Option<String>,
+    /// A file holding the password (a mounted secret), instead of `password`; relative to the
+    /// config file's directory. One trailing newline is trimmed.
+    pub password_file: Option<PathBuf>,
     /// Database, default `spillway`; created when missing.
     pub database: Option<String>,
     /// Seconds to wait for one INSERT before it counts as failed, default 60.
@@ -160,19 +167,75 @@ impl RedisSection {
         }
     }
 
-    /// The URL of every instance: configured, or the contract's default port on 127.0.0.1.
-    pub(super) fn urls(mut self) -> Result<Vec<(String, String)>> {
+    /// The URL of every instance (configured, or the contract's default port on 127.0.0.1),
+    /// with the password of its `password_file` (relative to `base`) put in; and the files.
+    pub(super) fn urls(mut self, base: &Path) -> Result<(Vec<(String, String)>, SecretFiles)> {
         let mut out = Vec::new();
+        let mut files = Vec::new();
         for (name, port) in INSTANCES {
-            let url = match self.slot(name).take() {
-                Some(i) => i.url,
-                None => format!("redis://127.0.0.1:{port}"),
-            };
+            let instance = self.slot(name).take().unwrap_or_default();
+            let url = instance
+                .url
+                .unwrap_or_else(|| format!("redis://127.0.0.1:{port}"));
             check_redis_url(&format!("redis.{name}.url"), &url)?;
+            let url = match instance.password_file {
+                None => url,
+                Some(file) => {
+                    let field = format!("redis.{name}.password_file");
+                    if url::Url::parse(&url).is_ok_and(|u| u.password().is_some()) {
+                        return Err(invalid(
+                            &field,
+                            format!("redis.{name}.url carries a password too"),
+                            "keep the password in one place: remove it from the URL or remove password_file",
+                        ));
+                    }
+                    let file = base.join(file);
+                    let password = read_secret(&field, &file)?;
+                    let url = super::with_password(&url, &password).ok_or_else(|| {
+                        invalid(
+                            &field,
+                            format!("the URL of {name} cannot carry a password"),
+                            "give a redis:// or rediss:// URL with a host",
+                        )
+                    })?;
+                    files.push((name.to_string(), file));
+                    url
+                }
+            };
             out.push((name.to_string(), url));
         }
-        Ok(out)
+        Ok((
+            out,
+            SecretFiles {
+                redis: files,
+                clickhouse: None,
+            },
+        ))
     }
+}
+
+/// The files passwords were read from (`password_file`), which `check-config` prints in place of
+/// the passwords so that its output runs as it is.
+#[derive(Debug, Default, Clone)]
+pub struct SecretFiles {
+    /// Redis instances whose password came from a file.
+    pub redis: Vec<(String, PathBuf)>,
+    /// The ClickHouse password's file.
+    pub clickhouse: Option<PathBuf>,
+}
+
+/// The content of the secret file `path` (one trailing newline trimmed); an error names `field`
+/// and the path, never the content.
+pub(crate) fn read_secret(field: &str, path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            field,
+            format!("cannot read {}: {e}", path.display()),
+            "point it at a readable file holding the password (a mounted secret), or remove it",
+        )
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
 }
 
 /// How to write a Redis URL.
@@ -205,6 +268,19 @@ fn check_redis_url(field: &str, url: &str) -> Result<()> {
 impl ClickHouseSection {
     /// Typed settings; TLS file paths are relative to `base` (the config file's directory).
     pub(super) fn validate(self, base: &Path) -> Result<ClickHouseSettings> {
+        let password_file = self.password_file.map(|f| base.join(f));
+        let password = match (self.password, &password_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "clickhouse.password_file",
+                    "clickhouse.password is set too".into(),
+                    "keep the password in one place: remove password or password_file",
+                ))
+            }
+            (Some(p), None) => p,
+            (None, Some(file)) => read_secret("clickhouse.password_file", file)?,
+            (None, None) => String::new(),
+        };
         let url = self.url.unwrap_or_else(|| "http://127.0.0.1:8123".into());
         let parsed = match url::Url::parse(&url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
@@ -255,7 +331,8 @@ impl ClickHouseSection {
             tls,
             url,
             user: self.user.unwrap_or_else(|| "default".into()),
-            password: self.password.unwrap_or_default(),
+            password,
+            password_file,
             database,
             recreate_tables: self.recreate_tables.unwrap_or(true),
             retention_days: match self.retention_days {

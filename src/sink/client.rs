@@ -263,6 +263,7 @@ mod tests {
                 url: server.url(),
                 user: "default".into(),
                 password: String::new(),
+                password_file: None,
                 database: "tdedup".into(),
                 recreate_tables: true,
                 insert_timeout: Duration::from_secs(30),
@@ -303,6 +304,25 @@ mod tests {
                     ddl.contains("TTL toDateTime(event_ms) + toIntervalDay(400)"),
                     "{ddl}"
                 );
+                // The TTL at work: rows archived more than 400 days ago go at the next merge,
+                // the recent ones stay.
+                let mut old = Batch::default();
+                for i in 0..10 {
+                    old.push(Record::alert_event(AlertEventRow {
+                        key: format!("old:{i}"),
+                        alert_id: i.to_string(),
+                        event: "expired",
+                        event_ms: 1_577_836_800_000 + i, // 2020-01-01
+                        content_hash: 0,
+                        ttl_ms: -2,
+                    }));
+                }
+                sink.write(&old).await.expect("old rows");
+                server
+                    .query("OPTIMIZE TABLE tdedup.alert_events FINAL")
+                    .await;
+                let left = "SELECT countIf(key LIKE 'old:%') * 1000 + countIf(key LIKE 'alert:%') FROM tdedup.alert_events";
+                assert_eq!(server.count(left).await, 100, "{left}");
             } else {
                 let refused = Sink::connect(&ClickHouseSettings {
                     retention_days: Some(400),

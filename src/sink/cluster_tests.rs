@@ -19,6 +19,7 @@ fn settings(url: String, database: &str) -> ClickHouseSettings {
         url,
         user: "default".into(),
         password: String::new(),
+        password_file: None,
         database: database.into(),
         recreate_tables: true,
         insert_timeout: Duration::from_secs(30),

@@ -138,7 +138,7 @@ async fn without_recreation_a_dropped_table_waits_for_the_operator() {
     assert_eq!(blocked_lines(&sp), 1, "{}", sp.log());
 }
 
-const PASSWORD: &str = "s3cretSpillPW";
+pub(crate) const PASSWORD: &str = "s3cretSpillPW";
 const CHANGED: &str = "chang3dSpillPW";
 
 /// users.xml for 18.16: `default` without a password (the test's own queries) and `spill` with
@@ -165,7 +165,7 @@ fn users(password: Option<&str>) -> String {
 }
 
 /// Writes users.xml and waits until ClickHouse answers `spill` with `password` as `works`.
-async fn set_users(ch: &ClickHouseServer, password: Option<&str>, works: bool) {
+pub(crate) async fn set_users(ch: &ClickHouseServer, password: Option<&str>, works: bool) {
     ch.write_users(&users(password));
     let url = format!("{}/?user=spill&password={PASSWORD}", ch.url());
     eventually(Duration::from_secs(30), "users.xml reloaded", || {
