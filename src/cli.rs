@@ -267,8 +267,19 @@ mod panic_tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(async {
-                let _task = tokio::spawn(async { panic!("boom in a task") });
+            // Settings holding secrets, as a panic message might show them.
+            let settings = crate::config::FileConfig::from_toml(
+                "[redis.rls]\nurl = \"redis://u:r3disPanicPW@127.0.0.1:6384\"\n\
+                 [clickhouse]\npassword = \"chPanicPW\"",
+            )
+            .unwrap()
+            .validate(std::path::Path::new("."))
+            .unwrap();
+            runtime.block_on(async move {
+                let _task = tokio::spawn(async move {
+                    eprintln!("settings in the panic: {settings:?}");
+                    panic!("boom in a task")
+                });
                 tokio::time::sleep(Duration::from_secs(20)).await;
             });
             return;
@@ -283,6 +294,14 @@ mod panic_tests {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(super::PANIC_EXIT_CODE), "{stderr}");
+        assert!(
+            stderr.contains("settings in the panic: Settings"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("PanicPW"),
+            "a secret in the panic's output: {stderr}"
+        );
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "the child slept on"
