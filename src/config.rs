@@ -372,17 +372,7 @@ fn env_value(get: &impl Fn(&str) -> Option<String>, var: &str) -> Result<Option<
             format!("unset one of {var} and {file_var}"),
         )),
         (Some(v), None) => Ok(Some(v)),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    &file_var,
-                    format!("cannot read {path}: {e}"),
-                    "point it at a readable file holding the value (a mounted secret), or unset it",
-                )
-            })?;
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            Ok(Some(text.strip_suffix('\r').unwrap_or(text).to_string()))
-        }
+        (None, Some(path)) => read_secret(&file_var, Path::new(&path)).map(Some),
         (None, None) => Ok(None),
     }
 }

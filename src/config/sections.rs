@@ -224,14 +224,14 @@ pub struct SecretFiles {
     pub clickhouse: Option<PathBuf>,
 }
 
-/// The content of the secret file `path` (one trailing newline trimmed); an error names `field`
-/// and the path, never the content.
+/// The content of the secret file `path` (one trailing newline, `\n` or `\r\n`, trimmed); an
+/// error names `field` and the path, never the content.
 pub(crate) fn read_secret(field: &str, path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         invalid(
             field,
             format!("cannot read {}: {e}", path.display()),
-            "point it at a readable file holding the password (a mounted secret), or remove it",
+            "point it at a readable file holding the value (a mounted secret), or remove it",
         )
     })?;
     let text = text.strip_suffix('\n').unwrap_or(&text);
