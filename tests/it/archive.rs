@@ -371,3 +371,56 @@ async fn notifications_not_drained_in_time_are_counted_then_recovered() {
     })
     .await;
 }
+
+/// A rescan that fails (here: its user lost `+scan`) leaves its gap open: it is tried again,
+/// with a growing pause, until it succeeds, and the value written unnotified during the gap is
+/// archived. (It was retried only at the next periodic rescan, 300 s later by default.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rescan_is_tried_again_until_it_succeeds() {
+    let (redis, ch) = (RedisServer::start(), ClickHouseServer::start());
+    let user = [
+        "ACL",
+        "SETUSER",
+        "spill",
+        "on",
+        ">spillPw7",
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    assert_eq!(redis.cli(&user), "OK");
+    let db = "tretry";
+    let toml = config_toml(&redis, &ch, db, free_port()).replace(
+        &redis.url(),
+        &format!("redis://spill:spillPw7@127.0.0.1:{}", redis.port),
+    );
+    let sp = Spillway::start(&toml);
+    sp.wait_ready(WAIT).await;
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "spill", "-scan"]), "OK");
+    // A value no notification announces, then a gap: the subscriber is cut off and reconnects.
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "notify-keyspace-events", ""]),
+        "OK"
+    );
+    assert_eq!(
+        redis.cli(&["SET", "alert:unnotified", "in the gap", "EX", "600"]),
+        "OK"
+    );
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "notify-keyspace-events", "Ex$eg"]),
+        "OK"
+    );
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    eventually(WAIT, "the rescan refused", || async {
+        sp.log().contains("rescan failed; retrying")
+    })
+    .await;
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "spill", "+scan"]), "OK");
+    let sql = format!("SELECT count() FROM {db}.alerts FINAL WHERE key = 'alert:unnotified'");
+    eventually(
+        Duration::from_secs(30),
+        "the gap's value archived",
+        || async { ch.count(&sql).await == 1 },
+    )
+    .await;
+}

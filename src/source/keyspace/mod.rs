@@ -49,6 +49,12 @@ const JOB_QUEUE: usize = 2;
 /// How often the source looks for lost notifications and reconnections (gaps to rescan).
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
+/// First pause before a failed rescan is tried again; it doubles up to [`RESCAN_RETRY_MAX`].
+const RESCAN_RETRY: Duration = Duration::from_secs(1);
+
+/// Longest pause between two tries of a failing rescan.
+const RESCAN_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// A connected, subscribed keyspace pipeline, ready to run.
 pub(crate) struct Keyspace {
     name: String,
@@ -287,6 +293,7 @@ impl Keyspace {
         let periodic = self.def.rescan_interval_secs > 0;
         let mut recreated = self.recreated.take();
         let rescan_now = self.rescan_now.take();
+        let (mut retry_at, mut retry_after) = (tokio::time::Instant::now(), RESCAN_RETRY);
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -300,13 +307,18 @@ impl Keyspace {
                 gap = true;
             }
             let waiting = backlog.max_capacity() - backlog.capacity();
-            if gap && waiting < self.read_batch {
+            if gap && waiting < self.read_batch && tokio::time::Instant::now() >= retry_at {
                 gap = false;
                 match self.rescan(&cancel, &backlog).await {
                     Ok(_) if cancel.is_cancelled() || self.jobs_closed() => break,
-                    Ok(_) => {}
+                    Ok(_) => retry_after = RESCAN_RETRY,
                     Err(e) => {
-                        tracing::warn!(pipeline = %self.name, error = %e, "rescan failed; retrying at the next tick");
+                        // The gap is still open: the rescan is tried again, after a pause
+                        // that doubles while it keeps failing.
+                        tracing::warn!(pipeline = %self.name, error = %e, retry_in = ?retry_after, "rescan failed; retrying");
+                        gap = true;
+                        retry_at = tokio::time::Instant::now() + retry_after;
+                        retry_after = (retry_after * 2).min(RESCAN_RETRY_MAX);
                     }
                 }
             }
