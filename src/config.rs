@@ -115,7 +115,7 @@ pub struct Settings {
     pub pipelines_dir: Option<PathBuf>,
     /// Deadline of a graceful shutdown.
     pub shutdown_timeout: Duration,
-    /// The files passwords were read from.
+    /// The files the Redis passwords were read from (ClickHouse's: `clickhouse.password_file`).
     pub secret_files: SecretFiles,
 }
 
@@ -306,9 +306,8 @@ impl FileConfig {
     /// (relative to `base`, the config file's directory), else from `./pipelines` when it exists,
     /// else the built-in ones.
     pub(crate) fn validate(self, base: &Path) -> Result<Settings> {
-        let (redis, mut secret_files) = self.redis.urls(base)?;
+        let (redis, secret_files) = self.redis.urls(base)?;
         let clickhouse = self.clickhouse.validate(base)?;
-        secret_files.clickhouse = clickhouse.password_file.clone();
         let metrics_addr = self.metrics.validate()?;
         let batch = self.batch.validate()?;
         let keyspace = self.keyspace.validate()?;

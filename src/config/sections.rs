@@ -204,24 +204,16 @@ impl RedisSection {
             };
             out.push((name.to_string(), url));
         }
-        Ok((
-            out,
-            SecretFiles {
-                redis: files,
-                clickhouse: None,
-            },
-        ))
+        Ok((out, SecretFiles { redis: files }))
     }
 }
 
-/// The files passwords were read from (`password_file`), which `check-config` prints in place of
-/// the passwords so that its output runs as it is.
+/// The files Redis passwords were read from (`password_file`), which `check-config` prints in
+/// place of the passwords so that its output runs as it is.
 #[derive(Debug, Default, Clone)]
 pub struct SecretFiles {
     /// Redis instances whose password came from a file.
     pub redis: Vec<(String, PathBuf)>,
-    /// The ClickHouse password's file.
-    pub clickhouse: Option<PathBuf>,
 }
 
 /// The content of the secret file `path` (one trailing newline, `\n` or `\r\n`, trimmed); an
